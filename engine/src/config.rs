@@ -1,0 +1,66 @@
+//! Everything the engine decides with that an operator may tune. Defaults
+//! follow SPEC section 2 and 3; `docs/PROTOCOL.md` lists them.
+
+use chrono::TimeDelta;
+
+use crate::limits::Limits;
+use crate::passcode::PasscodePolicy;
+use crate::password::PasswordHash;
+use crate::session::SessionPolicy;
+
+/// Engine configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Passcode lifetime and guesses.
+    pub passcode: PasscodePolicy,
+    /// Token lifetime and absolute session age.
+    pub session: SessionPolicy,
+    /// Rate limits and lockout.
+    pub limits: Limits,
+    /// Longest native line, line ending excluded.
+    pub max_line: usize,
+    /// A connection with nothing in flight and no input for this long is
+    /// closed.
+    pub idle_timeout: TimeDelta,
+    /// A partial line that does not complete within this is dropped with its
+    /// connection.
+    pub partial_line_timeout: TimeDelta,
+    /// How long a legacy connection may take to deliver the rest of a request
+    /// whose first chunk was not whole.
+    pub legacy_wait: TimeDelta,
+    /// Open connections; one more is told `too_many_connections` and closed.
+    pub max_connections: usize,
+    /// Requests in flight on one connection before the engine stops taking
+    /// more lines from it (the runtime then stops reading the socket).
+    pub max_pipeline: usize,
+    /// Password verifications and hashes in flight; one more request that
+    /// needs one is answered `busy`.
+    pub max_password_checks: usize,
+    /// The hash an unknown email's password is verified against, so that
+    /// every credential check costs one verification. Runtimes replace the
+    /// default with a hash made at start-up with their own parameters.
+    pub dummy_password: PasswordHash,
+}
+
+/// A placeholder dummy hash (argon2id at the minimum parameters the project
+/// uses). Runtimes make their own at start-up.
+pub const DEFAULT_DUMMY_PASSWORD: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$dG9rZW5pemVyLWF1dGgtZHVtbXk$y8yL4pu5KeVOWd1GMc2Y4X4cnNU7dWRhQ2kDxTqJ0yw";
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            passcode: PasscodePolicy::default(),
+            session: SessionPolicy::default(),
+            limits: Limits::default(),
+            max_line: 4096,
+            idle_timeout: TimeDelta::seconds(60),
+            partial_line_timeout: TimeDelta::seconds(10),
+            legacy_wait: TimeDelta::milliseconds(200),
+            max_connections: 10_000,
+            max_pipeline: 64,
+            max_password_checks: 32,
+            dummy_password: PasswordHash::Phc(DEFAULT_DUMMY_PASSWORD.to_owned()),
+        }
+    }
+}

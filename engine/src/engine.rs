@@ -1,0 +1,453 @@
+//! The engine: connections in, requests through their flows, replies and
+//! effects out. See the crate docs for the driving contract.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::mem;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use rand_core::CryptoRng;
+
+use crate::codec::legacy;
+use crate::codec::native::{Frame, next_frame};
+use crate::codec::reply::{ErrorCode, Reply};
+use crate::codec::request::Request;
+use crate::config::Config;
+use crate::connection::{Connection, Phase};
+use crate::device::normalize_ip;
+use crate::effect::{Effect, EffectId, EffectResult};
+use crate::flow::{self, Ctx, Flow, Step};
+use crate::timers::Timers;
+
+/// Names a connection. Chosen by the runtime; unique among open
+/// connections, and may be reused once the connection is closed.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct ConnId(pub u64);
+
+/// Which listener accepted a connection, and so which protocol it speaks.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Listener {
+    /// The native line protocol (default port 7160).
+    Native,
+    /// The old server's passcode port (7158): one pickled request.
+    LegacyPasscode,
+    /// The old server's login port (7159): one pickled request.
+    LegacyLogin,
+}
+
+/// Something that happened outside the engine.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// A client connected.
+    Opened {
+        /// Its id.
+        conn: ConnId,
+        /// Its address, as the socket reports it.
+        peer: IpAddr,
+        /// The listener that accepted it.
+        listener: Listener,
+    },
+    /// Bytes arrived.
+    Received {
+        /// From which connection.
+        conn: ConnId,
+        /// The bytes, as read.
+        bytes: &'a [u8],
+    },
+    /// The client went away (or the socket failed).
+    Closed {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// An effect finished.
+    Completed {
+        /// Which effect.
+        id: EffectId,
+        /// Its result.
+        result: EffectResult,
+    },
+    /// The deadline from [`Engine::poll_timeout`] has passed.
+    Timeout,
+}
+
+/// Something the runtime must do.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Output {
+    /// Write these bytes to the connection, in full and in order.
+    Transmit {
+        /// Which connection.
+        conn: ConnId,
+        /// What to write.
+        bytes: Vec<u8>,
+    },
+    /// Finish writing what was transmitted before, then close the
+    /// connection.
+    Close {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// Carry out an effect and report its result with
+    /// [`Input::Completed`].
+    Perform {
+        /// Its id.
+        id: EffectId,
+        /// What to do.
+        effect: Effect,
+    },
+}
+
+/// What the runtime may buffer for a connection that ignores
+/// [`Engine::wants_input`]; past it the connection is closed.
+const MAX_BUFFERED: usize = 256 * 1024;
+
+/// Hash maps seeded with fixed keys: the engine draws no OS randomness, and
+/// its keys (connection and effect ids) are chosen by the runtime.
+type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+
+/// A flow waiting on an effect, and whom its reply goes to.
+struct Task {
+    origin: Option<Origin>,
+    flow: Flow,
+    password_work: bool,
+}
+
+/// A reply slot on a connection.
+#[derive(Clone, Copy)]
+struct Origin {
+    conn: ConnId,
+    epoch: u64,
+    seq: u64,
+}
+
+enum Queued {
+    Transmit(ConnId, u64),
+    Close(ConnId, u64),
+    Perform(EffectId, Effect),
+}
+
+/// The protocol engine. See the crate docs for how to drive it.
+pub struct Engine {
+    config: Config,
+    now: DateTime<Utc>,
+    conns: FixedMap<ConnId, Connection>,
+    tasks: FixedMap<EffectId, Task>,
+    queue: VecDeque<Queued>,
+    timers: Timers,
+    next_effect: u64,
+    next_epoch: u64,
+    password_checks: usize,
+}
+
+impl Engine {
+    /// A new engine with no connections.
+    pub fn new(config: Config) -> Engine {
+        Engine {
+            config,
+            now: DateTime::<Utc>::MIN_UTC,
+            conns: FixedMap::default(),
+            tasks: FixedMap::default(),
+            queue: VecDeque::new(),
+            timers: Timers::default(),
+            next_effect: 0,
+            next_epoch: 0,
+            password_checks: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Effects asked for and not yet completed.
+    pub fn effects_in_flight(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Takes one input. `now` is the current time; a time earlier than one
+    /// seen before is taken as that one, so the engine's clock never runs
+    /// backwards. `rng` is the only source of randomness the engine uses.
+    pub fn handle<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
+        self.now = self.now.max(now);
+        match input {
+            Input::Opened { conn, peer, listener } => self.open(conn, peer, listener),
+            Input::Received { conn, bytes } => self.receive(conn, bytes),
+            Input::Closed { conn } => {
+                self.conns.remove(&conn);
+            }
+            Input::Completed { id, result } => self.complete(rng, id, result),
+            Input::Timeout => self.expire(),
+        }
+    }
+
+    /// The next thing to do, if any. Drain it after every
+    /// [`Engine::handle`], until it returns `None`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        while let Some(queued) = self.queue.pop_front() {
+            match queued {
+                Queued::Perform(id, effect) => return Some(Output::Perform { id, effect }),
+                Queued::Transmit(conn, epoch) => {
+                    if let Some(c) = self.conns.get_mut(&conn).filter(|c| c.epoch == epoch) {
+                        c.transmit_queued = false;
+                        if !c.outbuf.is_empty() {
+                            return Some(Output::Transmit { conn, bytes: mem::take(&mut c.outbuf) });
+                        }
+                    }
+                }
+                Queued::Close(conn, epoch) => {
+                    if self.conns.get(&conn).is_some_and(|c| c.epoch == epoch) {
+                        self.conns.remove(&conn);
+                        return Some(Output::Close { conn });
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// When to call [`Engine::handle`] with [`Input::Timeout`] next. A
+    /// wake-up with nothing due is harmless.
+    pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
+        self.timers.next()
+    }
+
+    /// Whether the runtime should read more from this connection. While it
+    /// is `false` (a pipelining client is far ahead of its replies, or the
+    /// connection is closing) the runtime leaves the socket unread; check
+    /// again after draining outputs.
+    pub fn wants_input(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| {
+            c.phase == Phase::Open
+                && match c.listener {
+                    Listener::Native => {
+                        c.in_flight() < self.config.max_pipeline && c.inbuf.len() <= self.config.max_line
+                    }
+                    Listener::LegacyPasscode | Listener::LegacyLogin => !c.legacy_started,
+                }
+        })
+    }
+
+    fn open(&mut self, id: ConnId, peer: IpAddr, listener: Listener) {
+        let full = self.conns.len() >= self.config.max_connections;
+        self.next_epoch += 1;
+        let mut conn = Connection::new(self.next_epoch, normalize_ip(peer), listener, self.now);
+        if full {
+            let seq = conn.open_slot();
+            conn.fill(seq, Reply::Error(ErrorCode::TooManyConnections));
+            conn.phase = Phase::Draining;
+        }
+        self.conns.insert(id, conn);
+        self.pump(id);
+    }
+
+    fn receive(&mut self, id: ConnId, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.phase != Phase::Open {
+            return;
+        }
+        conn.last_active = self.now;
+        match conn.listener {
+            Listener::Native => {
+                if conn.inbuf.len() + bytes.len() > MAX_BUFFERED {
+                    self.close_now(id);
+                    return;
+                }
+                conn.inbuf.extend_from_slice(bytes);
+            }
+            Listener::LegacyPasscode | Listener::LegacyLogin => {
+                if conn.legacy_started {
+                    return;
+                }
+                let room = legacy::MAX_REQUEST - conn.inbuf.len().min(legacy::MAX_REQUEST);
+                conn.inbuf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                conn.partial_since.get_or_insert(self.now);
+                if legacy::is_whole(&conn.inbuf) {
+                    self.start_legacy(id);
+                    return;
+                }
+            }
+        }
+        self.pump(id);
+    }
+
+    /// Takes what requests it can from a native connection's buffer, writes
+    /// out the replies that are ready, closes a drained connection, and
+    /// re-arms its deadline.
+    fn pump(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.listener == Listener::Native && conn.phase == Phase::Open && !conn.inbuf.is_empty() {
+            self.take_lines(id);
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.flush() && !conn.transmit_queued {
+            conn.transmit_queued = true;
+            self.queue.push_back(Queued::Transmit(id, conn.epoch));
+        }
+        if conn.phase == Phase::Draining && conn.in_flight() == 0 {
+            conn.phase = Phase::Closed;
+            self.queue.push_back(Queued::Close(id, conn.epoch));
+            return;
+        }
+        if let Some(at) = conn.deadline(&self.config)
+            && conn.timer_at.is_none_or(|t| at < t)
+        {
+            conn.timer_at = Some(at);
+            self.timers.schedule(at, id, conn.epoch);
+        }
+    }
+
+    fn take_lines(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let buf = mem::take(&mut conn.inbuf);
+        let (epoch, peer) = (conn.epoch, conn.peer);
+        let mut consumed = 0;
+        let mut too_long = false;
+        while self.conns.get(&id).is_some_and(|c| c.in_flight() < self.config.max_pipeline) {
+            match next_frame(&buf[consumed..], self.config.max_line) {
+                Frame::Line { line, consumed: n } => {
+                    consumed += n;
+                    self.start_request(id, epoch, peer, line, Listener::Native);
+                }
+                Frame::Incomplete => break,
+                Frame::TooLong => {
+                    too_long = true;
+                    break;
+                }
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if too_long {
+            let seq = conn.open_slot();
+            conn.fill(seq, Reply::Error(ErrorCode::LineTooLong));
+            conn.phase = Phase::Draining;
+            conn.partial_since = None;
+            return;
+        }
+        let mut buf = buf;
+        buf.drain(..consumed);
+        if buf.is_empty() {
+            conn.partial_since = None;
+        } else if consumed > 0 || conn.partial_since.is_none() {
+            conn.partial_since = Some(self.now);
+        }
+        conn.inbuf = buf;
+    }
+
+    fn start_legacy(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        conn.legacy_started = true;
+        conn.phase = Phase::Draining;
+        let buf = mem::take(&mut conn.inbuf);
+        let (epoch, peer, listener) = (conn.epoch, conn.peer, conn.listener);
+        self.start_request(id, epoch, peer, legacy::request(&buf), listener);
+        self.pump(id);
+    }
+
+    /// Parses one request and starts its flow. Requests that cannot be
+    /// served get their reply at once (still in order).
+    fn start_request(&mut self, id: ConnId, epoch: u64, peer: IpAddr, line: &[u8], listener: Listener) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let seq = conn.open_slot();
+        let step = match (Request::parse(line), listener) {
+            (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, peer),
+            (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
+                flow::passcode_request::start(&r, peer)
+            }
+            (Ok(Request::Login(r)), Listener::Native | Listener::LegacyLogin) => flow::login::start(&r, peer),
+            (Ok(_), _) => Step::Done(Reply::False),
+            (Err(_), _) => Step::Done(Reply::Error(ErrorCode::Malformed)),
+        };
+        match step {
+            Step::Done(reply) => conn.fill(seq, reply),
+            Step::Await(flow, effect) => self.register(Some(Origin { conn: id, epoch, seq }), flow, effect),
+        }
+    }
+
+    fn register(&mut self, origin: Option<Origin>, flow: Flow, effect: Effect) {
+        let id = EffectId(self.next_effect);
+        self.next_effect += 1;
+        let password_work = matches!(effect, Effect::VerifyPassword { .. } | Effect::HashPassword { .. });
+        self.password_checks += usize::from(password_work);
+        self.tasks.insert(id, Task { origin, flow, password_work });
+        self.queue.push_back(Queued::Perform(id, effect));
+    }
+
+    fn complete<R: CryptoRng + ?Sized>(&mut self, rng: &mut R, id: EffectId, result: EffectResult) {
+        let Some(task) = self.tasks.remove(&id) else { return };
+        self.password_checks -= usize::from(task.password_work);
+        let mut ctx = Ctx {
+            now: self.now,
+            rng,
+            config: &self.config,
+            password_checks: self.password_checks,
+            detached: Vec::new(),
+        };
+        let step = task.flow.resume(&mut ctx, result);
+        let detached = mem::take(&mut ctx.detached);
+        match step {
+            Step::Await(flow, effect) => self.register(task.origin, flow, effect),
+            Step::Done(reply) => {
+                if let Some(origin) = task.origin {
+                    self.deliver(origin, reply);
+                }
+            }
+        }
+        for (flow, effect) in detached {
+            self.register(None, flow, effect);
+        }
+    }
+
+    fn deliver(&mut self, origin: Origin, reply: Reply) {
+        let Some(conn) = self.conns.get_mut(&origin.conn) else { return };
+        if conn.epoch != origin.epoch {
+            return;
+        }
+        conn.fill(origin.seq, reply);
+        self.pump(origin.conn);
+    }
+
+    /// Closes a connection at once, dropping replies not yet out.
+    fn close_now(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.phase == Phase::Closed {
+            return;
+        }
+        conn.abandon();
+        if !conn.outbuf.is_empty() && !conn.transmit_queued {
+            conn.transmit_queued = true;
+            self.queue.push_back(Queued::Transmit(id, conn.epoch));
+        }
+        self.queue.push_back(Queued::Close(id, conn.epoch));
+    }
+
+    fn expire(&mut self) {
+        let now = self.now;
+        while let Some((at, id, epoch)) = self.timers.pop_due(now) {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            if conn.epoch != epoch || conn.timer_at != Some(at) {
+                continue;
+            }
+            conn.timer_at = None;
+            match conn.deadline(&self.config) {
+                Some(due) if due <= now => {
+                    let legacy_pending =
+                        conn.listener != Listener::Native && !conn.legacy_started && !conn.inbuf.is_empty();
+                    if legacy_pending {
+                        // The rest of the request never came: serve what did.
+                        self.start_legacy(id);
+                    } else {
+                        self.close_now(id);
+                    }
+                }
+                Some(_) => self.pump(id),
+                None => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! The protocol engine of tokenizer-auth: every decision the server makes,
+//! and no IO.
+//!
+//! # The model
+//!
+//! A user proves who they are with email, password and a one-time passcode
+//! sent by mail, and then carries a session token bound to their device's
+//! MAC address and IP. The engine holds the connections and the requests in
+//! flight; everything else comes in as [`Input`] and goes out as
+//! [`Output`]:
+//!
+//! - bytes from a connection, with the peer's IP and the listener (native
+//!   line protocol, or one of the two legacy ports);
+//! - the current time, with every call (`chrono::DateTime<Utc>`);
+//! - randomness, through the `rand_core` CSPRNG passed to every call (all
+//!   draws happen in one module, `random`);
+//! - the results of the effects it asked for: store reads, store writes
+//!   with preconditions, password verification and hashing, mail.
+//!
+//! The engine reads no clock, opens no socket or file, spawns no thread and
+//! draws no OS randomness. So the same inputs, with the same RNG output,
+//! give the same outputs, byte for byte: that is what the property tests,
+//! the fuzz targets and the replay of captured sessions stand on.
+//!
+//! Each request is a small state machine in `flow/`:
+//! waiting for records, for the password check, for the relay, for a
+//! commit. A reply that depends on a write is released only once the
+//! runtime reports the write committed. Replies on one connection go out in
+//! request order, whatever order effects complete in.
+//!
+//! # The driving contract
+//!
+//! 1. Feed each event to [`Engine::handle`] with the current time and the
+//!    RNG. Time never runs backwards inside the engine: an earlier `now` is
+//!    taken as the latest seen.
+//! 2. After every `handle`, drain [`Engine::poll_output`] until it returns
+//!    `None`, and act on each output in order:
+//!    - [`Output::Transmit`]: write all the bytes to the connection, in order
+//!      with earlier transmits (never half a write).
+//!    - [`Output::Close`]: finish writing what was transmitted, then close.
+//!      The engine has forgotten the connection; reporting
+//!      [`Input::Closed`] for it is unnecessary and harmless.
+//!    - [`Output::Perform`]: carry out the effect, then report its result
+//!      with [`Input::Completed`], exactly once, at any later time and in any
+//!      order relative to other effects. A write is reported
+//!      [`EffectResult::Committed`] only once it is durable.
+//! 3. Then ask [`Engine::poll_timeout`], and call `handle` with
+//!    [`Input::Timeout`] once that instant has passed. Early or spurious
+//!    timeouts are harmless.
+//! 4. Read from a connection only while [`Engine::wants_input`] is true,
+//!    at most 64 KiB at a time; report the peer going away with
+//!    [`Input::Closed`].
+//! 5. A [`ConnId`] is unique among open connections and may be reused once
+//!    the connection is closed.
+//!
+//! Bytes from the network never make the engine panic; a panic is a bug in
+//! the engine. A runtime that makes a protocol decision is a bug in the
+//! runtime: the decision belongs here.
+
+// Inputs, effects and flow states are moved a few times per request; boxing
+// their large variants would add an allocation per effect on the hot path.
+#![allow(clippy::large_enum_variant)]
+
+pub mod codec;
+mod config;
+mod connection;
+mod device;
+mod effect;
+mod engine;
+mod flow;
+mod hex;
+mod limits;
+pub mod mail;
+mod passcode;
+mod password;
+mod random;
+mod secret;
+mod session;
+mod store;
+mod timers;
+mod token;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use codec::reply::{ErrorCode, LOGIN_PREFIX, Reply};
+pub use config::{Config, DEFAULT_DUMMY_PASSWORD};
+pub use device::{Mac, normalize_ip};
+pub use effect::{Effect, EffectId, EffectResult, Mail};
+pub use engine::{ConnId, Engine, Input, Listener, Output};
+pub use limits::{Bump, Counter, CounterKey, Limits, Window};
+pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
+pub use password::PasswordHash;
+pub use secret::Secret;
+pub use session::SessionPolicy;
+pub use store::{
+    CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodeExpectation, PasscodesBatch, PasscodesOp, SessionRecord,
+    Snapshot, UserRecord, WriteBatch,
+};
+pub use token::{BaseToken, MasterToken};

@@ -1,0 +1,173 @@
+//! The store as the engine sees it: records, the reads it asks for, and the
+//! write batches it wants committed.
+//!
+//! The records live in two SQLite files (SPEC section 6), and no transaction
+//! spans both, so a [`WriteBatch`] names exactly one of them by its type:
+//! [`PasscodesBatch`] (passcodes and counters) or [`CredsBatch`] (users and
+//! sessions). A batch carries at most one expectation; the store checks it
+//! inside the write transaction and applies nothing when it fails
+//! ([`crate::EffectResult::Conflict`]). That is what stops two writers from
+//! both consuming one passcode or both renewing one token.
+
+use chrono::{DateTime, Utc};
+
+use crate::device::Mac;
+use crate::limits::{Bump, Counter, CounterKey};
+use crate::passcode::{PasscodeKey, PasscodeRecord, StoredPasscode};
+use crate::password::PasswordHash;
+use crate::token::MasterToken;
+
+/// An account.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct UserRecord {
+    /// The account's email, its identity.
+    pub email: String,
+    /// The phone on file; empty when none is.
+    pub phone: String,
+    /// The password, hashed (or plaintext from the old server).
+    pub password: PasswordHash,
+}
+
+/// A session: one logged-in device.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct SessionRecord {
+    /// What the session is found by.
+    pub master: MasterToken,
+    /// Whose session it is.
+    pub email: String,
+    /// The device it is bound to.
+    pub mac: Mac,
+    /// When the login that started it happened; renewals keep it, so the
+    /// session's absolute age can be bounded.
+    pub started_at: DateTime<Utc>,
+    /// When the current token expires and must be renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Records the engine needs for one step of a flow. Absent fields are not
+/// read.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Lookup {
+    /// The account with this email.
+    pub user: Option<String>,
+    /// The passcode under this key.
+    pub passcode: Option<PasscodeKey>,
+    /// The session with this master token.
+    pub session: Option<MasterToken>,
+    /// These counters.
+    pub counters: Vec<CounterKey>,
+}
+
+/// The answer to a [`Lookup`]: what exists of what was asked.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct Snapshot {
+    /// The account, if it exists.
+    pub user: Option<UserRecord>,
+    /// The passcode, if one is stored under the key.
+    pub passcode: Option<PasscodeRecord>,
+    /// The session, if one exists.
+    pub session: Option<SessionRecord>,
+    /// The counters that exist, in any order.
+    pub counters: Vec<(CounterKey, Counter)>,
+}
+
+impl Snapshot {
+    /// A counter from the snapshot.
+    pub fn counter(&self, key: &CounterKey) -> Option<&Counter> {
+        self.counters.iter().find(|(k, _)| k == key).map(|(_, c)| c)
+    }
+}
+
+/// Writes to commit atomically, to one file.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum WriteBatch {
+    /// Writes to `op_passcodes.db`.
+    Passcodes(PasscodesBatch),
+    /// Writes to `op_creds.db`.
+    Creds(CredsBatch),
+}
+
+/// A batch for the passcodes file.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct PasscodesBatch {
+    /// Applied only if the passcode under the key is still exactly this one.
+    pub expect: Option<PasscodeExpectation>,
+    /// The writes, in order.
+    pub ops: Vec<PasscodesOp>,
+}
+
+/// "The passcode row is still the one I read."
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct PasscodeExpectation {
+    /// Which passcode.
+    pub key: PasscodeKey,
+    /// Its sealed code as read.
+    pub code: StoredPasscode,
+    /// Its guess count as read.
+    pub attempts: u32,
+}
+
+/// One write to the passcodes file.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PasscodesOp {
+    /// Store a passcode, replacing any under the same key.
+    Put(PasscodeRecord),
+    /// Remove the passcode under a key, if any.
+    Delete(PasscodeKey),
+    /// Set a passcode's guess count.
+    SetAttempts {
+        /// Which passcode.
+        key: PasscodeKey,
+        /// The new count.
+        attempts: u32,
+    },
+    /// Count an event (see [`Bump::apply`]).
+    Bump(Bump),
+    /// Remove a counter.
+    Reset(CounterKey),
+}
+
+/// A batch for the credentials file.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
+pub struct CredsBatch {
+    /// Applied only if this still holds.
+    pub expect: Option<CredsExpectation>,
+    /// The writes, in order.
+    pub ops: Vec<CredsOp>,
+}
+
+/// A precondition on the credentials file.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CredsExpectation {
+    /// The session exists and still expires at this instant (nobody renewed
+    /// it meanwhile).
+    Session {
+        /// Which session.
+        master: MasterToken,
+        /// Its expiry as read.
+        expires_at: DateTime<Utc>,
+    },
+    /// The account's stored password is still this one.
+    Password {
+        /// Which account.
+        email: String,
+        /// Its password as read.
+        password: PasswordHash,
+    },
+}
+
+/// One write to the credentials file.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum CredsOp {
+    /// Store a session.
+    PutSession(SessionRecord),
+    /// Remove a session.
+    DeleteSession(MasterToken),
+    /// Replace an account's stored password.
+    SetPassword {
+        /// Which account.
+        email: String,
+        /// The new hash.
+        password: PasswordHash,
+    },
+}

@@ -1,0 +1,165 @@
+//! An in-memory model of the store: the same records and the same rules for
+//! batches as the SQLite store (an expectation that fails applies nothing),
+//! plus a switch that makes it fail like a store that is down.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::effect::EffectResult;
+use crate::hex;
+use crate::limits::{Counter, CounterKey};
+use crate::passcode::{PasscodeKey, PasscodeRecord};
+use crate::password::PasswordHash;
+use crate::secret::Secret;
+use crate::store::{
+    CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodesBatch, PasscodesOp, SessionRecord, Snapshot, UserRecord,
+    WriteBatch,
+};
+use crate::token::MasterToken;
+
+/// The harness's stand-in for argon2id: `$test$<sha256 hex>`. Fast, so
+/// tests and benchmarks measure the engine, not the hasher.
+pub fn test_hash(password: &str) -> PasswordHash {
+    let mut phc = String::from("$test$");
+    hex::push(&mut phc, &Sha256::digest(password.as_bytes()));
+    PasswordHash::Phc(phc)
+}
+
+/// Verifies against [`test_hash`] output or a legacy plaintext; any other
+/// hash (such as the dummy argon2id one) never matches.
+pub fn test_verify(hash: &PasswordHash, candidate: &Secret) -> bool {
+    match hash {
+        PasswordHash::Phc(phc) if phc.starts_with("$test$") => {
+            let PasswordHash::Phc(want) = test_hash(candidate.expose()) else { return false };
+            want.as_bytes().ct_eq(phc.as_bytes()).into()
+        }
+        PasswordHash::Phc(_) => false,
+        PasswordHash::Plain(plain) => plain == candidate,
+    }
+}
+
+/// The records, in memory.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    /// Accounts by email.
+    pub users: BTreeMap<String, UserRecord>,
+    /// Passcodes by key.
+    pub passcodes: BTreeMap<PasscodeKey, PasscodeRecord>,
+    /// Sessions by master token.
+    pub sessions: HashMap<MasterToken, SessionRecord, BuildHasherDefault<DefaultHasher>>,
+    /// Counters by key.
+    pub counters: BTreeMap<CounterKey, Counter>,
+    /// While set, every read and write fails.
+    pub down: bool,
+    /// Batches committed so far.
+    pub commits: u64,
+}
+
+impl MemoryStore {
+    /// Adds (or replaces) an account with a [`test_hash`]ed password.
+    pub fn add_user(&mut self, email: &str, phone: &str, password: &str) {
+        self.put_user(UserRecord { email: email.into(), phone: phone.into(), password: test_hash(password) });
+    }
+
+    /// Adds (or replaces) an account as given.
+    pub fn put_user(&mut self, user: UserRecord) {
+        self.users.insert(user.email.clone(), user);
+    }
+
+    /// Answers a lookup.
+    pub fn read(&self, lookup: &Lookup) -> EffectResult {
+        if self.down {
+            return EffectResult::Failed;
+        }
+        let counters = lookup.counters.iter().filter_map(|k| self.counters.get(k).map(|c| (k.clone(), *c))).collect();
+        EffectResult::Read(Snapshot {
+            user: lookup.user.as_ref().and_then(|e| self.users.get(e).cloned()),
+            passcode: lookup.passcode.as_ref().and_then(|k| self.passcodes.get(k).cloned()),
+            session: lookup.session.as_ref().and_then(|m| self.sessions.get(m).cloned()),
+            counters,
+        })
+    }
+
+    /// Commits a batch: all of it if its expectation holds, none otherwise.
+    pub fn write(&mut self, batch: &WriteBatch) -> EffectResult {
+        if self.down {
+            return EffectResult::Failed;
+        }
+        let applied = match batch {
+            WriteBatch::Passcodes(b) => self.write_passcodes(b),
+            WriteBatch::Creds(b) => self.write_creds(b),
+        };
+        if applied {
+            self.commits += 1;
+            EffectResult::Committed
+        } else {
+            EffectResult::Conflict
+        }
+    }
+
+    fn write_passcodes(&mut self, batch: &PasscodesBatch) -> bool {
+        if let Some(e) = &batch.expect {
+            let holds = self.passcodes.get(&e.key).is_some_and(|r| r.code == e.code && r.attempts == e.attempts);
+            if !holds {
+                return false;
+            }
+        }
+        for op in &batch.ops {
+            match op {
+                PasscodesOp::Put(record) => {
+                    self.passcodes.insert(record.key.clone(), record.clone());
+                }
+                PasscodesOp::Delete(key) => {
+                    self.passcodes.remove(key);
+                }
+                PasscodesOp::SetAttempts { key, attempts } => {
+                    if let Some(r) = self.passcodes.get_mut(key) {
+                        r.attempts = *attempts;
+                    }
+                }
+                PasscodesOp::Bump(bump) => {
+                    let next = bump.apply(self.counters.get(&bump.key).copied());
+                    self.counters.insert(bump.key.clone(), next);
+                }
+                PasscodesOp::Reset(key) => {
+                    self.counters.remove(key);
+                }
+            }
+        }
+        true
+    }
+
+    fn write_creds(&mut self, batch: &CredsBatch) -> bool {
+        let holds = match &batch.expect {
+            None => true,
+            Some(CredsExpectation::Session { master, expires_at }) => {
+                self.sessions.get(master).is_some_and(|s| s.expires_at == *expires_at)
+            }
+            Some(CredsExpectation::Password { email, password }) => {
+                self.users.get(email).is_some_and(|u| u.password == *password)
+            }
+        };
+        if !holds {
+            return false;
+        }
+        for op in &batch.ops {
+            match op {
+                CredsOp::PutSession(session) => {
+                    self.sessions.insert(session.master, session.clone());
+                }
+                CredsOp::DeleteSession(master) => {
+                    self.sessions.remove(master);
+                }
+                CredsOp::SetPassword { email, password } => {
+                    if let Some(u) = self.users.get_mut(email) {
+                        u.password = password.clone();
+                    }
+                }
+            }
+        }
+        true
+    }
+}

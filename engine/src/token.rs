@@ -1,0 +1,178 @@
+//! Session tokens. The client holds the [`BaseToken`]; the store holds only
+//! the [`MasterToken`], a hash binding the base token to the device's MAC and
+//! IP. The derivation is fixed by rows the old server wrote:
+//! `master = sha256hex(sha256hex(MAC) + base + sha256hex(IP))`.
+
+use core::fmt;
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+
+use crate::device::Mac;
+use crate::hex;
+
+/// The token a client carries: 32 bytes, shown as 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BaseToken([u8; 32]);
+
+/// What the store keeps of a session token: 32 bytes, stored as 64 hex.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MasterToken([u8; 32]);
+
+impl BaseToken {
+    /// A new base token: SHA-256 over the device, the email and 256 bits of
+    /// salt from the RNG. Only the salt makes it unguessable; the rest ties it
+    /// to the login it was issued for.
+    pub(crate) fn derive(mac: Mac, ip: IpAddr, email: &str, salt: &[u8; 32]) -> BaseToken {
+        let mut h = Sha256::new();
+        h.update(mac.to_string().as_bytes());
+        h.update(b"|");
+        h.update(ip.to_string().as_bytes());
+        h.update(b"|");
+        h.update(email.as_bytes());
+        h.update(b"|");
+        h.update(salt);
+        BaseToken(h.finalize().into())
+    }
+
+    /// Parses 64 hex digits (either case).
+    pub fn parse(text: &[u8]) -> Option<BaseToken> {
+        hex::decode32(text).map(BaseToken)
+    }
+
+    /// The 64 lowercase hex digits a client sees.
+    pub fn to_hex(&self) -> [u8; 64] {
+        hex::encode32(&self.0)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for BaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.to_hex();
+        f.write_str(core::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// A base token is a credential: debug output never shows it.
+impl fmt::Debug for BaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BaseToken([redacted])")
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> [u8; 64] {
+    hex::encode32(&Sha256::digest(data).into())
+}
+
+impl MasterToken {
+    /// Derives the master token the store knows a session by.
+    pub fn derive(base: &BaseToken, mac: Mac, ip: IpAddr) -> MasterToken {
+        let mut mac_text = [0u8; 17];
+        write_mac(&mut mac_text, mac);
+        let mut ip_text = IpText::new();
+        ip_text.write(ip);
+        let mut h = Sha256::new();
+        h.update(sha256_hex(&mac_text));
+        h.update(base.to_hex());
+        h.update(sha256_hex(ip_text.as_bytes()));
+        MasterToken(h.finalize().into())
+    }
+
+    /// The 64 lowercase hex digits the `token` column holds.
+    pub fn to_hex(&self) -> String {
+        let hex = hex::encode32(&self.0);
+        hex.iter().map(|&b| char::from(b)).collect()
+    }
+
+    /// Parses the stored hex form.
+    pub fn parse(text: &str) -> Option<MasterToken> {
+        hex::decode32(text.as_bytes()).map(MasterToken)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MasterToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = hex::encode32(&self.0);
+        write!(f, "MasterToken({}…)", core::str::from_utf8(&hex[..12]).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Writes a MAC's normalized text without allocating (this is the hot path
+/// of every token check).
+fn write_mac(out: &mut [u8; 17], mac: Mac) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in mac.octets().iter().enumerate() {
+        out[3 * i] = DIGITS[usize::from(b >> 4)];
+        out[3 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        if i < 5 {
+            out[3 * i + 2] = b':';
+        }
+    }
+}
+
+/// A stack buffer holding an IP address's text (at most 39 bytes for IPv6).
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new() -> Self {
+        IpText { buf: [0; 48], len: 0 }
+    }
+
+    fn write(&mut self, ip: IpAddr) {
+        use core::fmt::Write as _;
+        self.len = 0;
+        // Cannot fail: the longest IPv6 text is 45 bytes.
+        let _ = write!(self, "{ip}");
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl core::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn master_token_matches_the_old_servers_formula() {
+        // Computed with Python: hashlib.sha256((sha256(mac) + base + sha256(ip)).encode()).hexdigest()
+        let base = BaseToken::parse(b"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").unwrap();
+        let mac = Mac::parse("aa:bb:cc:dd:ee:ff").unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let master = MasterToken::derive(&base, mac, ip);
+        assert_eq!(master.to_hex(), PYTHON_MASTER);
+        assert_eq!(MasterToken::parse(&master.to_hex()), Some(master));
+    }
+
+    const PYTHON_MASTER: &str = "d2f6955322d7f00b74ee9b17f9ef095a45b2876a0cbc2b85355555844c269288";
+
+    #[test]
+    fn base_token_never_prints() {
+        let base = BaseToken([7; 32]);
+        assert_eq!(format!("{base:?}"), "BaseToken([redacted])");
+        assert_eq!(base.to_string().len(), 64);
+    }
+}
