@@ -1,0 +1,481 @@
+//! Example-based tests of every flow and every error code, driven through
+//! the deterministic harness: no sockets, no sleeps.
+
+use std::net::IpAddr;
+
+use chrono::TimeDelta;
+use tokenizer_auth_engine::testkit::{Completion, World, test_hash};
+use tokenizer_auth_engine::{
+    Config, ConnId, Effect, ErrorCode, LOGIN_PREFIX, Listener, PasswordHash, Secret, StoredPasscode, UserRecord, Window,
+};
+
+const MAC: &str = "aa:bb:cc:dd:ee:ff";
+const EMAIL: &str = "ada@example.com";
+const PHONE: &str = "+15550100";
+const PASSWORD: &str = "correct horse";
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn local() -> IpAddr {
+    ip("127.0.0.1")
+}
+
+fn world() -> World {
+    world_with(Config::default())
+}
+
+fn world_with(config: Config) -> World {
+    let mut w = World::new(config, 7);
+    w.store.add_user(EMAIL, PHONE, PASSWORD);
+    w
+}
+
+fn require_passcode(w: &mut World, conn: ConnId, password: &str, email: &str) -> String {
+    w.request(conn, &format!("require_passcode|{MAC}|{password}|{PHONE}|{email}"))
+}
+
+fn login_line(email: &str, password: &str, passcode: &str) -> String {
+    format!("{MAC}|{email}|{PHONE}|{password}|{passcode}")
+}
+
+fn token_line(token: &str, mac: &str) -> String {
+    format!("{token}|{mac}|get|some|data")
+}
+
+#[test]
+fn passcode_request_mails_a_passcode_and_stores_only_its_digest() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let code = w.passcode_for(EMAIL).expect("a mail");
+    assert_eq!(code.len(), 6);
+    assert!(code.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit()));
+    let mail = &w.mailbox[0];
+    assert!(mail.body.expose().contains(EMAIL));
+    let record = w.store.passcodes.values().next().expect("stored");
+    assert!(matches!(record.code, StoredPasscode::Digest { .. }));
+    assert!(!record.code.to_column().contains(&code));
+    assert_eq!(record.expires_at, w.now + TimeDelta::minutes(3));
+}
+
+#[test]
+fn bad_credentials_on_a_passcode_request_get_false_and_no_mail() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, "wrong", EMAIL), "False");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, "nobody@example.com"), "False");
+    let wrong_phone = w.request(c, &format!("require_passcode|{MAC}|{PASSWORD}|+1000|{EMAIL}"));
+    assert_eq!(wrong_phone, "False");
+    assert!(w.mailbox.is_empty());
+    assert!(w.store.passcodes.is_empty());
+    assert_eq!(w.verifications, 3, "one verification per request, dummy included");
+}
+
+#[test]
+fn a_relay_that_is_down_leaves_no_passcode() {
+    let mut w = world();
+    w.relay_down = true;
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|mail_unavailable");
+    assert!(w.store.passcodes.is_empty());
+    w.relay_down = false;
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+}
+
+#[test]
+fn a_full_login_issues_a_token_and_consumes_the_passcode() {
+    let mut w = world();
+    let token = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+    assert!(w.store.passcodes.is_empty(), "the passcode is consumed");
+    assert_eq!(w.store.sessions.len(), 1);
+    let session = w.store.sessions.values().next().unwrap();
+    assert_eq!(session.email, EMAIL);
+    assert_eq!(session.mac.to_string(), MAC);
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "authorized");
+    // The MAC may be spelled any accepted way.
+    assert_eq!(w.request(c, &token_line(&token, "AA-BB-CC-DD-EE-FF")), "authorized");
+}
+
+#[test]
+fn the_passcode_works_once() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    require_passcode(&mut w, c, PASSWORD, EMAIL);
+    let code = w.passcode_for(EMAIL).unwrap();
+    assert!(w.request(c, &login_line(EMAIL, PASSWORD, &code)).starts_with(LOGIN_PREFIX));
+    assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, &code)), "False");
+}
+
+#[test]
+fn a_wrong_passcode_counts_a_guess() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    require_passcode(&mut w, c, PASSWORD, EMAIL);
+    assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, "ZZZZZZ")), "False");
+    assert_eq!(w.store.passcodes.values().next().unwrap().attempts, 1);
+}
+
+#[test]
+fn a_passcode_is_bound_to_the_device_and_address_it_was_issued_to() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    require_passcode(&mut w, c, PASSWORD, EMAIL);
+    let code = w.passcode_for(EMAIL).unwrap();
+    let other = w.connect(Listener::Native, ip("127.0.0.2"));
+    assert_eq!(w.request(other, &login_line(EMAIL, PASSWORD, &code)), "False");
+    let other_mac = format!("aa:bb:cc:dd:ee:00|{EMAIL}|{PHONE}|{PASSWORD}|{code}");
+    assert_eq!(w.request(c, &other_mac), "False");
+}
+
+#[test]
+fn an_expired_token_is_rotated_once() {
+    let mut w = world();
+    let t1 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    w.advance(TimeDelta::hours(1));
+    let c = w.connect(Listener::Native, local());
+    let reply = w.request(c, &token_line(&t1, MAC));
+    let t2 = reply.strip_prefix("renew|").expect(&reply).to_owned();
+    assert_ne!(t1, t2);
+    assert_eq!(w.request(c, &token_line(&t1, MAC)), "unauthorized");
+    assert_eq!(w.request(c, &token_line(&t2, MAC)), "authorized");
+    assert_eq!(w.store.sessions.len(), 1);
+}
+
+#[test]
+fn concurrent_renewals_of_one_token_give_one_new_token() {
+    let mut w = world();
+    let t1 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    w.advance(TimeDelta::hours(2));
+    let conns: Vec<ConnId> = (0..5).map(|_| w.connect(Listener::Native, local())).collect();
+    for &c in &conns {
+        w.send(c, format!("{}\n", token_line(&t1, MAC)).as_bytes());
+    }
+    w.complete_in(Completion::Shuffled(3));
+    w.settle();
+    let replies: Vec<String> = conns.iter().map(|&c| String::from_utf8(w.take_received(c)).unwrap()).collect();
+    assert_eq!(replies.iter().filter(|r| r.starts_with("renew|")).count(), 1, "{replies:?}");
+    assert_eq!(replies.iter().filter(|r| *r == "unauthorized\n").count(), 4, "{replies:?}");
+}
+
+#[test]
+fn no_renewal_past_the_absolute_session_age() {
+    let mut config = Config::default();
+    config.session.max_age = TimeDelta::hours(3);
+    let mut w = world_with(config);
+    let t1 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    w.advance(TimeDelta::minutes(150));
+    let c = w.connect(Listener::Native, local());
+    let t2 = w.request(c, &token_line(&t1, MAC)).strip_prefix("renew|").unwrap().to_owned();
+    // The renewed token expires with the session, not an hour later.
+    w.advance(TimeDelta::minutes(30));
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
+}
+
+#[test]
+fn a_token_from_another_address_or_device_is_unauthorized() {
+    let mut w = world();
+    let token = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    let elsewhere = w.connect(Listener::Native, ip("127.0.0.2"));
+    assert_eq!(w.request(elsewhere, &token_line(&token, MAC)), "unauthorized");
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &token_line(&token, "aa:bb:cc:dd:ee:01")), "unauthorized");
+    // An IPv4-mapped IPv6 peer is the same client as its IPv4 address.
+    let mapped = w.connect(Listener::Native, ip("::ffff:127.0.0.1"));
+    assert_eq!(w.request(mapped, &token_line(&token, MAC)), "authorized");
+}
+
+#[test]
+fn unknown_tokens_are_unauthorized() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &token_line(&"ab".repeat(32), MAC)), "unauthorized");
+}
+
+#[test]
+fn malformed_lines_get_malformed_and_the_connection_goes_on() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    let sixty = vec!["x"; 60].join("|");
+    let bad: [&[u8]; 7] = [
+        b"",
+        b"\xff\xfe\xfd",
+        b"aa:bb:cc:dd:ee:ff|a\0b|1|2|3",
+        b"aa:bb:cc:dd:ee:ff|a|1|2|3|4",
+        sixty.as_bytes(),
+        b"require_passcode|not-a-mac|pw|1|a@b.c",
+        b"just some words",
+    ];
+    for line in bad {
+        let mut bytes = line.to_vec();
+        bytes.push(b'\n');
+        w.send(c, &bytes);
+        w.settle();
+        assert_eq!(w.take_received(c), b"error|malformed\n", "{:?}", String::from_utf8_lossy(line));
+    }
+    assert!(!w.is_closed(c));
+    assert_eq!(w.request(c, &token_line(&"ab".repeat(32), MAC)), "unauthorized");
+}
+
+#[test]
+fn an_overlong_line_is_answered_then_closed() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    w.send(c, &vec![b'a'; 5000]);
+    assert_eq!(w.take_received(c), b"error|line_too_long\n");
+    assert!(w.is_closed(c));
+    assert_eq!(w.engine.connections(), 0);
+}
+
+#[test]
+fn replies_keep_request_order_whatever_order_effects_complete_in() {
+    let mut w = world();
+    let token = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    let c = w.connect(Listener::Native, local());
+    let unknown = "cd".repeat(32);
+    let lines =
+        format!("{}\n{}\nbad\n{}\n", token_line(&token, MAC), token_line(&unknown, MAC), token_line(&token, MAC));
+    w.send(c, lines.as_bytes());
+    w.complete_in(Completion::Reversed);
+    w.settle();
+    let got = String::from_utf8(w.take_received(c)).unwrap();
+    assert_eq!(got, "authorized\nunauthorized\nerror|malformed\nauthorized\n");
+}
+
+#[test]
+fn a_store_that_is_down_gives_a_retryable_error() {
+    let mut w = world();
+    let token = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    w.store.down = true;
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "error|store_unavailable");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|store_unavailable");
+    w.store.down = false;
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "authorized");
+}
+
+#[test]
+fn a_failed_guess_is_not_answered_false_unless_it_was_counted() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    require_passcode(&mut w, c, PASSWORD, EMAIL);
+    // Let the reads and the verification through, then fail the write.
+    w.send(c, format!("{}\n", login_line(EMAIL, PASSWORD, "ZZZZZZ")).as_bytes());
+    while !w.pending().iter().any(|(_, e)| matches!(e, Effect::Write(_))) {
+        assert!(w.step());
+    }
+    w.store.down = true;
+    w.settle();
+    assert_eq!(w.take_received(c), b"error|store_unavailable\n");
+}
+
+#[test]
+fn more_password_checks_than_the_queue_holds_get_busy() {
+    let mut config = Config::default();
+    config.max_password_checks = 2;
+    let mut w = world_with(config);
+    let conns: Vec<ConnId> = (0..3).map(|_| w.connect(Listener::Native, local())).collect();
+    for &c in &conns {
+        w.send(c, format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}\n").as_bytes());
+    }
+    // Complete the three reads first, so all three reach the password check.
+    for _ in 0..3 {
+        w.step();
+    }
+    w.settle();
+    let replies: Vec<Vec<u8>> = conns.iter().map(|&c| w.take_received(c)).collect();
+    assert_eq!(replies[0], b"Passcode is sent\n");
+    assert_eq!(replies[1], b"Passcode is sent\n");
+    assert_eq!(replies[2], b"error|busy\n");
+}
+
+#[test]
+fn a_hasher_that_fails_gives_busy() {
+    let mut w = world();
+    w.hasher_down = true;
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|busy");
+}
+
+#[test]
+fn passcode_requests_are_rate_limited_per_email() {
+    let mut config = Config::default();
+    config.limits.passcode_requests_per_email = Window::new(2, TimeDelta::minutes(15));
+    let mut w = world_with(config);
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let before = w.verifications;
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|rate_limited");
+    assert_eq!(w.verifications, before, "a refused request costs no hashing");
+    w.advance(TimeDelta::minutes(15));
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+}
+
+#[test]
+fn failed_logins_are_rate_limited_per_ip() {
+    let mut config = Config::default();
+    config.limits.failures_per_ip = Window::new(3, TimeDelta::minutes(15));
+    let mut w = world_with(config);
+    let c = w.connect(Listener::Native, local());
+    for _ in 0..3 {
+        assert_eq!(w.request(c, &login_line(EMAIL, "nope", "AAAAAA")), "False");
+    }
+    assert_eq!(w.request(c, &login_line("someone@else.org", "nope", "AAAAAA")), "error|rate_limited");
+    let elsewhere = w.connect(Listener::Native, ip("127.0.0.9"));
+    assert_eq!(w.request(elsewhere, &login_line(EMAIL, "nope", "AAAAAA")), "False");
+}
+
+#[test]
+fn too_many_connections_are_told_so_and_closed() {
+    let mut config = Config::default();
+    config.max_connections = 2;
+    let mut w = world_with(config);
+    let a = w.connect(Listener::Native, local());
+    let _b = w.connect(Listener::Native, local());
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.take_received(c), b"error|too_many_connections\n");
+    assert!(w.is_closed(c));
+    assert!(!w.is_closed(a));
+}
+
+#[test]
+fn idle_connections_and_stalled_lines_time_out() {
+    let mut w = world();
+    let idle = w.connect(Listener::Native, local());
+    let stalled = w.connect(Listener::Native, local());
+    w.send(stalled, b"require_passcode|aa:bb");
+    w.advance(TimeDelta::seconds(9));
+    assert!(!w.is_closed(stalled));
+    w.advance(TimeDelta::seconds(1));
+    assert!(w.is_closed(stalled), "a partial line gets 10 s");
+    assert!(!w.is_closed(idle));
+    w.advance(TimeDelta::seconds(50));
+    assert!(w.is_closed(idle), "an idle connection gets 60 s");
+    assert_eq!(w.engine.connections(), 0);
+}
+
+#[test]
+fn activity_keeps_a_connection_open() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    for _ in 0..10 {
+        w.advance(TimeDelta::seconds(30));
+        assert_eq!(w.request(c, &token_line(&"ab".repeat(32), MAC)), "unauthorized");
+    }
+    assert!(!w.is_closed(c));
+}
+
+#[test]
+fn a_pipelining_client_is_paused_then_served_in_full() {
+    let mut config = Config::default();
+    config.max_pipeline = 4;
+    let mut w = world_with(config);
+    let c = w.connect(Listener::Native, local());
+    let line = format!("{}\n", token_line(&"ab".repeat(32), MAC));
+    w.send(c, line.repeat(10).as_bytes());
+    assert!(!w.engine.wants_input(c));
+    assert_eq!(w.pending().len(), 4);
+    w.settle();
+    assert!(w.engine.wants_input(c));
+    assert_eq!(w.take_received(c), "unauthorized\n".repeat(10).as_bytes());
+}
+
+fn unpickle(bytes: &[u8]) -> String {
+    // PROTO 4, FRAME n, SHORT_BINUNICODE len, text, MEMOIZE, STOP
+    assert_eq!(&bytes[..3], &[0x80, 0x04, 0x95]);
+    assert_eq!(bytes[11], 0x8c);
+    let len = usize::from(bytes[12]);
+    assert_eq!(&bytes[13 + len..], &[0x94, 0x2e]);
+    String::from_utf8(bytes[13..13 + len].to_vec()).unwrap()
+}
+
+#[test]
+fn legacy_clients_get_one_pickled_reply_per_connection() {
+    let mut w = world();
+    let c = w.connect(Listener::LegacyPasscode, local());
+    w.send(c, format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}").as_bytes());
+    w.settle();
+    assert_eq!(unpickle(&w.take_received(c)), "Passcode is sent");
+    assert!(w.is_closed(c));
+
+    let code = w.passcode_for(EMAIL).unwrap();
+    let c = w.connect(Listener::LegacyLogin, local());
+    w.send(c, login_line(EMAIL, PASSWORD, &code).as_bytes());
+    w.settle();
+    let reply = unpickle(&w.take_received(c));
+    assert!(reply.starts_with(LOGIN_PREFIX), "{reply}");
+    assert!(w.is_closed(c));
+}
+
+#[test]
+fn legacy_requests_split_across_reads_are_joined_within_the_wait() {
+    let mut w = world();
+    let c = w.connect(Listener::LegacyPasscode, local());
+    w.send(c, format!("require_passcode|{MAC}|{PASSWORD}").as_bytes());
+    w.advance(TimeDelta::milliseconds(100));
+    w.send(c, format!("|{PHONE}|{EMAIL}").as_bytes());
+    w.settle();
+    assert_eq!(unpickle(&w.take_received(c)), "Passcode is sent");
+}
+
+#[test]
+fn legacy_requests_that_never_complete_get_false() {
+    let mut w = world();
+    let c = w.connect(Listener::LegacyLogin, local());
+    w.send(c, b"aa:bb:cc:dd:ee:ff|ada");
+    w.advance(TimeDelta::milliseconds(200));
+    w.settle();
+    assert_eq!(unpickle(&w.take_received(c)), "False");
+    assert!(w.is_closed(c));
+    let silent = w.connect(Listener::LegacyLogin, local());
+    w.advance(TimeDelta::seconds(10));
+    assert!(w.is_closed(silent));
+    assert!(w.take_received(silent).is_empty());
+}
+
+#[test]
+fn legacy_ports_take_only_their_own_request() {
+    let mut w = world();
+    let c = w.connect(Listener::LegacyLogin, local());
+    w.send(c, format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}").as_bytes());
+    w.settle();
+    assert_eq!(unpickle(&w.take_received(c)), "False");
+    assert!(w.mailbox.is_empty());
+}
+
+#[test]
+fn a_plaintext_password_from_the_old_server_is_rehashed_on_success() {
+    let mut w = World::new(Config::default(), 9);
+    w.store.put_user(UserRecord {
+        email: EMAIL.into(),
+        phone: PHONE.into(),
+        password: PasswordHash::from_column(PASSWORD),
+    });
+    w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    assert_eq!(w.store.users[EMAIL].password, test_hash(PASSWORD));
+}
+
+#[test]
+fn a_plaintext_passcode_from_the_old_server_still_logs_in() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    require_passcode(&mut w, c, PASSWORD, EMAIL);
+    let record = w.store.passcodes.values_mut().next().unwrap();
+    record.code = StoredPasscode::Plain(Secret::new("OLD123"));
+    assert!(w.request(c, &login_line(EMAIL, PASSWORD, "OLD123")).starts_with(LOGIN_PREFIX));
+}
+
+#[test]
+fn every_error_code_is_documented() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md")).unwrap();
+    for code in ErrorCode::ALL {
+        assert!(doc.contains(&format!("`error|{}`", code.as_str())), "{code:?} is not in docs/PROTOCOL.md");
+    }
+}
