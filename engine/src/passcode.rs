@@ -64,6 +64,17 @@ impl StoredPasscode {
         StoredPasscode::Digest { salt, hash: digest(&salt, passcode.expose().as_bytes()) }
     }
 
+    /// This passcode as a digest: an old server's plaintext is sealed with
+    /// `salt`, a digest is returned as it is.
+    pub fn sealed(&self, salt: [u8; 16]) -> StoredPasscode {
+        match self {
+            StoredPasscode::Digest { .. } => self.clone(),
+            StoredPasscode::Plain(plain) => {
+                StoredPasscode::Digest { salt, hash: digest(&salt, plain.expose().as_bytes()) }
+            }
+        }
+    }
+
     /// Whether `candidate` is this passcode, in constant time.
     pub fn matches(&self, candidate: &str) -> bool {
         match self {
@@ -225,6 +236,10 @@ mod tests {
         assert_eq!(code, StoredPasscode::Plain(Secret::new("Q7ZK2M")));
         assert!(code.matches("Q7ZK2M"));
         assert!(!code.matches("Q7ZK2"));
+        let sealed = code.sealed([1; 16]);
+        assert!(matches!(sealed, StoredPasscode::Digest { .. }));
+        assert!(sealed.matches("Q7ZK2M"));
+        assert_eq!(sealed.sealed([2; 16]), sealed);
     }
 
     #[test]

@@ -1,0 +1,129 @@
+//! Passwords: argon2id hashing and verification, run outside the engine.
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, Version};
+use subtle::ConstantTimeEq;
+use tokenizer_auth_engine::{PasswordHash, Secret};
+
+/// Hashing failed (parameters out of range, or no OS randomness).
+#[derive(Debug)]
+pub struct HashError(String);
+
+impl std::fmt::Display for HashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "password hashing failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for HashError {}
+
+/// Argon2id cost parameters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Cost {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    /// Passes.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Cost {
+    /// The product's cost: m = 19 MiB, t = 2, p = 1 (OWASP's argon2id
+    /// minimum). Nothing below it is used outside tests that ask for it.
+    pub const PRODUCT: Cost = Cost { memory_kib: 19 * 1024, iterations: 2, parallelism: 1 };
+
+    /// A cheap cost for tests that say so explicitly. Never for real use.
+    pub const TEST_ONLY: Cost = Cost { memory_kib: 64, iterations: 1, parallelism: 1 };
+}
+
+/// Hashes and verifies passwords with argon2id at one cost.
+#[derive(Clone)]
+pub struct Hasher {
+    argon2: Argon2<'static>,
+    dummy: PasswordHash,
+}
+
+impl Hasher {
+    /// A hasher at `cost`. It makes its dummy hash (for unknown emails) at
+    /// once, so it costs one hash to build.
+    pub fn new(cost: Cost) -> Result<Hasher, HashError> {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
+            .map_err(|e| HashError(e.to_string()))?;
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+        let mut hasher = Hasher { argon2, dummy: PasswordHash::Phc(String::new()) };
+        let mut random = [0u8; 24];
+        getrandom::fill(&mut random).map_err(|e| HashError(e.to_string()))?;
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        hasher.dummy = hasher.hash(&Secret::new(password))?;
+        Ok(hasher)
+    }
+
+    /// The hash an unknown email's password is verified against: same
+    /// algorithm and cost as every real one, of a password nobody knows.
+    pub fn dummy(&self) -> &PasswordHash {
+        &self.dummy
+    }
+
+    /// Hashes a password into a PHC string, with a fresh random salt.
+    pub fn hash(&self, password: &Secret) -> Result<PasswordHash, HashError> {
+        let phc = self.argon2.hash_password(password.expose().as_bytes()).map_err(|e| HashError(e.to_string()))?;
+        Ok(PasswordHash::Phc(phc.to_string()))
+    }
+
+    /// Whether `candidate` is the password behind `stored`. A legacy
+    /// plaintext is compared in constant time after a dummy verification,
+    /// so it costs what a real one does; a malformed hash never matches.
+    pub fn verify(&self, stored: &PasswordHash, candidate: &Secret) -> bool {
+        match stored {
+            PasswordHash::Phc(phc) => match argon2::password_hash::phc::PasswordHash::new(phc) {
+                Ok(parsed) => self.argon2.verify_password(candidate.expose().as_bytes(), &parsed).is_ok(),
+                Err(_) => {
+                    self.burn(candidate);
+                    false
+                }
+            },
+            PasswordHash::Plain(plain) => {
+                self.burn(candidate);
+                plain.expose().as_bytes().ct_eq(candidate.expose().as_bytes()).into()
+            }
+        }
+    }
+
+    /// Spends one verification's worth of work.
+    fn burn(&self, candidate: &Secret) {
+        if let PasswordHash::Phc(phc) = &self.dummy
+            && let Ok(parsed) = argon2::password_hash::phc::PasswordHash::new(phc)
+        {
+            let _ = self.argon2.verify_password(candidate.expose().as_bytes(), &parsed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_product_cost_is_at_least_owasps_minimum() {
+        assert!(Cost::PRODUCT.memory_kib >= 19 * 1024);
+        assert!(Cost::PRODUCT.iterations >= 2);
+        assert_eq!(Cost::PRODUCT.parallelism, 1);
+    }
+
+    #[test]
+    fn hashes_verify_and_plaintexts_compare() {
+        // Cheap parameters: this test checks behaviour, not cost.
+        let hasher = Hasher::new(Cost::TEST_ONLY).unwrap();
+        let pw = Secret::new("correct horse");
+        let hash = hasher.hash(&pw).unwrap();
+        let PasswordHash::Phc(phc) = &hash else { panic!() };
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{phc}");
+        assert!(hasher.verify(&hash, &pw));
+        assert!(!hasher.verify(&hash, &Secret::new("wrong")));
+        assert!(!hasher.verify(hasher.dummy(), &pw));
+        assert!(hasher.verify(&PasswordHash::from_column("legacy"), &Secret::new("legacy")));
+        assert!(!hasher.verify(&PasswordHash::from_column("legacy"), &Secret::new("legacy!")));
+        assert!(!hasher.verify(&PasswordHash::Phc("$argon2id$garbage".into()), &pw));
+    }
+}

@@ -1,0 +1,353 @@
+//! The SQLite store: the engine's reads and write batches against the two
+//! files of SPEC section 6, in the data folder.
+//!
+//! - `op_creds.db`: accounts in the old `op_creds` table, sessions in
+//!   `sessions`.
+//! - `op_passcodes.db`: passcodes in the old `passcode_table`, brute-force
+//!   counters in `counters`.
+//!
+//! Both files are in WAL mode with `synchronous = FULL`, so a batch reported
+//! committed survives a crash of the process and of the machine. Every batch
+//! runs in one `BEGIN IMMEDIATE` transaction on one file, and its
+//! expectation is checked inside that transaction: two processes (or
+//! threads, each with its own `SqliteStore`) can never both consume one
+//! passcode or both rotate one token. There is no cache: every read goes to
+//! the file, so nothing can go stale.
+
+mod admin;
+mod columns;
+mod schema;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokenizer_auth_engine::{
+    Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey, PasscodeRecord,
+    PasscodesBatch, PasscodesOp, PasswordHash, SessionRecord, Snapshot, StoredPasscode, UserRecord, WriteBatch,
+};
+
+pub use admin::{SessionSummary, UserSummary};
+use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
+
+/// The credentials file's name in the data folder.
+pub const CREDS_FILE: &str = "op_creds.db";
+/// The passcodes file's name in the data folder.
+pub const PASSCODES_FILE: &str = "op_passcodes.db";
+
+/// How long a statement waits for another writer before the store reports
+/// itself unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store failure: the file could not be opened, read or written.
+#[derive(Debug)]
+pub struct StoreError(String);
+
+impl StoreError {
+    pub(crate) fn new(what: impl Into<String>) -> StoreError {
+        StoreError(what.into())
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError(e.to_string())
+    }
+}
+
+/// Whether a batch was applied.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Commit {
+    /// Committed and durable.
+    Applied,
+    /// The expectation did not hold; nothing was written.
+    Conflict,
+}
+
+/// Open connections to both files. One per thread: a `SqliteStore` is not
+/// shared.
+pub struct SqliteStore {
+    creds: Connection,
+    passcodes: Connection,
+    dir: PathBuf,
+}
+
+fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::new(format!("{} cannot use WAL mode (got {mode})", path.display())));
+    }
+    // FULL: a commit reported to the engine survives power loss too.
+    // secure_delete: a legacy plaintext password overwritten by its hash is
+    // zeroed in the file, not left in a free page.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Creates the data folder if needed (mode 0700: it holds password hashes).
+fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|e| StoreError::new(format!("cannot create data folder {}: {e}", dir.display())))
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating as needed) the two files in `dir`.
+    pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
+        ensure_dir(dir)?;
+        let mut creds = open_file(&dir.join(CREDS_FILE))?;
+        schema::migrate_creds(&mut creds).map_err(|e| StoreError::new(format!("cannot migrate {CREDS_FILE}: {e}")))?;
+        let mut passcodes = open_file(&dir.join(PASSCODES_FILE))?;
+        schema::migrate_passcodes(&mut passcodes)
+            .map_err(|e| StoreError::new(format!("cannot migrate {PASSCODES_FILE}: {e}")))?;
+        let store = SqliteStore { creds, passcodes, dir: dir.to_owned() };
+        // Migrations may have sealed or replaced secrets: fold the WAL into
+        // the main files now, so no old page with a plaintext lingers.
+        store.checkpoint()?;
+        Ok(store)
+    }
+
+    /// Folds both WAL files into their main files and truncates them.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        for conn in [&self.creds, &self.passcodes] {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// The data folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Answers an engine lookup.
+    pub fn read(&self, lookup: &Lookup) -> Result<Snapshot, StoreError> {
+        let mut snapshot = Snapshot::default();
+        if let Some(email) = &lookup.user {
+            snapshot.user = self.user(email)?;
+        }
+        if let Some(key) = &lookup.passcode {
+            snapshot.passcode = passcode(&self.passcodes, key)?;
+        }
+        if let Some(master) = &lookup.session {
+            snapshot.session = self.session(master)?;
+        }
+        for key in &lookup.counters {
+            if let Some(counter) = counter(&self.passcodes, key)? {
+                snapshot.counters.push((key.clone(), counter));
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Commits a batch, or nothing if its expectation does not hold.
+    pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
+        match batch {
+            WriteBatch::Passcodes(b) => {
+                let tx = self.passcodes.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let commit = write_passcodes(&tx, b)?;
+                finish(tx, commit)
+            }
+            WriteBatch::Creds(b) => {
+                let tx = self.creds.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let commit = write_creds(&tx, b)?;
+                finish(tx, commit)
+            }
+        }
+    }
+
+    fn user(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let mut stmt = self
+            .creds
+            .prepare_cached("SELECT phone, password FROM op_creds WHERE email = ?1 ORDER BY rowid LIMIT 1")?;
+        let row = stmt
+            .query_row([email], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<String>>(1)?)))
+            .optional()?;
+        Ok(row.map(|(phone, password)| UserRecord {
+            email: email.to_owned(),
+            phone: phone.unwrap_or_default(),
+            password: PasswordHash::from_column(password.as_deref().unwrap_or_default()),
+        }))
+    }
+
+    fn session(&self, master: &MasterToken) -> Result<Option<SessionRecord>, StoreError> {
+        let mut stmt =
+            self.creds.prepare_cached("SELECT email, mac, started_at, expires_at FROM sessions WHERE master = ?1")?;
+        let row = stmt
+            .query_row([master.to_hex()], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            })
+            .optional()?;
+        Ok(row.and_then(|(email, mac, started, expires)| {
+            Some(SessionRecord {
+                master: *master,
+                email,
+                mac: Mac::parse(&mac)?,
+                started_at: from_millis(started),
+                expires_at: from_millis(expires),
+            })
+        }))
+    }
+}
+
+fn finish(tx: Transaction<'_>, commit: Commit) -> Result<Commit, StoreError> {
+    match commit {
+        Commit::Applied => tx.commit()?,
+        Commit::Conflict => tx.rollback()?,
+    }
+    Ok(commit)
+}
+
+fn passcode(conn: &Connection, key: &PasscodeKey) -> Result<Option<PasscodeRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT phone, passcode, expiry, attempts FROM passcode_table
+         WHERE email = ?1 AND mac = ?2 AND ip = ?3 ORDER BY rowid DESC LIMIT 1",
+    )?;
+    let row = stmt
+        .query_row(params![key.email, key.mac.to_string(), key.ip.to_string()], |r| {
+            Ok((
+                r.get::<_, Option<String>>(0)?,
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })
+        .optional()?;
+    Ok(row.map(|(phone, code, expiry, attempts)| PasscodeRecord {
+        key: key.clone(),
+        phone: phone.unwrap_or_default(),
+        code: StoredPasscode::from_column(code.as_deref().unwrap_or_default()),
+        // A time that does not parse is taken as long expired.
+        expires_at: expiry.as_deref().and_then(parse_time_text).unwrap_or(chrono::DateTime::UNIX_EPOCH),
+        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+    }))
+}
+
+fn counter(conn: &Connection, key: &CounterKey) -> Result<Option<Counter>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT since, count, last FROM counters WHERE key = ?1")?;
+    let row = stmt
+        .query_row([counter_key(key)], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+        .optional()?;
+    Ok(row.map(|(since, count, last)| Counter {
+        since: from_millis(since),
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+        last: from_millis(last),
+    }))
+}
+
+fn write_passcodes(tx: &Transaction<'_>, batch: &PasscodesBatch) -> Result<Commit, StoreError> {
+    if let Some(expect) = &batch.expect {
+        let holds = passcode(tx, &expect.key)?.is_some_and(|r| r.code == expect.code && r.attempts == expect.attempts);
+        if !holds {
+            return Ok(Commit::Conflict);
+        }
+    }
+    for op in &batch.ops {
+        match op {
+            PasscodesOp::Put(record) => {
+                delete_passcode(tx, &record.key)?;
+                tx.prepare_cached(
+                    "INSERT INTO passcode_table (mac, ip, phone, email, passcode, expiry, attempts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    record.key.mac.to_string(),
+                    record.key.ip.to_string(),
+                    record.phone,
+                    record.key.email,
+                    record.code.to_column(),
+                    time_text(record.expires_at),
+                    record.attempts,
+                ])?;
+            }
+            PasscodesOp::Delete(key) => delete_passcode(tx, key)?,
+            PasscodesOp::SetAttempts { key, attempts } => {
+                tx.prepare_cached("UPDATE passcode_table SET attempts = ?4 WHERE email = ?1 AND mac = ?2 AND ip = ?3")?
+                    .execute(params![key.email, key.mac.to_string(), key.ip.to_string(), attempts])?;
+            }
+            PasscodesOp::Bump(bump) => {
+                let next = bump.apply(counter(tx, &bump.key)?);
+                tx.prepare_cached("INSERT OR REPLACE INTO counters (key, since, count, last) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![counter_key(&bump.key), millis(next.since), next.count, millis(next.last)])?;
+            }
+            PasscodesOp::Reset(key) => {
+                tx.prepare_cached("DELETE FROM counters WHERE key = ?1")?.execute([counter_key(key)])?;
+            }
+        }
+    }
+    Ok(Commit::Applied)
+}
+
+fn delete_passcode(tx: &Transaction<'_>, key: &PasscodeKey) -> Result<(), StoreError> {
+    tx.prepare_cached("DELETE FROM passcode_table WHERE email = ?1 AND mac = ?2 AND ip = ?3")?.execute(params![
+        key.email,
+        key.mac.to_string(),
+        key.ip.to_string()
+    ])?;
+    Ok(())
+}
+
+fn write_creds(tx: &Transaction<'_>, batch: &CredsBatch) -> Result<Commit, StoreError> {
+    let holds = match &batch.expect {
+        None => true,
+        Some(CredsExpectation::Session { master, expires_at }) => tx
+            .prepare_cached("SELECT expires_at FROM sessions WHERE master = ?1")?
+            .query_row([master.to_hex()], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_some_and(|stored| stored == millis(*expires_at)),
+        Some(CredsExpectation::Password { email, password }) => tx
+            .prepare_cached("SELECT password FROM op_creds WHERE email = ?1 ORDER BY rowid LIMIT 1")?
+            .query_row([email], |r| r.get::<_, Option<String>>(0))
+            .optional()?
+            .is_some_and(|stored| PasswordHash::from_column(stored.as_deref().unwrap_or_default()) == *password),
+    };
+    if !holds {
+        return Ok(Commit::Conflict);
+    }
+    for op in &batch.ops {
+        match op {
+            CredsOp::PutSession(s) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO sessions (master, email, mac, started_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    s.master.to_hex(),
+                    s.email,
+                    s.mac.to_string(),
+                    millis(s.started_at),
+                    millis(s.expires_at)
+                ])?;
+            }
+            CredsOp::DeleteSession(master) => {
+                tx.prepare_cached("DELETE FROM sessions WHERE master = ?1")?.execute([master.to_hex()])?;
+            }
+            CredsOp::SetPassword { email, password } => {
+                tx.prepare_cached("UPDATE op_creds SET password = ?2 WHERE email = ?1")?
+                    .execute(params![email, password.as_column()])?;
+            }
+        }
+    }
+    Ok(Commit::Applied)
+}

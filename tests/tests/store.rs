@@ -1,0 +1,269 @@
+//! The SQLite store on real files: the old server's files open and work,
+//! migrations are versioned and keep the seed's columns, expectations hold
+//! across connections, plaintext passwords are rehashed, and no secret is
+//! left in the files' raw bytes.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
+
+use chrono::TimeDelta;
+use rusqlite::Connection;
+use tokenizer_auth_engine::testkit::{World, epoch};
+use tokenizer_auth_engine::{
+    BaseToken, Config, Listener, Mac, MasterToken, PasscodeExpectation, PasscodeKey, PasscodeRecord, PasscodesBatch,
+    PasscodesOp, PasswordHash, Secret, StoredPasscode, WriteBatch,
+};
+use tokenizer_auth_runtime_std::executor::Executor;
+use tokenizer_auth_runtime_std::mail::{MailConfig, Mailer};
+use tokenizer_auth_runtime_std::password::{Cost, Hasher};
+use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
+
+const MAC: &str = "aa:bb:cc:dd:ee:ff";
+const EMAIL: &str = "old@example.com";
+const PHONE: &str = "5550100";
+const PASSWORD: &str = "plain-old-password";
+
+fn local() -> IpAddr {
+    "127.0.0.1".parse().unwrap()
+}
+
+/// A world whose effects run against the real store, hasher and outbox in
+/// `dir`.
+fn real_world(dir: &Path, hasher: &Hasher) -> World {
+    let store = SqliteStore::open(dir).unwrap();
+    let mailer = Mailer::new(&MailConfig::Outbox { dir: dir.join("outbox") }).unwrap();
+    let mut executor = Executor { store, hasher: hasher.clone(), mailer };
+    let config = Config { dummy_password: hasher.dummy().clone(), ..Config::default() };
+    let mut world = World::new(config, 42);
+    world.set_executor(move |effect| executor.run(effect));
+    world
+}
+
+/// The passcode in the newest outbox message to `email`.
+fn outbox_passcode(dir: &Path, email: &str) -> Option<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("outbox")).ok()?.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().rev().find_map(|f| {
+        let text = std::fs::read_to_string(f).ok()?;
+        text.contains(email).then(|| tokenizer_auth_engine::mail::find_passcode(&text).map(str::to_owned))?
+    })
+}
+
+/// Writes the two files as the old Python server did: its table
+/// definitions, a plaintext password, its time text, a session and a
+/// passcode of its own.
+fn old_server_files(dir: &Path, old_token: &BaseToken) {
+    let creds = Connection::open(dir.join("op_creds.db")).unwrap();
+    creds
+        .execute_batch(&format!(
+            "CREATE TABLE op_creds (mac text, password text, email text, phone text, token text, expiry text);
+             INSERT INTO op_creds VALUES ('{MAC}', '{PASSWORD}', '{EMAIL}', '{PHONE}', '{master}', '2026-01-01 01:00:00');",
+            master = MasterToken::derive(old_token, Mac::parse(MAC).unwrap(), local()).to_hex(),
+        ))
+        .unwrap();
+    let passcodes = Connection::open(dir.join("op_passcodes.db")).unwrap();
+    passcodes
+        .execute_batch(&format!(
+            "CREATE TABLE passcode_table (mac text, ip text, phone text, email text, passcode text, expiry text);
+             INSERT INTO passcode_table VALUES ('AA-BB-CC-DD-EE-01', '127.0.0.1', '{PHONE}', '{EMAIL}', 'Q7ZK2M', '2026-01-01 00:03:00');"
+        ))
+        .unwrap();
+}
+
+fn columns(conn: &Connection, table: &str) -> Vec<String> {
+    let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})")).unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(1)).unwrap().map(Result::unwrap).collect()
+}
+
+fn stored_password(dir: &Path) -> String {
+    Connection::open(dir.join("op_creds.db"))
+        .unwrap()
+        .query_row("SELECT password FROM op_creds WHERE email = ?1", [EMAIL], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn the_old_servers_files_open_and_the_whole_flow_works_on_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let old_token = BaseToken::parse("0123456789abcdef".repeat(4).as_bytes()).unwrap();
+    old_server_files(dir, &old_token);
+    // The product's argon2id cost: this test shows the real rehash.
+    let hasher = Hasher::new(Cost::PRODUCT).unwrap();
+    let mut world = real_world(dir, &hasher);
+
+    // The old server's session still works, and renews.
+    let c = world.connect(Listener::Native, local());
+    assert_eq!(world.request(c, &format!("{old_token}|{MAC}|get")), "authorized");
+
+    // The old server's plaintext passcode logs in, on the device it was issued to.
+    let old_passcode_login = format!("aa:bb:cc:dd:ee:01|{EMAIL}|{PHONE}|{PASSWORD}|Q7ZK2M");
+    let reply = world.request(c, &old_passcode_login);
+    assert!(reply.starts_with(tokenizer_auth_engine::LOGIN_PREFIX), "{reply}");
+
+    // A fresh login through the outbox.
+    let token = world
+        .login_reading_mail(local(), MAC, EMAIL, PHONE, PASSWORD, |_| outbox_passcode(dir, EMAIL))
+        .expect("login on the old files");
+    let c = world.connect(Listener::Native, local());
+    assert_eq!(world.request(c, &format!("{token}|{MAC}|get")), "authorized");
+
+    // The plaintext password became an argon2id hash at the product's cost.
+    let stored = stored_password(dir);
+    assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+    assert!(hasher.verify(&PasswordHash::from_column(&stored), &Secret::new(PASSWORD)));
+
+    // Migrations are versioned and kept every column of the seed.
+    let creds = Connection::open(dir.join("op_creds.db")).unwrap();
+    let passcodes = Connection::open(dir.join("op_passcodes.db")).unwrap();
+    for (conn, table, seed) in [
+        (&creds, "op_creds", ["mac", "password", "email", "phone", "token", "expiry"]),
+        (&passcodes, "passcode_table", ["mac", "ip", "phone", "email", "passcode", "expiry"]),
+    ] {
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 1);
+        let cols = columns(conn, table);
+        assert_eq!(&cols[..6], seed, "{table}");
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+    // Opening again changes nothing.
+    drop(world);
+    SqliteStore::open(dir).unwrap();
+}
+
+#[test]
+fn user_rehash_hashes_every_plaintext_password() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    old_server_files(dir, &BaseToken::parse("ab".repeat(32).as_bytes()).unwrap());
+    let hasher = Hasher::new(Cost::PRODUCT).unwrap();
+    let mut store = SqliteStore::open(dir).unwrap();
+    assert!(store.users().unwrap()[0].plaintext);
+    assert_eq!(store.rehash_plaintext(&hasher).unwrap(), 1);
+    assert_eq!(store.rehash_plaintext(&hasher).unwrap(), 0);
+    assert!(!store.users().unwrap()[0].plaintext);
+    assert!(hasher.verify(&PasswordHash::from_column(&stored_password(dir)), &Secret::new(PASSWORD)));
+}
+
+fn passcode_key() -> PasscodeKey {
+    PasscodeKey { email: EMAIL.into(), mac: Mac::parse(MAC).unwrap(), ip: local() }
+}
+
+#[test]
+fn one_passcode_is_consumed_once_across_fifty_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let code = StoredPasscode::from_column("ABC123");
+    let record = PasscodeRecord {
+        key: passcode_key(),
+        phone: PHONE.into(),
+        code: code.clone(),
+        expires_at: epoch() + TimeDelta::minutes(3),
+        attempts: 0,
+    };
+    let put = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Put(record)] });
+    assert_eq!(SqliteStore::open(&dir).unwrap().write(&put).unwrap(), Commit::Applied);
+
+    let consume = WriteBatch::Passcodes(PasscodesBatch {
+        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts: 0 }),
+        ops: vec![PasscodesOp::Delete(passcode_key())],
+    });
+    let barrier = Arc::new(Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let (dir, barrier, consume) = (dir.clone(), barrier.clone(), consume.clone());
+            std::thread::spawn(move || {
+                let mut store = SqliteStore::open(&dir).unwrap();
+                barrier.wait();
+                store.write(&consume).unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<Commit> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|c| **c == Commit::Applied).count(), 1, "{results:?}");
+}
+
+#[test]
+fn fifty_simultaneous_logins_with_one_passcode_give_one_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test is about the race, not the cost
+    let mut store = SqliteStore::open(dir).unwrap();
+    store.add_user(EMAIL, PHONE, &hasher.hash(&Secret::new(PASSWORD)).unwrap()).unwrap();
+    let mut world = real_world(dir, &hasher);
+    let c = world.connect(Listener::Native, local());
+    assert_eq!(world.request(c, &format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}")), "Passcode is sent");
+    let code = outbox_passcode(dir, EMAIL).unwrap();
+    let conns: Vec<_> = (0..50).map(|_| world.connect(Listener::Native, local())).collect();
+    for &c in &conns {
+        world.send(c, format!("{MAC}|{EMAIL}|{PHONE}|{PASSWORD}|{code}\n").as_bytes());
+    }
+    world.complete_in(tokenizer_auth_engine::testkit::Completion::Shuffled(5));
+    world.settle();
+    let replies: Vec<String> = conns.iter().map(|&c| String::from_utf8(world.take_received(c)).unwrap()).collect();
+    let tokens = replies.iter().filter(|r| r.starts_with(tokenizer_auth_engine::LOGIN_PREFIX)).count();
+    assert_eq!(tokens, 1, "{replies:?}");
+    assert_eq!(replies.iter().filter(|r| *r == "False\n").count(), 49);
+    assert_eq!(store.sessions(Some(EMAIL)).unwrap().len(), 1);
+}
+
+/// Whether any of `secrets` appears in the raw bytes of the database files,
+/// WAL files included.
+fn assert_no_secret_in_files(dir: &Path, secrets: &[String], when: &str) {
+    let files = ["op_creds.db", "op_creds.db-wal", "op_passcodes.db", "op_passcodes.db-wal"];
+    for file in files {
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_default();
+        for secret in secrets {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{when}: {file} holds a secret in plain text");
+        }
+    }
+}
+
+/// Passcode request, login, renewal; returns every secret that crossed the
+/// wire.
+fn full_flow(world: &mut World, dir: &Path, password: &str) -> Vec<String> {
+    let token =
+        world.login_reading_mail(local(), MAC, EMAIL, PHONE, password, |_| outbox_passcode(dir, EMAIL)).unwrap();
+    let passcode = outbox_passcode(dir, EMAIL).unwrap();
+    world.advance(TimeDelta::hours(2));
+    let c = world.connect(Listener::Native, local());
+    let renewed = world.request(c, &format!("{token}|{MAC}|get"));
+    let renewed = renewed.strip_prefix("renew|").expect(&renewed).to_owned();
+    assert_eq!(world.request(c, &format!("{renewed}|{MAC}|get")), "authorized");
+    vec![password.to_owned(), passcode, token, renewed]
+}
+
+#[test]
+fn no_secret_is_left_in_the_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
+    let mut store = SqliteStore::open(dir).unwrap();
+    let password = "a rather long passphrase";
+    store.add_user(EMAIL, PHONE, &hasher.hash(&Secret::new(password)).unwrap()).unwrap();
+    let mut world = real_world(dir, &hasher);
+    let secrets = full_flow(&mut world, dir, password);
+    assert_no_secret_in_files(dir, &secrets, "after a full flow");
+    store.checkpoint().unwrap();
+    assert_no_secret_in_files(dir, &secrets, "after a checkpoint");
+}
+
+#[test]
+fn the_old_servers_secrets_are_gone_once_rehashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    old_server_files(dir, &BaseToken::parse("cd".repeat(32).as_bytes()).unwrap());
+    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
+    let mut store = SqliteStore::open(dir).unwrap();
+    // Opening sealed the old plaintext passcode.
+    assert_no_secret_in_files(dir, &["Q7ZK2M".to_owned()], "after opening");
+    let mut world = real_world(dir, &hasher);
+    let secrets = full_flow(&mut world, dir, PASSWORD);
+    // The login rehashed the plaintext password; a checkpoint (which SQLite
+    // runs on its own as the WAL grows) leaves none of it in the files.
+    store.checkpoint().unwrap();
+    assert_no_secret_in_files(dir, &secrets, "after the rehash and a checkpoint");
+}
