@@ -1,0 +1,111 @@
+//! `user` and `session`: administration on the real files.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use tokenizer_auth_engine::{Mac, Secret};
+use tokenizer_auth_runtime_std::password::{Cost, Hasher};
+use tokenizer_auth_runtime_std::store::SqliteStore;
+
+use super::{Cli, Failure, SessionCommand, UserCommand};
+
+fn open(cli: &Cli) -> Result<SqliteStore, Failure> {
+    let dir = cli.data_dir();
+    SqliteStore::open(&dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())))
+}
+
+fn hasher() -> Result<Hasher, Failure> {
+    Ok(Hasher::new(Cost::PRODUCT)?)
+}
+
+/// A new password, from standard input (`--password-stdin`: one line) or
+/// from a prompt asked twice. Never from the command line, where other
+/// users of the machine could read it.
+fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        Secret::new(line.trim_end_matches(['\r', '\n']))
+    } else {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::Usage("no terminal to ask for the password: use --password-stdin".into()));
+        }
+        let first = Secret::new(rpassword::prompt_password("Password: ")?);
+        let again = Secret::new(rpassword::prompt_password("Again: ")?);
+        if first != again {
+            return Err(Failure::Usage("the passwords differ".into()));
+        }
+        first
+    };
+    if password.is_empty() {
+        return Err(Failure::Usage("the password is empty".into()));
+    }
+    if password.expose().contains('|') || password.expose().chars().any(char::is_control) {
+        return Err(Failure::Usage(
+            "a password cannot hold | or control characters (the protocol could not carry it)".into(),
+        ));
+    }
+    Ok(password)
+}
+
+pub(super) fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        UserCommand::Add { email, phone, password_stdin } => {
+            let mut store = open(cli)?;
+            if store.users()?.iter().any(|u| &u.email == email) {
+                return Err(Failure::Other(format!("user {email} already exists")));
+            }
+            let password = read_password(*password_stdin)?;
+            store.add_user(email, phone, &hasher()?.hash(&password)?)?;
+            writeln!(out, "added {email}")?;
+        }
+        UserCommand::List => {
+            for user in open(cli)?.users()? {
+                let note = if user.plaintext { "  (plaintext password: run `user rehash`)" } else { "" };
+                writeln!(out, "{}\t{}\t{} sessions{note}", user.email, user.phone, user.sessions)?;
+            }
+        }
+        UserCommand::Remove { email } => {
+            if !open(cli)?.remove_user(email)? {
+                return Err(Failure::Other(format!("no user {email}")));
+            }
+            writeln!(out, "removed {email}")?;
+        }
+        UserCommand::Passwd { email, password_stdin } => {
+            let mut store = open(cli)?;
+            if !store.users()?.iter().any(|u| &u.email == email) {
+                return Err(Failure::Other(format!("no user {email}")));
+            }
+            let password = read_password(*password_stdin)?;
+            store.set_password(email, &hasher()?.hash(&password)?)?;
+            writeln!(out, "changed the password of {email}; its sessions have ended")?;
+        }
+        UserCommand::Rehash => {
+            let hashed = open(cli)?.rehash_plaintext(&hasher()?)?;
+            writeln!(out, "hashed {hashed} plaintext passwords")?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn session(cli: &Cli, command: &SessionCommand) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        SessionCommand::List { email } => {
+            for s in open(cli)?.sessions(email.as_deref())? {
+                let started = s.started_at.format("%Y-%m-%d %H:%M:%S");
+                let expires = s.expires_at.format("%Y-%m-%d %H:%M:%S");
+                writeln!(out, "{}\t{}\tstarted {started}Z\texpires {expires}Z", s.email, s.mac)?;
+            }
+        }
+        SessionCommand::Revoke { email, mac } => {
+            let mac = match mac {
+                Some(text) => Some(Mac::parse(text).ok_or_else(|| Failure::Usage(format!("invalid MAC {text:?}")))?),
+                None => None,
+            };
+            let ended = open(cli)?.revoke(email, mac)?;
+            writeln!(out, "ended {ended} sessions of {email}")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! `tokenizer-auth user ...` and `session ...` on real files, through the
+//! binary as an operator runs it.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokenizer_auth_engine::{BaseToken, CredsBatch, CredsOp, Mac, MasterToken, Secret, SessionRecord, WriteBatch};
+use tokenizer_auth_runtime_std::password::{Cost, Hasher};
+use tokenizer_auth_runtime_std::store::SqliteStore;
+
+fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenizer-auth"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(dir: &Path, args: &[&str], stdin: &str) -> String {
+    let out = run(dir, args, stdin);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(dir: &Path, args: &[&str], stdin: &str, code: i32, reason: &str) {
+    let out = run(dir, args, stdin);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.contains(reason), "{args:?}: {stderr:?} does not say {reason:?}");
+}
+
+fn verifies(dir: &Path, email: &str, password: &str) -> bool {
+    let store = SqliteStore::open(dir).unwrap();
+    let user = store.read(&tokenizer_auth_engine::Lookup { user: Some(email.into()), ..Default::default() }).unwrap();
+    let hash = user.user.expect("the user exists").password;
+    Hasher::new(Cost::TEST_ONLY).unwrap().verify(&hash, &Secret::new(password))
+}
+
+#[test]
+fn accounts_are_added_listed_changed_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    assert_eq!(
+        ok(dir, &["user", "add", "ada@example.com", "--phone", "555", "--password-stdin"], "s3cret\n"),
+        "added ada@example.com\n"
+    );
+    assert!(verifies(dir, "ada@example.com", "s3cret"));
+    fails(dir, &["user", "add", "ada@example.com", "--password-stdin"], "x\n", 1, "already exists");
+    fails(dir, &["user", "add", "bob@example.com"], "", 2, "--password-stdin");
+    fails(dir, &["user", "add", "bob@example.com", "--password", "x"], "", 2, "unexpected argument");
+    fails(dir, &["user", "add", "not-an-email", "--password-stdin"], "x\n", 1, "invalid email");
+    assert_eq!(ok(dir, &["user", "list"], ""), "ada@example.com\t555\t0 sessions\n");
+
+    ok(dir, &["user", "passwd", "ada@example.com", "--password-stdin"], "n3w\n");
+    assert!(verifies(dir, "ada@example.com", "n3w"));
+    assert!(!verifies(dir, "ada@example.com", "s3cret"));
+    fails(dir, &["user", "passwd", "nobody@example.com", "--password-stdin"], "x\n", 1, "no user");
+
+    assert_eq!(ok(dir, &["user", "remove", "ada@example.com"], ""), "removed ada@example.com\n");
+    fails(dir, &["user", "remove", "ada@example.com"], "", 1, "no user");
+    assert_eq!(ok(dir, &["user", "list"], ""), "");
+}
+
+#[test]
+fn rehash_hashes_the_old_servers_plaintext_passwords() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let conn = rusqlite::Connection::open(dir.join("op_creds.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE op_creds (mac text, password text, email text, phone text, token text, expiry text);
+         INSERT INTO op_creds VALUES ('aa:bb:cc:dd:ee:ff', 'hunter2', 'old@example.com', '1', NULL, NULL);",
+    )
+    .unwrap();
+    drop(conn);
+    assert!(ok(dir, &["user", "list"], "").contains("plaintext password"));
+    assert_eq!(ok(dir, &["user", "rehash"], ""), "hashed 1 plaintext passwords\n");
+    assert!(!ok(dir, &["user", "list"], "").contains("plaintext"));
+    assert!(verifies(dir, "old@example.com", "hunter2"));
+}
+
+fn session(email: &str, mac: &str, seed: u8, now: DateTime<Utc>) -> CredsOp {
+    let base = BaseToken::parse(format!("{seed:02x}").repeat(32).as_bytes()).unwrap();
+    let mac = Mac::parse(mac).unwrap();
+    CredsOp::PutSession(SessionRecord {
+        master: MasterToken::derive(&base, mac, "127.0.0.1".parse().unwrap()),
+        email: email.into(),
+        mac,
+        started_at: now,
+        expires_at: now + TimeDelta::hours(1),
+    })
+}
+
+#[test]
+fn sessions_are_listed_and_revoked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let now = DateTime::from_timestamp(1_767_225_600, 0).unwrap();
+    let ops = vec![
+        session("ada@example.com", "aa:bb:cc:dd:ee:01", 1, now),
+        session("ada@example.com", "aa:bb:cc:dd:ee:02", 2, now),
+        session("bob@example.com", "aa:bb:cc:dd:ee:03", 3, now),
+    ];
+    SqliteStore::open(dir).unwrap().write(&WriteBatch::Creds(CredsBatch { expect: None, ops })).unwrap();
+
+    let all = ok(dir, &["session", "list"], "");
+    assert_eq!(all.lines().count(), 3, "{all}");
+    assert!(
+        all.contains("ada@example.com\taa:bb:cc:dd:ee:01\tstarted 2026-01-01 00:00:00Z\texpires 2026-01-01 01:00:00Z")
+    );
+    assert_eq!(ok(dir, &["session", "list", "ada@example.com"], "").lines().count(), 2);
+    assert_eq!(
+        ok(dir, &["session", "revoke", "ada@example.com", "--mac", "AA-BB-CC-DD-EE-02"], ""),
+        "ended 1 sessions of ada@example.com\n"
+    );
+    assert_eq!(ok(dir, &["session", "revoke", "ada@example.com"], ""), "ended 1 sessions of ada@example.com\n");
+    assert_eq!(ok(dir, &["session", "list"], "").lines().count(), 1);
+    fails(dir, &["session", "revoke", "bob@example.com", "--mac", "nope"], "", 2, "invalid MAC");
+}
+
+#[test]
+fn a_data_folder_that_cannot_be_written_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    fails(&file, &["user", "list"], "", 1, "data folder");
+    fails(&file.join("below"), &["user", "list"], "", 1, "cannot create data folder");
+}
