@@ -276,9 +276,7 @@ fn a_failed_guess_is_not_answered_false_unless_it_was_counted() {
 
 #[test]
 fn more_password_checks_than_the_queue_holds_get_busy() {
-    let mut config = Config::default();
-    config.max_password_checks = 2;
-    let mut w = world_with(config);
+    let mut w = world_with(Config { max_password_checks: 2, ..Config::default() });
     let conns: Vec<ConnId> = (0..3).map(|_| w.connect(Listener::Native, local())).collect();
     for &c in &conns {
         w.send(c, format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}\n").as_bytes());
@@ -334,9 +332,7 @@ fn failed_logins_are_rate_limited_per_ip() {
 
 #[test]
 fn too_many_connections_are_told_so_and_closed() {
-    let mut config = Config::default();
-    config.max_connections = 2;
-    let mut w = world_with(config);
+    let mut w = world_with(Config { max_connections: 2, ..Config::default() });
     let a = w.connect(Listener::Native, local());
     let _b = w.connect(Listener::Native, local());
     let c = w.connect(Listener::Native, local());
@@ -374,9 +370,7 @@ fn activity_keeps_a_connection_open() {
 
 #[test]
 fn a_pipelining_client_is_paused_then_served_in_full() {
-    let mut config = Config::default();
-    config.max_pipeline = 4;
-    let mut w = world_with(config);
+    let mut w = world_with(Config { max_pipeline: 4, ..Config::default() });
     let c = w.connect(Listener::Native, local());
     let line = format!("{}\n", token_line(&"ab".repeat(32), MAC));
     w.send(c, line.repeat(10).as_bytes());

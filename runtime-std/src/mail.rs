@@ -109,7 +109,7 @@ struct Inner {
 
 enum Sink {
     Outbox { dir: PathBuf },
-    Smtp { transport: SmtpTransport, host: String, port: u16 },
+    Smtp { transport: Box<SmtpTransport>, host: String, port: u16, timeout: Duration },
 }
 
 impl fmt::Debug for Mailer {
@@ -149,17 +149,26 @@ impl Mailer {
         let message = build_message(&self.inner.from, mail, SystemTime::from(now))?;
         match &self.inner.sink {
             Sink::Outbox { dir } => write_outbox(dir, &message.formatted(), now).map(drop),
-            Sink::Smtp { transport, host, port } => transport.send(&message).map(drop).map_err(|error| {
-                let kind = if error.is_permanent() || error.is_transient() {
-                    MailErrorKind::Rejected
-                } else {
-                    MailErrorKind::Unreachable
-                };
-                let what = if kind == MailErrorKind::Rejected { "refused the message" } else { "failed" };
-                MailError::new(kind, format!("mail relay {host}:{port} {what}: {error}"))
-            }),
+            Sink::Smtp { transport, host, port, timeout } => {
+                transport.send(&message).map(drop).map_err(|error| relay_error(host, *port, *timeout, &error))
+            }
         }
     }
+}
+
+/// A one-line reason for a failed SMTP send.
+fn relay_error(host: &str, port: u16, timeout: Duration, error: &lettre::transport::smtp::Error) -> MailError {
+    if error.is_permanent() || error.is_transient() {
+        return MailError::new(
+            MailErrorKind::Rejected,
+            format!("mail relay {host}:{port} refused the message: {error}"),
+        );
+    }
+    let timed_out = std::iter::successors(std::error::Error::source(error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock));
+    let what = if timed_out { format!("timed out (no answer within {timeout:?})") } else { "failed".to_owned() };
+    MailError::new(MailErrorKind::Unreachable, format!("mail relay {host}:{port} {what}: {error}"))
 }
 
 fn parse_from(from: &str) -> Result<Mailbox, MailError> {
@@ -187,7 +196,12 @@ fn smtp_sink(config: &SmtpConfig) -> Result<Sink, MailError> {
     if let Some((user, password)) = &config.credentials {
         builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
     }
-    Ok(Sink::Smtp { transport: builder.build(), host: host.to_owned(), port: config.port })
+    Ok(Sink::Smtp {
+        transport: Box::new(builder.build()),
+        host: host.to_owned(),
+        port: config.port,
+        timeout: config.timeout,
+    })
 }
 
 /// The RFC 5322 message for `mail`: From, To, Subject, Date, Message-ID,

@@ -1,1 +1,11 @@
-//! stub
+//! Helpers for the integration tests of tokenizer-auth (the tests
+//! themselves are in `tests/tests/`).
+//!
+//! - [`smtp::SmtpServer`]: a real SMTP server (Python's aiosmtpd, run from
+//!   `tests/support/smtp_server.py`) that keeps what it receives in a
+//!   temporary folder.
+//! - [`real`]: engine worlds whose effects run against the real SQLite
+//!   store, argon2id hasher and outbox.
+
+pub mod real;
+pub mod smtp;

@@ -4,7 +4,7 @@
 //! left in the files' raw bytes.
 
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 
 use chrono::TimeDelta;
@@ -14,10 +14,9 @@ use tokenizer_auth_engine::{
     BaseToken, Config, Listener, Mac, MasterToken, PasscodeExpectation, PasscodeKey, PasscodeRecord, PasscodesBatch,
     PasscodesOp, PasswordHash, Secret, StoredPasscode, WriteBatch,
 };
-use tokenizer_auth_runtime_std::executor::Executor;
-use tokenizer_auth_runtime_std::mail::{MailConfig, Mailer};
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
+use tokenizer_auth_tests::real::{self, outbox_passcode};
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
 const EMAIL: &str = "old@example.com";
@@ -28,26 +27,8 @@ fn local() -> IpAddr {
     "127.0.0.1".parse().unwrap()
 }
 
-/// A world whose effects run against the real store, hasher and outbox in
-/// `dir`.
 fn real_world(dir: &Path, hasher: &Hasher) -> World {
-    let store = SqliteStore::open(dir).unwrap();
-    let mailer = Mailer::new(&MailConfig::Outbox { dir: dir.join("outbox") }).unwrap();
-    let mut executor = Executor { store, hasher: hasher.clone(), mailer };
-    let config = Config { dummy_password: hasher.dummy().clone(), ..Config::default() };
-    let mut world = World::new(config, 42);
-    world.set_executor(move |effect| executor.run(effect));
-    world
-}
-
-/// The passcode in the newest outbox message to `email`.
-fn outbox_passcode(dir: &Path, email: &str) -> Option<String> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("outbox")).ok()?.map(|e| e.unwrap().path()).collect();
-    files.sort();
-    files.iter().rev().find_map(|f| {
-        let text = std::fs::read_to_string(f).ok()?;
-        text.contains(email).then(|| tokenizer_auth_engine::mail::find_passcode(&text).map(str::to_owned))?
-    })
+    real::world(dir, hasher, Config::default(), 42)
 }
 
 /// Writes the two files as the old Python server did: its table
@@ -257,7 +238,7 @@ fn the_old_servers_secrets_are_gone_once_rehashed() {
     let dir = tmp.path();
     old_server_files(dir, &BaseToken::parse("cd".repeat(32).as_bytes()).unwrap());
     let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
-    let mut store = SqliteStore::open(dir).unwrap();
+    let store = SqliteStore::open(dir).unwrap();
     // Opening sealed the old plaintext passcode.
     assert_no_secret_in_files(dir, &["Q7ZK2M".to_owned()], "after opening");
     let mut world = real_world(dir, &hasher);

@@ -25,6 +25,9 @@ pub enum Completion {
     Shuffled(u64),
 }
 
+/// Something that carries out effects in place of the models.
+type Executor = Box<dyn FnMut(&Effect) -> EffectResult>;
+
 /// One engine and everything around it.
 pub struct World {
     /// The engine under test.
@@ -47,7 +50,7 @@ pub struct World {
     pub outputs: Vec<Output>,
     /// Carries out effects in place of the models, when set (for tests
     /// against the real store, hasher and mailer).
-    executor: Option<Box<dyn FnMut(&Effect) -> EffectResult>>,
+    executor: Option<Executor>,
     completion: Completion,
     order_rng: TestRng,
     pending: Vec<(EffectId, Effect)>,

@@ -1,0 +1,153 @@
+//! Crash safety: a child process logs in and renews in a loop against real
+//! files and reports every token whose reply it would send; the parent
+//! kills it with SIGKILL at random moments. After every kill both files pass
+//! `PRAGMA integrity_check`, every reported token is still valid (or was
+//! rotated by a renewal that had started), and no reported passcode could
+//! log in again.
+//!
+//! `CRASH_ROUNDS` sets the number of rounds (default 200);
+//! `scripts/crash-soak.sh` runs many more.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension};
+use tokenizer_auth_engine::{BaseToken, Mac, MasterToken, Secret, StoredPasscode};
+use tokenizer_auth_runtime_std::password::{Cost, Hasher};
+use tokenizer_auth_runtime_std::store::SqliteStore;
+
+const EMAIL: &str = "crash@example.com";
+const PASSWORD: &str = "crash-test-password";
+
+/// What the parent knows of one device's session.
+enum Chain {
+    /// The last reply sent carried this token.
+    Holds(String),
+    /// A renewal of this token started; its reply was not seen.
+    Renewing(String),
+}
+
+/// A small xorshift generator: the kill schedule needs no cryptography,
+/// and its seed is printed so a failing run can be repeated.
+struct Schedule(u64);
+
+impl Schedule {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn master(token: &str, mac: &str) -> String {
+    let ip: IpAddr = "127.0.0.1".parse().unwrap();
+    MasterToken::derive(&BaseToken::parse(token.as_bytes()).unwrap(), Mac::parse(mac).unwrap(), ip).to_hex()
+}
+
+fn check(dir: &Path, chains: &BTreeMap<String, Chain>, passcodes: &[(String, String)], round: u32) {
+    for file in ["op_creds.db", "op_passcodes.db"] {
+        let conn = Connection::open(dir.join(file)).unwrap();
+        let verdict: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(verdict, "ok", "round {round}: {file}");
+    }
+    let creds = Connection::open(dir.join("op_creds.db")).unwrap();
+    let exists = |master: &str| {
+        creds.query_row("SELECT 1 FROM sessions WHERE master = ?1", [master], |_| Ok(())).optional().unwrap().is_some()
+    };
+    let sessions_of = |mac: &str| -> i64 {
+        creds.query_row("SELECT count(*) FROM sessions WHERE mac = ?1", [mac], |r| r.get(0)).unwrap()
+    };
+    for (mac, chain) in chains {
+        match chain {
+            Chain::Holds(token) => {
+                assert!(exists(&master(token, mac)), "round {round}: the token reported for {mac} is gone");
+            }
+            // The renewal may have committed without its reply going out:
+            // then the old token is rotated away, and its one successor
+            // holds the session.
+            Chain::Renewing(token) => assert!(
+                exists(&master(token, mac)) || sessions_of(mac) == 1,
+                "round {round}: the session of {mac} vanished during a renewal"
+            ),
+        }
+        assert!(sessions_of(mac) <= 1, "round {round}: {mac} has two sessions");
+    }
+    let stored = Connection::open(dir.join("op_passcodes.db")).unwrap();
+    for (mac, passcode) in passcodes {
+        let row: Option<String> = stored
+            .query_row(
+                "SELECT passcode FROM passcode_table WHERE email = ?1 AND mac = ?2 AND ip = '127.0.0.1'",
+                [EMAIL, mac],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap();
+        let reusable = row.is_some_and(|code| StoredPasscode::from_column(&code).matches(passcode));
+        assert!(!reusable, "round {round}: the passcode that logged in {mac} could log in again");
+    }
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_nothing_a_client_was_told() {
+    let rounds: u32 = std::env::var("CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("crash test: {rounds} rounds, schedule seed {seed}");
+    let mut schedule = Schedule(seed);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: the child uses the same
+    SqliteStore::open(dir).unwrap().add_user(EMAIL, "", &hasher.hash(&Secret::new(PASSWORD)).unwrap()).unwrap();
+
+    let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
+    let mut passcodes: Vec<(String, String)> = Vec::new();
+    let mut reported = 0usize;
+    for round in 0..rounds {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crash_child"))
+            .arg(dir)
+            .arg(round.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            // Only whole lines count: a report cut by the kill was never made.
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
+                lines.push(std::mem::take(&mut line));
+            }
+            lines
+        });
+        std::thread::sleep(Duration::from_micros(2_000 + schedule.next() % 60_000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        for line in reader.join().unwrap() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["LOGIN", mac, passcode, token] => {
+                    passcodes.push((mac.to_owned(), passcode.to_owned()));
+                    chains.insert(mac.to_owned(), Chain::Holds(token.to_owned()));
+                }
+                ["RENEWING", mac, token] => {
+                    chains.insert(mac.to_owned(), Chain::Renewing(token.to_owned()));
+                }
+                ["RENEWED", mac, token] => {
+                    chains.insert(mac.to_owned(), Chain::Holds(token.to_owned()));
+                }
+                _ => panic!("round {round}: unexpected report {line:?}"),
+            }
+            reported += 1;
+        }
+        check(dir, &chains, &passcodes, round);
+    }
+    eprintln!("crash test: {reported} reports over {rounds} rounds, {} sessions", chains.len());
+    assert!(passcodes.len() as u32 >= rounds / 4, "too few logins completed to test anything: {}", passcodes.len());
+}
