@@ -13,8 +13,13 @@ use tokenizer_auth_runtime_std::store::SqliteStore;
 /// A world (seeded with `seed`) whose effects run against the real store,
 /// `hasher`, and an outbox, all in `dir`.
 pub fn world(dir: &Path, hasher: &Hasher, config: Config, seed: u64) -> World {
+    world_with_mail(dir, hasher, config, seed, &MailConfig::Outbox { dir: dir.join("outbox") })
+}
+
+/// [`world`], with mail sent as `mail` says (an SMTP relay, say).
+pub fn world_with_mail(dir: &Path, hasher: &Hasher, config: Config, seed: u64, mail: &MailConfig) -> World {
     let store = SqliteStore::open(dir).expect("open the store");
-    let mailer = Mailer::new(&MailConfig::Outbox { dir: dir.join("outbox") }).expect("open the outbox");
+    let mailer = Mailer::new(mail).expect("set up the mailer");
     let mut executor = Executor { store, hasher: hasher.clone(), mailer };
     let config = Config { dummy_password: hasher.dummy().clone(), ..config };
     let mut world = World::new(config, seed);
