@@ -226,7 +226,8 @@ impl Engine {
             c.phase == Phase::Open
                 && match c.listener {
                     Listener::Native => {
-                        c.in_flight() < self.config.max_pipeline && c.inbuf.len() <= self.config.max_line
+                        // One byte past the line limit: a CR whose LF is still to come.
+                        c.in_flight() < self.config.max_pipeline && c.inbuf.len() <= self.config.max_line + 1
                     }
                     Listener::LegacyPasscode | Listener::LegacyLogin => !c.legacy_started,
                 }
@@ -281,11 +282,15 @@ impl Engine {
     /// re-arms its deadline.
     fn pump(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
+        // Replies that are ready leave first, making room in the pipeline
+        // for the lines still waiting.
+        conn.flush();
         if conn.listener == Listener::Native && conn.phase == Phase::Open && !conn.inbuf.is_empty() {
             self.take_lines(id);
         }
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.flush() && !conn.transmit_queued {
+        conn.flush();
+        if !conn.outbuf.is_empty() && !conn.transmit_queued {
             conn.transmit_queued = true;
             self.queue.push_back(Queued::Transmit(id, conn.epoch));
         }
@@ -313,6 +318,11 @@ impl Engine {
                 Frame::Line { line, consumed: n } => {
                     consumed += n;
                     self.start_request(id, epoch, peer, line, Listener::Native);
+                    // Replies decided at once leave the pipeline now, so a
+                    // burst of them cannot fill it and stall the rest.
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.flush();
+                    }
                 }
                 Frame::Incomplete => break,
                 Frame::TooLong => {

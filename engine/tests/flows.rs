@@ -473,3 +473,31 @@ fn every_error_code_is_documented() {
         assert!(doc.contains(&format!("`error|{}`", code.as_str())), "{code:?} is not in docs/PROTOCOL.md");
     }
 }
+
+#[test]
+fn a_burst_of_lines_past_the_pipeline_limit_is_answered_in_full() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    let burst = format!("{}\n{}", login_line(EMAIL, "nope", "AAAAAA"), "\n".repeat(200));
+    w.send(c, burst.as_bytes());
+    w.settle();
+    let got = String::from_utf8(w.take_received(c)).unwrap();
+    assert_eq!(got, format!("False\n{}", "error|malformed\n".repeat(200)));
+}
+
+#[test]
+fn a_full_length_line_whose_line_feed_comes_later_is_served() {
+    let mut w = world_with(Config { max_line: 40, ..Config::default() });
+    let c = w.connect(Listener::Native, local());
+    let line = format!("{}|{MAC}|x", "ab".repeat(32));
+    let line = &line[..40.min(line.len())];
+    let padded = format!("{line}{}", "y".repeat(40 - line.len()));
+    w.send(c, format!("{padded}\r").as_bytes());
+    assert!(w.engine.wants_input(c), "a CR may still be followed by its LF");
+    w.send(c, b"\n");
+    w.settle();
+    assert!(!w.take_received(c).is_empty());
+    // A line that can only end up too long is answered at once.
+    w.send(c, "z".repeat(41).as_bytes());
+    assert_eq!(w.take_received(c), b"error|line_too_long\n");
+}

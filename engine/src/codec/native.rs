@@ -30,8 +30,10 @@ pub fn next_frame(buf: &[u8], max_line: usize) -> Frame<'_> {
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.len() > max_line { Frame::TooLong } else { Frame::Line { line, consumed } }
         }
-        // One byte of slack for a CR that may precede the coming LF.
+        // One byte of slack for a CR that may precede the coming LF; any
+        // other byte there dooms the line, so say so at once.
         Err(_) if buf.len() > max_line + 1 => Frame::TooLong,
+        Err(_) if buf.len() == max_line + 1 && buf[max_line] != b'\r' => Frame::TooLong,
         Err(_) => Frame::Incomplete,
     }
 }
@@ -49,6 +51,7 @@ mod tests {
         assert_eq!(next_frame(b"abcd\r\n", 4), Frame::Line { line: b"abcd", consumed: 6 });
         assert_eq!(next_frame(b"abcde\n", 4), Frame::TooLong);
         assert_eq!(next_frame(b"abcdef", 4), Frame::TooLong);
+        assert_eq!(next_frame(b"abcde", 4), Frame::TooLong);
         assert_eq!(next_frame(b"", 4), Frame::Incomplete);
     }
 }

@@ -94,6 +94,9 @@ impl World {
 
     /// Sets the order in which effects complete.
     pub fn complete_in(&mut self, completion: Completion) {
+        if let Completion::Shuffled(seed) = completion {
+            self.order_rng = TestRng::new(seed);
+        }
         self.completion = completion;
     }
 
