@@ -6,3 +6,4 @@
 //! with the runtimes.
 
 pub mod cli;
+pub mod server;

@@ -21,4 +21,8 @@
 pub mod executor;
 pub mod mail;
 pub mod password;
+pub mod pool;
+pub mod serve;
+pub mod server;
+pub mod settings;
 pub mod store;

@@ -1,0 +1,80 @@
+//! What both runtimes share around serving: binding the three listeners,
+//! announcing them, the clock, the OS randomness, and start-up errors.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+
+use chrono::{DateTime, Utc};
+use tokenizer_auth_engine::Listener;
+
+use crate::settings::Settings;
+
+/// Why a server could not start or keep running.
+#[derive(Debug)]
+pub struct ServeError(String);
+
+impl ServeError {
+    /// An error with this one-line reason.
+    pub fn new(reason: impl Into<String>) -> ServeError {
+        ServeError(reason.into())
+    }
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// The three bound listeners, in blocking mode.
+pub struct Listeners {
+    /// (which protocol, socket) for native, legacy passcode, legacy login.
+    pub all: [(Listener, TcpListener); 3],
+}
+
+impl Listeners {
+    /// Binds the three addresses of `settings` (port 0 picks a free port).
+    pub fn bind(settings: &Settings) -> Result<Listeners, ServeError> {
+        let bind = |addr: SocketAddr| {
+            TcpListener::bind(addr).map_err(|e| ServeError::new(format!("cannot listen on {addr}: {e}")))
+        };
+        Ok(Listeners {
+            all: [
+                (Listener::Native, bind(settings.listen)?),
+                (Listener::LegacyPasscode, bind(settings.legacy_passcode_listen)?),
+                (Listener::LegacyLogin, bind(settings.legacy_login_listen)?),
+            ],
+        })
+    }
+
+    /// The bound address of one listener.
+    pub fn addr(&self, which: Listener) -> Option<SocketAddr> {
+        self.all.iter().find(|(l, _)| *l == which).and_then(|(_, s)| s.local_addr().ok())
+    }
+
+    /// Logs the bound addresses: one `listening` event that scripts and
+    /// tests read (port 0 in the settings becomes the real port here).
+    pub fn announce(&self, runtime: &str) {
+        let show = |l| self.addr(l).map_or_else(|| "?".to_owned(), |a| a.to_string());
+        tracing::info!(
+            runtime,
+            native = %show(Listener::Native),
+            legacy_passcode = %show(Listener::LegacyPasscode),
+            legacy_login = %show(Listener::LegacyLogin),
+            "listening"
+        );
+    }
+}
+
+/// The clock, read in one place.
+pub fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+/// The OS CSPRNG, as the engine takes it. It panics only if the OS cannot
+/// provide randomness at all, when no token could be issued safely anyway.
+pub fn os_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
+    rand_core::UnwrapErr(getrandom::SysRng)
+}

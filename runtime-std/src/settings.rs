@@ -1,0 +1,80 @@
+//! What a server needs to run: the engine's configuration and everything
+//! around it (files, mail, listeners, workers). The command line builds it
+//! from a TOML file, the environment and flags; both runtimes take it as
+//! it is.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokenizer_auth_engine::Config;
+
+use crate::mail::MailConfig;
+use crate::password::Cost;
+
+/// Threads that carry out effects.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Workers {
+    /// SQLite reads and writes (each with its own connections).
+    pub store: usize,
+    /// Password hashing and verification. More than the machine's cores
+    /// only queues work; the engine bounds what waits
+    /// (`max_password_checks`).
+    pub hash: usize,
+    /// Mail delivery (mostly waiting on the relay).
+    pub mail: usize,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        Workers { store: 4, hash: cores, mail: 4 }
+    }
+}
+
+/// Everything a server runs with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The engine's rules and limits.
+    pub engine: Config,
+    /// The data folder (`op_creds.db`, `op_passcodes.db`, `outbox/`).
+    pub data_dir: PathBuf,
+    /// How mail leaves: an SMTP relay, or the outbox folder.
+    pub mail: MailConfig,
+    /// The argon2id cost of new hashes.
+    pub cost: Cost,
+    /// The native listener.
+    pub listen: SocketAddr,
+    /// The legacy passcode listener.
+    pub legacy_passcode_listen: SocketAddr,
+    /// The legacy login listener.
+    pub legacy_login_listen: SocketAddr,
+    /// Effect worker threads.
+    pub workers: Workers,
+    /// Where to record a capture of the session, if anywhere.
+    pub capture: Option<PathBuf>,
+}
+
+impl Settings {
+    /// The embedded defaults: data in `./data`, mail to `./data/outbox`,
+    /// listeners on loopback 7160, 7158 and 7159.
+    pub fn new(data_dir: PathBuf) -> Settings {
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        Settings {
+            engine: Config::default(),
+            mail: MailConfig::Outbox { dir: data_dir.join("outbox") },
+            data_dir,
+            cost: Cost::PRODUCT,
+            listen: loopback(7160),
+            legacy_passcode_listen: loopback(7158),
+            legacy_login_listen: loopback(7159),
+            workers: Workers::default(),
+            capture: None,
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::new(PathBuf::from("data"))
+    }
+}
