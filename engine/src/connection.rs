@@ -90,6 +90,10 @@ impl Connection {
     /// Returns whether any were.
     pub(crate) fn flush(&mut self) -> bool {
         let mut any = false;
+        if self.outbuf.capacity() == 0 && matches!(self.replies.front(), Some(Some(_))) {
+            // Room for a few replies at once, so a reply is one allocation.
+            self.outbuf.reserve(256);
+        }
         while let Some(Some(reply)) = self.replies.front() {
             match self.listener {
                 Listener::Native => reply.encode_native(&mut self.outbuf),

@@ -36,13 +36,8 @@ impl Mac {
             _ => return None,
         };
         let mut mac = [0u8; 6];
-        for (i, pair) in digits.chunks_exact(2).enumerate() {
-            let text = core::str::from_utf8(pair).ok()?;
-            // from_str_radix alone would accept a sign such as "+a".
-            if !pair.iter().all(u8::is_ascii_hexdigit) {
-                return None;
-            }
-            mac[i] = u8::from_str_radix(text, 16).ok()?;
+        for (octet, pair) in mac.iter_mut().zip(digits.chunks_exact(2)) {
+            *octet = (crate::hex::digit(pair[0])? << 4) | crate::hex::digit(pair[1])?;
         }
         Some(Mac(mac))
     }

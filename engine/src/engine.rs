@@ -2,7 +2,7 @@
 //! effects out. See the crate docs for the driving contract.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::mem;
 use std::net::IpAddr;
 
@@ -101,9 +101,30 @@ pub enum Output {
 /// [`Engine::wants_input`]; past it the connection is closed.
 const MAX_BUFFERED: usize = 256 * 1024;
 
-/// Hash maps seeded with fixed keys: the engine draws no OS randomness, and
-/// its keys (connection and effect ids) are chosen by the runtime.
-type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// Hash maps keyed by ids that the runtime and the engine choose, never a
+/// client: a multiplicative hash is enough, and it is deterministic (no OS
+/// randomness, unlike the standard `RandomState`).
+type FixedMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes one `u64` id by a multiplication (Fibonacci hashing).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// A flow waiting on an effect, and whom its reply goes to.
 struct Task {

@@ -20,25 +20,41 @@ pub(crate) fn push(out: &mut String, bytes: &[u8]) {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+/// Hex digit values, 0xff for anything else: one table lookup per digit
+/// and no branch, as this runs on every token request.
+static NIBBLES: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        table[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+fn nibble(c: u8) -> Option<u8> {
+    let v = NIBBLES[usize::from(c)];
+    (v != 0xff).then_some(v)
 }
 
 /// Decodes exactly 64 hex digits (either case) into 32 bytes.
 pub(crate) fn decode32(text: &[u8]) -> Option<[u8; 32]> {
-    if text.len() != 64 {
-        return None;
-    }
+    let text: &[u8; 64] = text.try_into().ok()?;
     let mut out = [0u8; 32];
-    for (i, pair) in text.chunks_exact(2).enumerate() {
-        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (NIBBLES[usize::from(pair[0])], NIBBLES[usize::from(pair[1])]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0f);
     }
-    Some(out)
+    // Only an invalid digit sets a high bit.
+    (bad & 0xf0 == 0).then_some(out)
 }
 
 /// Decodes an even-length hex string of any size.
@@ -50,9 +66,9 @@ pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
     bytes.chunks_exact(2).map(|pair| Some((nibble(pair[0])? << 4) | nibble(pair[1])?)).collect()
 }
 
-/// Whether `text` is exactly 64 hex digits: the mark of a token request.
-pub(crate) fn is_hex64(text: &[u8]) -> bool {
-    text.len() == 64 && text.iter().all(u8::is_ascii_hexdigit)
+/// The value of one hex digit, if it is one.
+pub(crate) fn digit(c: u8) -> Option<u8> {
+    nibble(c)
 }
 
 #[cfg(test)]

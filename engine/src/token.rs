@@ -132,10 +132,34 @@ impl IpText {
     }
 
     fn write(&mut self, ip: IpAddr) {
-        use core::fmt::Write as _;
         self.len = 0;
-        // Cannot fail: the longest IPv6 text is 45 bytes.
-        let _ = write!(self, "{ip}");
+        match ip {
+            // The common case, without the formatting machinery.
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(_) => {
+                use core::fmt::Write as _;
+                // Cannot fail: the longest IPv6 text is 45 bytes.
+                let _ = write!(self, "{ip}");
+            }
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -165,6 +189,16 @@ mod tests {
         let master = MasterToken::derive(&base, mac, ip);
         assert_eq!(master.to_hex(), PYTHON_MASTER);
         assert_eq!(MasterToken::parse(&master.to_hex()), Some(master));
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.255.9", "255.255.255.255", "::1", "2001:db8::ff00:42:8329"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut text = IpText::new();
+            text.write(ip);
+            assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
+        }
     }
 
     const PYTHON_MASTER: &str = "d2f6955322d7f00b74ee9b17f9ef095a45b2876a0cbc2b85355555844c269288";

@@ -14,7 +14,6 @@ use nom::sequence::preceded;
 use nom::{IResult, Parser};
 
 use crate::device::Mac;
-use crate::hex;
 use crate::token::BaseToken;
 
 /// The first field of a passcode request.
@@ -115,11 +114,12 @@ fn five_fields(input: &str) -> IResult<&str, (&str, &str, &str, &str, &str)> {
     Ok((input, (a, rest.0, rest.1, rest.2, rest.3)))
 }
 
-/// `TOKEN|MAC|REQUEST` then, optionally, `|DATA` to the end of the line.
-fn token_fields(input: &str) -> IResult<&str, (&str, &str, &str, Option<&str>)> {
-    let (input, (token, _, mac, _, request)) = (field, bar, field, bar, field).parse(input)?;
+/// After the token: `|MAC|REQUEST` then, optionally, `|DATA` to the end of
+/// the line.
+fn token_fields(input: &str) -> IResult<&str, (&str, &str, Option<&str>)> {
+    let (input, (_, mac, _, request)) = (bar, field, bar, field).parse(input)?;
     let (input, data) = all_consuming(nom::combinator::opt(preceded(bar, rest))).parse(input)?;
-    Ok((input, (token, mac, request, data)))
+    Ok((input, (mac, request, data)))
 }
 
 fn passcode_fields(input: &str) -> IResult<&str, (&str, &str, &str, &str)> {
@@ -151,7 +151,11 @@ pub fn text(line: &[u8]) -> Result<&str, ParseError> {
         return Err(ParseError::Empty);
     }
     let text = core::str::from_utf8(line).map_err(|_| ParseError::NotUtf8)?;
-    if text.chars().any(char::is_control) {
+    // ASCII lines (nearly all) are checked a byte at a time; others also
+    // for Unicode's C1 controls.
+    let control =
+        if line.is_ascii() { line.iter().any(u8::is_ascii_control) } else { text.chars().any(char::is_control) };
+    if control {
         return Err(ParseError::ControlCharacter);
     }
     Ok(text)
@@ -161,18 +165,17 @@ impl<'a> Request<'a> {
     /// Parses one request from its bytes (no line ending).
     pub fn parse(line: &'a [u8]) -> Result<Request<'a>, ParseError> {
         let line = text(line)?;
-        let first = line.split('|').next().unwrap_or_default();
-        if first == REQUIRE_PASSCODE {
+        // A token request starts with 64 hex digits and then a `|` (or ends).
+        let token = match line.as_bytes().get(64) {
+            None | Some(b'|') => line.get(..64).and_then(|t| BaseToken::parse(t.as_bytes())),
+            Some(_) => None,
+        };
+        if let Some(token) = token {
+            let (_, (m, request, data)) = token_fields(&line[64..]).map_err(|_| ParseError::Fields)?;
+            Ok(Request::Token(TokenRequest { token, mac: mac(m)?, request, data }))
+        } else if line.split('|').next() == Some(REQUIRE_PASSCODE) {
             let (_, (m, password, p, e)) = passcode_fields(line).map_err(|_| ParseError::Fields)?;
             Ok(Request::Passcode(PasscodeRequest { mac: mac(m)?, password, phone: phone(p)?, email: email(e)? }))
-        } else if hex::is_hex64(first.as_bytes()) {
-            let (_, (t, m, request, data)) = token_fields(line).map_err(|_| ParseError::Fields)?;
-            Ok(Request::Token(TokenRequest {
-                token: BaseToken::parse(t.as_bytes()).ok_or(ParseError::Fields)?,
-                mac: mac(m)?,
-                request,
-                data,
-            }))
         } else {
             let (_, (m, e, p, password, passcode)) = five_fields(line).map_err(|_| ParseError::Fields)?;
             Ok(Request::Login(LoginRequest { mac: mac(m)?, email: email(e)?, phone: phone(p)?, password, passcode }))
