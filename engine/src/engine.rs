@@ -55,7 +55,9 @@ pub enum Input<'a> {
         /// The bytes, as read.
         bytes: &'a [u8],
     },
-    /// The client went away (or the socket failed).
+    /// The client will send nothing more: it closed (or half-closed) its
+    /// side, or the socket failed. Replies still owed are sent before the
+    /// engine asks to close.
     Closed {
         /// Which connection.
         conn: ConnId,
@@ -199,9 +201,7 @@ impl Engine {
         match input {
             Input::Opened { conn, peer, listener } => self.open(conn, peer, listener),
             Input::Received { conn, bytes } => self.receive(conn, bytes),
-            Input::Closed { conn } => {
-                self.conns.remove(&conn);
-            }
+            Input::Closed { conn } => self.peer_closed(conn),
             Input::Completed { id, result } => self.complete(rng, id, result),
             Input::Timeout => self.expire(),
         }
@@ -441,6 +441,22 @@ impl Engine {
         }
         conn.fill(origin.seq, reply);
         self.pump(origin.conn);
+    }
+
+    /// The peer will send nothing more. Replies still owed go out first
+    /// (a client may half-close after its last request), then the
+    /// connection closes; with nothing owed it is forgotten at once.
+    fn peer_closed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        if conn.in_flight() == 0 {
+            self.conns.remove(&id);
+            return;
+        }
+        if conn.phase == Phase::Open {
+            conn.phase = Phase::Draining;
+            conn.inbuf = Vec::new();
+            conn.partial_since = None;
+        }
     }
 
     /// Closes a connection at once, dropping replies not yet out.

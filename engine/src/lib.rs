@@ -48,8 +48,9 @@
 //!    [`Input::Timeout`] once that instant has passed. Early or spurious
 //!    timeouts are harmless.
 //! 4. Read from a connection only while [`Engine::wants_input`] is true,
-//!    at most 64 KiB at a time; report the peer going away with
-//!    [`Input::Closed`].
+//!    at most 64 KiB at a time; report end of input (or a failed socket)
+//!    with [`Input::Closed`]. Outputs for a connection the runtime has
+//!    already dropped are ignored.
 //! 5. A [`ConnId`] is unique among open connections and may be reused once
 //!    the connection is closed.
 //!

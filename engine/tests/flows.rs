@@ -501,3 +501,15 @@ fn a_full_length_line_whose_line_feed_comes_later_is_served() {
     w.send(c, "z".repeat(41).as_bytes());
     assert_eq!(w.take_received(c), b"error|line_too_long\n");
 }
+
+#[test]
+fn a_client_that_half_closes_still_gets_its_replies() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    w.send(c, format!("{}\n", token_line(&"ab".repeat(32), MAC)).as_bytes());
+    w.input(tokenizer_auth_engine::Input::Closed { conn: c });
+    w.settle();
+    assert_eq!(w.take_received(c), b"unauthorized\n");
+    assert!(w.is_closed(c));
+    assert_eq!(w.engine.connections(), 0);
+}
