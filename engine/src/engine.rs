@@ -188,6 +188,12 @@ impl Engine {
         self.conns.len()
     }
 
+    /// Whether the engine holds this connection (it forgets one when it
+    /// asks to close it, or when its peer closed with nothing owed).
+    pub fn has_connection(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.phase != Phase::Closed)
+    }
+
     /// Effects asked for and not yet completed.
     pub fn effects_in_flight(&self) -> usize {
         self.tasks.len()

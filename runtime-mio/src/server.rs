@@ -1,11 +1,367 @@
-//! The mio event-loop runtime (the default for `serve`). Not written yet.
+//! The event-loop runtime (the default for `serve`).
+//!
+//! One thread runs a mio event loop that owns every socket and the engine.
+//! It reads what sockets offer (only while the engine wants input), feeds
+//! it to the engine, writes what the engine transmits, and hands effects to
+//! the worker pools of `runtime-std` (store, hash, mail). Workers send
+//! results back through a channel and wake the loop with a `mio::Waker`;
+//! the loop feeds them to the engine in the order they arrive. The engine's
+//! next deadline is the poll timeout. So the loop never blocks on SQLite,
+//! argon2 or a relay, and every protocol decision stays in the engine.
+//!
+//! On SIGINT or SIGTERM the loop stops accepting and reading, lets the
+//! requests in flight finish and their replies go out (for at most
+//! [`DRAIN_LIMIT`]), then returns.
 
-use tokenizer_auth_runtime_std::serve::ServeError;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, unbounded};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
+use tokenizer_auth_runtime_std::password::Hasher;
+use tokenizer_auth_runtime_std::pool::EffectPool;
+use tokenizer_auth_runtime_std::serve::{Listeners, ServeError, now, os_rng};
 use tokenizer_auth_runtime_std::settings::Settings;
+
+/// The longest a shutdown waits for requests in flight.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// The most read from a socket at a time (the engine's contract).
+const READ_CHUNK: usize = 64 * 1024;
+
+const WAKER: Token = Token(3);
+const SIGNALS: Token = Token(4);
+/// Tokens below this are the listeners (0–2), the waker and the signals.
+const FIRST_CONN: usize = 5;
+
+fn io_error(what: &str) -> impl Fn(io::Error) -> ServeError + '_ {
+    move |e| ServeError::new(format!("{what}: {e}"))
+}
+
+/// One client socket.
+struct Conn {
+    stream: TcpStream,
+    /// Bytes the engine transmitted that the socket has not taken yet.
+    out: Vec<u8>,
+    /// The engine asked to close once `out` is written.
+    closing: bool,
+    /// Reading stopped because the engine wanted no input; retried after
+    /// outputs are dispatched.
+    paused: bool,
+}
+
+/// The event loop and everything it owns.
+struct EventLoop {
+    poll: Poll,
+    engine: Engine,
+    rng: rand_core::UnwrapErr<getrandom::SysRng>,
+    listeners: Vec<(Listener, TcpListener)>,
+    conns: Slab<Conn>,
+    pool: EffectPool,
+    results: Receiver<(EffectId, EffectResult)>,
+    buf: Vec<u8>,
+    /// Set once a signal asked for shutdown.
+    draining_since: Option<Instant>,
+}
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
 /// returns.
-pub fn serve(settings: Settings) -> Result<(), ServeError> {
-    let _ = settings;
-    Err(ServeError::new("the mio runtime is not written yet"))
+pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
+    let hasher = Hasher::new(settings.cost).map_err(|e| ServeError::new(e.to_string()))?;
+    settings.engine.dummy_password = hasher.dummy().clone();
+    let bound = Listeners::bind(&settings)?;
+    let poll = Poll::new().map_err(io_error("cannot create the event loop"))?;
+    let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_error("cannot create a waker"))?);
+    let (tx, results) = unbounded();
+    let done: tokenizer_auth_runtime_std::pool::Done = std::sync::Arc::new(move |id, result| {
+        // The loop outlives the pool's workers, so a failed send only
+        // happens while it is returning.
+        let _ = tx.send((id, result));
+        let _ = waker.wake();
+    });
+    let pool = EffectPool::start(&settings, &hasher, done).map_err(|e| ServeError::new(e.to_string()))?;
+
+    let mut listeners = Vec::new();
+    for (i, (which, socket)) in bound.all.iter().enumerate() {
+        socket.set_nonblocking(true).map_err(io_error("cannot configure a listener"))?;
+        let socket = socket.try_clone().map_err(io_error("cannot configure a listener"))?;
+        let mut listener = TcpListener::from_std(socket);
+        poll.registry()
+            .register(&mut listener, Token(i), Interest::READABLE)
+            .map_err(io_error("cannot watch a listener"))?;
+        listeners.push((*which, listener));
+    }
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(io_error("cannot catch signals"))?;
+    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_error("cannot watch signals"))?;
+    bound.announce("mio");
+    drop(bound);
+
+    let mut event_loop = EventLoop {
+        poll,
+        engine: Engine::new(settings.engine.clone()),
+        rng: os_rng(),
+        listeners,
+        conns: Slab::new(),
+        pool,
+        results,
+        buf: vec![0; READ_CHUNK],
+        draining_since: None,
+    };
+    let outcome = event_loop.run(&mut signals);
+    let EventLoop { pool, .. } = event_loop;
+    pool.shutdown();
+    tracing::info!("stopped");
+    outcome
+}
+
+impl EventLoop {
+    fn run(&mut self, signals: &mut Signals) -> Result<(), ServeError> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServeError::new(format!("event loop failed: {e}")));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    Token(i) if i < self.listeners.len() => self.accept(i),
+                    WAKER => {}
+                    SIGNALS => {
+                        if signals.pending().next().is_some() {
+                            self.begin_drain();
+                        }
+                    }
+                    Token(t) => {
+                        let key = t - FIRST_CONN;
+                        if event.is_writable() {
+                            self.flush(key);
+                        }
+                        if event.is_readable() || event.is_read_closed() {
+                            self.read(key);
+                        }
+                    }
+                }
+            }
+            self.take_results();
+            if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
+                self.handle(Input::Timeout);
+            }
+            if let Some(since) = self.draining_since {
+                let idle = self.engine.effects_in_flight() == 0 && self.conns.iter().all(|(_, c)| c.out.is_empty());
+                if idle || since.elapsed() >= DRAIN_LIMIT {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// How long to wait for events: until the engine's next deadline.
+    fn poll_timeout(&self) -> Option<Duration> {
+        let until_deadline = self.engine.poll_timeout().map(|at| {
+            // Round up, so the wake-up is never just before the deadline.
+            (at - now()).to_std().map_or(Duration::ZERO, |d| d + Duration::from_millis(1))
+        });
+        match (until_deadline, self.draining_since) {
+            (Some(d), Some(_)) => Some(d.min(Duration::from_millis(50))),
+            (None, Some(_)) => Some(Duration::from_millis(50)),
+            (d, None) => d,
+        }
+    }
+
+    /// Feeds one input to the engine, then carries out what it asks.
+    fn handle(&mut self, input: Input<'_>) {
+        self.engine.handle(now(), &mut self.rng, input);
+        self.dispatch();
+    }
+
+    fn dispatch(&mut self) {
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Transmit { conn, bytes } => {
+                    let key = conn_key(conn);
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.out.extend_from_slice(&bytes);
+                        self.flush(key);
+                    }
+                }
+                Output::Close { conn } => {
+                    let key = conn_key(conn);
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.closing = true;
+                        self.flush(key);
+                    }
+                }
+                Output::Perform { id, effect } => self.pool.submit(id, effect),
+            }
+        }
+        if self.draining_since.is_none() {
+            self.resume_paused();
+        }
+    }
+
+    /// Reads from connections that paused, now that the engine may want
+    /// input again (edge-triggered events will not say so).
+    fn resume_paused(&mut self) {
+        let paused: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(key, c)| c.paused && self.engine.wants_input(conn_id(*key)))
+            .map(|(key, _)| key)
+            .collect();
+        for key in paused {
+            self.read(key);
+        }
+    }
+
+    fn accept(&mut self, index: usize) {
+        loop {
+            let (which, listener) = &self.listeners[index];
+            let which = *which;
+            match listener.accept() {
+                Ok((mut stream, peer)) => {
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if let Err(e) = self.poll.registry().register(&mut stream, Token(FIRST_CONN + key), interest) {
+                        tracing::warn!(error = %e, "cannot watch a connection");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    entry.insert(Conn { stream, out: Vec::new(), closing: false, paused: false });
+                    self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
+                    // Data may have arrived with the connection.
+                    self.read(key);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Out of descriptors, say: the connection waits in the
+                    // backlog; try again on the next event.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read(&mut self, key: usize) {
+        while self.draining_since.is_none() {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.closing {
+                return;
+            }
+            if !self.engine.wants_input(conn_id(key)) {
+                conn.paused = true;
+                return;
+            }
+            conn.paused = false;
+            match conn.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    // The peer is done sending: the engine finishes what it
+                    // owes, then asks to close.
+                    conn.paused = true;
+                    self.engine.handle(now(), &mut self.rng, Input::Closed { conn: conn_id(key) });
+                    self.dispatch_and_forget_if_done(key);
+                    return;
+                }
+                Ok(n) => {
+                    self.engine.handle(
+                        now(),
+                        &mut self.rng,
+                        Input::Received { conn: conn_id(key), bytes: &self.buf[..n] },
+                    );
+                    self.dispatch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.drop_conn(key);
+                    self.handle(Input::Closed { conn: conn_id(key) });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After the peer closed: a connection the engine owes nothing is
+    /// already forgotten there (no close will come), so its socket goes now;
+    /// otherwise the engine asks to close once its replies are out.
+    fn dispatch_and_forget_if_done(&mut self, key: usize) {
+        self.dispatch();
+        if !self.engine.has_connection(conn_id(key)) && self.conns.get(key).is_some_and(|c| !c.closing) {
+            self.drop_conn(key);
+        }
+    }
+
+    /// Writes what is queued; closes the socket once it is all out and the
+    /// engine asked to close.
+    fn flush(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let mut written = 0;
+        let failed = loop {
+            if written == conn.out.len() {
+                break false;
+            }
+            match conn.stream.write(&conn.out[written..]) {
+                Ok(0) => break true,
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break true,
+            }
+        };
+        conn.out.drain(..written);
+        if failed {
+            // The peer is gone: nothing more can reach it.
+            self.drop_conn(key);
+            self.handle(Input::Closed { conn: conn_id(key) });
+        } else if conn.closing && conn.out.is_empty() {
+            self.drop_conn(key);
+        }
+    }
+
+    fn drop_conn(&mut self, key: usize) {
+        if let Some(mut conn) = self.conns.try_remove(key) {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+        }
+    }
+
+    fn take_results(&mut self) {
+        while let Ok((id, result)) = self.results.try_recv() {
+            self.handle(Input::Completed { id, result });
+        }
+    }
+
+    /// Stops accepting and reading; requests in flight finish.
+    fn begin_drain(&mut self) {
+        if self.draining_since.is_some() {
+            return;
+        }
+        tracing::info!("shutting down: finishing the requests in flight");
+        for (_, listener) in &mut self.listeners {
+            let _ = self.poll.registry().deregister(listener);
+        }
+        self.draining_since = Some(Instant::now());
+    }
+}
+
+fn conn_id(key: usize) -> ConnId {
+    ConnId(key as u64)
+}
+
+fn conn_key(conn: ConnId) -> usize {
+    usize::try_from(conn.0).unwrap_or(usize::MAX)
+}
+
+fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
+    peer.ip()
 }
