@@ -56,8 +56,9 @@ pub struct Mail {
 /// The outcome of an effect.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum EffectResult {
-    /// The records that were read.
-    Read(Snapshot),
+    /// The records that were read (boxed: a snapshot is large, and results
+    /// are moved several times on the way to their flow).
+    Read(Box<Snapshot>),
     /// The batch is durable.
     Committed,
     /// The batch's expectation did not hold; nothing was written.

@@ -36,7 +36,7 @@ impl Executor {
 /// name files and SQLite's reason).
 pub(crate) fn run_store(store: &mut SqliteStore, effect: &Effect) -> EffectResult {
     let outcome = match effect {
-        Effect::Read(lookup) => store.read(lookup).map(EffectResult::Read),
+        Effect::Read(lookup) => store.read(lookup).map(|snapshot| EffectResult::Read(Box::new(snapshot))),
         Effect::Write(batch) => store.write(batch).map(|commit| match commit {
             Commit::Applied => EffectResult::Committed,
             Commit::Conflict => EffectResult::Conflict,

@@ -32,8 +32,8 @@ use crate::token::{BaseToken, MasterToken};
 pub(crate) enum LoginFlow {
     /// Waiting for the account, the passcode and the counters.
     Lookup(Attempt),
-    /// Waiting for the password verification.
-    Verify(Attempt, Snapshot),
+    /// Waiting for the password verification (boxed: the largest state).
+    Verify(Box<(Attempt, Snapshot)>),
     /// Waiting for the passcode to be consumed.
     Consume(SessionRecord, BaseToken),
     /// Waiting for the session to be stored.
@@ -82,9 +82,10 @@ impl LoginFlow {
                     return Step::Done(Reply::Error(ErrorCode::Busy));
                 }
                 let verify = credentials::verification(ctx.config, snapshot.user.as_ref(), &attempt.password);
-                Step::Await(Flow::Login(LoginFlow::Verify(attempt, snapshot)), verify)
+                Step::Await(Flow::Login(LoginFlow::Verify(Box::new((attempt, *snapshot)))), verify)
             }
-            (LoginFlow::Verify(attempt, snapshot), EffectResult::Verified(verified)) => {
+            (LoginFlow::Verify(state), EffectResult::Verified(verified)) => {
+                let (attempt, snapshot) = *state;
                 decide(ctx, attempt, snapshot, verified)
             }
             (LoginFlow::Verify(..), _) => Step::Done(Reply::Error(ErrorCode::Busy)),

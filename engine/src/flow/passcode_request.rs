@@ -22,8 +22,8 @@ use crate::store::{Lookup, PasscodesBatch, PasscodesOp, Snapshot, WriteBatch};
 pub(crate) enum PasscodeFlow {
     /// Waiting for the account and the counters.
     Lookup(Claim),
-    /// Waiting for the password verification.
-    Verify(Claim, Snapshot),
+    /// Waiting for the password verification (boxed: the largest state).
+    Verify(Box<(Claim, Snapshot)>),
     /// Waiting for the relay.
     Mail(Claim, PasscodeRecord),
     /// Waiting for the passcode to commit.
@@ -73,9 +73,10 @@ impl PasscodeFlow {
                     return Step::Done(Reply::Error(ErrorCode::Busy));
                 }
                 let verify = credentials::verification(ctx.config, snapshot.user.as_ref(), &claim.password);
-                Step::Await(Flow::Passcode(PasscodeFlow::Verify(claim, snapshot)), verify)
+                Step::Await(Flow::Passcode(PasscodeFlow::Verify(Box::new((claim, *snapshot)))), verify)
             }
-            (PasscodeFlow::Verify(claim, snapshot), EffectResult::Verified(verified)) => {
+            (PasscodeFlow::Verify(state), EffectResult::Verified(verified)) => {
+                let (claim, snapshot) = *state;
                 let user = snapshot.user.as_ref().filter(|u| u.email == claim.email);
                 if let (true, Some(user)) = (credentials::accepted(user, &claim.phone, verified), user) {
                     credentials::upgrade_if_needed(ctx, user, &claim.password);

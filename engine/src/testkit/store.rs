@@ -75,12 +75,12 @@ impl MemoryStore {
             return EffectResult::Failed;
         }
         let counters = lookup.counters.iter().filter_map(|k| self.counters.get(k).map(|c| (k.clone(), *c))).collect();
-        EffectResult::Read(Snapshot {
+        EffectResult::Read(Box::new(Snapshot {
             user: lookup.user.as_ref().and_then(|e| self.users.get(e).cloned()),
             passcode: lookup.passcode.as_ref().and_then(|k| self.passcodes.get(k).cloned()),
             session: lookup.session.as_ref().and_then(|m| self.sessions.get(m).cloned()),
             counters,
-        })
+        }))
     }
 
     /// Commits a batch: all of it if its expectation holds, none otherwise.
