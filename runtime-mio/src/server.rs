@@ -54,7 +54,14 @@ struct Conn {
     /// Reading stopped because the engine wanted no input; retried after
     /// outputs are dispatched.
     paused: bool,
+    /// All written and the write side shut: what still arrives is read and
+    /// discarded until this instant, so closing with unread input does not
+    /// reset the connection before the client has read its last reply.
+    lingering_until: Option<Instant>,
 }
+
+/// How long a closed connection keeps discarding input.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The event loop and everything it owns.
 struct EventLoop {
@@ -68,6 +75,8 @@ struct EventLoop {
     buf: Vec<u8>,
     /// Set once a signal asked for shutdown.
     draining_since: Option<Instant>,
+    /// Connections lingering after their close, with their deadline.
+    lingering: Vec<(usize, Instant)>,
 }
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
@@ -112,6 +121,7 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
         results,
         buf: vec![0; READ_CHUNK],
         draining_since: None,
+        lingering: Vec::new(),
     };
     let outcome = event_loop.run(&mut signals);
     let EventLoop { pool, .. } = event_loop;
@@ -152,6 +162,7 @@ impl EventLoop {
                 }
             }
             self.take_results();
+            self.end_lingering();
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
             }
@@ -170,10 +181,11 @@ impl EventLoop {
             // Round up, so the wake-up is never just before the deadline.
             (at - now()).to_std().map_or(Duration::ZERO, |d| d + Duration::from_millis(1))
         });
-        match (until_deadline, self.draining_since) {
-            (Some(d), Some(_)) => Some(d.min(Duration::from_millis(50))),
-            (None, Some(_)) => Some(Duration::from_millis(50)),
-            (d, None) => d,
+        // Draining and lingering are checked on a short beat.
+        let beat = (self.draining_since.is_some() || !self.lingering.is_empty()).then_some(Duration::from_millis(50));
+        match (until_deadline, beat) {
+            (Some(d), Some(b)) => Some(d.min(b)),
+            (d, b) => d.or(b),
         }
     }
 
@@ -236,7 +248,13 @@ impl EventLoop {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    entry.insert(Conn { stream, out: Vec::new(), closing: false, paused: false });
+                    entry.insert(Conn {
+                        stream,
+                        out: Vec::new(),
+                        closing: false,
+                        paused: false,
+                        lingering_until: None,
+                    });
                     self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
                     // Data may have arrived with the connection.
                     self.read(key);
@@ -254,6 +272,10 @@ impl EventLoop {
     }
 
     fn read(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.lingering_until.is_some()) {
+            self.discard(key);
+            return;
+        }
         while self.draining_since.is_none() {
             let Some(conn) = self.conns.get_mut(key) else { return };
             if conn.closing {
@@ -324,8 +346,43 @@ impl EventLoop {
             // The peer is gone: nothing more can reach it.
             self.drop_conn(key);
             self.handle(Input::Closed { conn: conn_id(key) });
-        } else if conn.closing && conn.out.is_empty() {
-            self.drop_conn(key);
+        } else if conn.closing && conn.out.is_empty() && conn.lingering_until.is_none() {
+            // Everything is out: end the write side and linger.
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            let until = Instant::now() + LINGER;
+            conn.lingering_until = Some(until);
+            self.lingering.push((key, until));
+            self.discard(key);
+        }
+    }
+
+    /// Reads and drops what a closed connection still sends; the socket goes
+    /// at its end of input, on an error, or when the linger time is up.
+    fn discard(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        loop {
+            match conn.stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.drop_conn(key);
+    }
+
+    fn end_lingering(&mut self) {
+        if self.lingering.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) = self.lingering.drain(..).partition(|(_, until)| *until <= now);
+        self.lingering = waiting;
+        for (key, until) in due {
+            if self.conns.get(key).is_some_and(|c| c.lingering_until == Some(until)) {
+                self.drop_conn(key);
+            }
         }
     }
 
