@@ -1,10 +1,14 @@
-//! `tokenizer-auth`: the one binary. See `tokenizer-auth --help` and SPEC
-//! section 7 for the command line, which scripts rely on.
+//! `tokenizer-auth`: the one binary. See `tokenizer-auth --help`, SPEC
+//! section 7 and `docs/CONFIGURATION.md` for the command line, which scripts
+//! rely on.
+//!
+//! Exit codes: 0 success, 2 usage or configuration error, 1 anything else,
+//! with a one-line reason on stderr.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokenizer_auth_runtime_mio::cli::{Cli, Failure};
+use tokenizer_auth_runtime_mio::cli::{Cli, Failure, logging};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -15,7 +19,14 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match cli.run() {
+    let outcome = cli.configuration().and_then(|config| {
+        logging::init(config.log_format(), config.log_level());
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+        cli.run(&config)
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(reason)) => {
             eprintln!("tokenizer-auth: {reason}");

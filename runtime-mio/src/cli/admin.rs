@@ -6,11 +6,12 @@ use tokenizer_auth_engine::{Mac, Secret};
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::SqliteStore;
 
-use super::{Cli, Failure, SessionCommand, UserCommand};
+use super::config::Configuration;
+use super::{Failure, SessionCommand, UserCommand};
 
-fn open(cli: &Cli) -> Result<SqliteStore, Failure> {
-    let dir = cli.data_dir();
-    SqliteStore::open(&dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())))
+fn open(config: &Configuration) -> Result<SqliteStore, Failure> {
+    let dir = config.data_dir();
+    SqliteStore::open(dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())))
 }
 
 fn hasher() -> Result<Hasher, Failure> {
@@ -47,11 +48,11 @@ fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
     Ok(password)
 }
 
-pub(super) fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
+pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match command {
         UserCommand::Add { email, phone, password_stdin } => {
-            let mut store = open(cli)?;
+            let mut store = open(config)?;
             if store.users()?.iter().any(|u| &u.email == email) {
                 return Err(Failure::Other(format!("user {email} already exists")));
             }
@@ -60,19 +61,19 @@ pub(super) fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
             writeln!(out, "added {email}")?;
         }
         UserCommand::List => {
-            for user in open(cli)?.users()? {
+            for user in open(config)?.users()? {
                 let note = if user.plaintext { "  (plaintext password: run `user rehash`)" } else { "" };
                 writeln!(out, "{}\t{}\t{} sessions{note}", user.email, user.phone, user.sessions)?;
             }
         }
         UserCommand::Remove { email } => {
-            if !open(cli)?.remove_user(email)? {
+            if !open(config)?.remove_user(email)? {
                 return Err(Failure::Other(format!("no user {email}")));
             }
             writeln!(out, "removed {email}")?;
         }
         UserCommand::Passwd { email, password_stdin } => {
-            let mut store = open(cli)?;
+            let mut store = open(config)?;
             if !store.users()?.iter().any(|u| &u.email == email) {
                 return Err(Failure::Other(format!("no user {email}")));
             }
@@ -81,18 +82,18 @@ pub(super) fn user(cli: &Cli, command: &UserCommand) -> Result<(), Failure> {
             writeln!(out, "changed the password of {email}; its sessions have ended")?;
         }
         UserCommand::Rehash => {
-            let hashed = open(cli)?.rehash_plaintext(&hasher()?)?;
+            let hashed = open(config)?.rehash_plaintext(&hasher()?)?;
             writeln!(out, "hashed {hashed} plaintext passwords")?;
         }
     }
     Ok(())
 }
 
-pub(super) fn session(cli: &Cli, command: &SessionCommand) -> Result<(), Failure> {
+pub(super) fn session(config: &Configuration, command: &SessionCommand) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
     match command {
         SessionCommand::List { email } => {
-            for s in open(cli)?.sessions(email.as_deref())? {
+            for s in open(config)?.sessions(email.as_deref())? {
                 let started = s.started_at.format("%Y-%m-%d %H:%M:%S");
                 let expires = s.expires_at.format("%Y-%m-%d %H:%M:%S");
                 writeln!(out, "{}\t{}\tstarted {started}Z\texpires {expires}Z", s.email, s.mac)?;
@@ -103,7 +104,7 @@ pub(super) fn session(cli: &Cli, command: &SessionCommand) -> Result<(), Failure
                 Some(text) => Some(Mac::parse(text).ok_or_else(|| Failure::Usage(format!("invalid MAC {text:?}")))?),
                 None => None,
             };
-            let ended = open(cli)?.revoke(email, mac)?;
+            let ended = open(config)?.revoke(email, mac)?;
             writeln!(out, "ended {ended} sessions of {email}")?;
         }
     }

@@ -1,11 +1,19 @@
 //! The command line (SPEC section 7). Its spellings are part of the
-//! contract: scripts and tests drive it.
+//! contract: scripts and tests drive it. The configuration keys and their
+//! layers are in `docs/CONFIGURATION.md`.
 
 mod admin;
+mod client;
+pub mod config;
+mod duration;
+pub mod logging;
+mod serve;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+
+use self::config::Configuration;
 
 /// Why a command failed, and so its exit code: 2 for usage or
 /// configuration, 1 for anything else.
@@ -25,13 +33,21 @@ impl<E: std::error::Error> From<E> for Failure {
 
 /// A device-bound, email-MFA token authentication server.
 #[derive(Parser, Debug)]
-#[command(name = "tokenizer-auth", version, about)]
+#[command(
+    name = "tokenizer-auth",
+    version,
+    about,
+    after_help = "Configuration: embedded defaults, then --config FILE (TOML), then TOKENIZER_AUTH_<KEY> \
+                  environment variables, then flags; later wins. `tokenizer-auth config show` prints the \
+                  result. Every key is in docs/CONFIGURATION.md."
+)]
 pub struct Cli {
     /// Configuration file (TOML).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE", env = config::ENV_CONFIG)]
     pub config: Option<PathBuf>,
-    /// Data folder holding op_creds.db, op_passcodes.db and outbox/.
-    #[arg(long, global = true, value_name = "DIR", env = "TOKENIZER_AUTH_DATA_DIR")]
+    /// Data folder holding op_creds.db, op_passcodes.db and outbox/
+    /// [default: data; key data_dir].
+    #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
@@ -41,12 +57,130 @@ pub struct Cli {
 /// The commands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the server until SIGINT or SIGTERM.
+    Serve(ServeArgs),
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
     /// Manage sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Talk to a server in the native protocol.
+    Client(ClientArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// The flags of `serve` (and `config show`), each the last word on its
+/// configuration key.
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// The runtime [default: mio; key runtime].
+    #[arg(long, value_name = "RUNTIME", value_parser = ["mio", "std"])]
+    pub runtime: Option<String>,
+    /// The native listener, HOST:PORT (port 0 = any free port)
+    /// [default: 127.0.0.1:7160; key listen].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The legacy passcode listener [default: 127.0.0.1:7158; key
+    /// legacy_passcode_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub legacy_passcode_listen: Option<String>,
+    /// The legacy login listener [default: 127.0.0.1:7159; key
+    /// legacy_login_listen].
+    #[arg(long, value_name = "ADDR")]
+    pub legacy_login_listen: Option<String>,
+    /// Record a capture of the sessions into FILE, for `replay` [key
+    /// capture].
+    #[arg(long, value_name = "FILE")]
+    pub capture: Option<PathBuf>,
+}
+
+/// `config ...`
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print the effective configuration as TOML (the SMTP password is never
+    /// shown). Takes the flags of `serve`, so it shows what `serve` would
+    /// run with; a bad configuration exits 2 as `serve` would.
+    Show(ServeArgs),
+}
+
+/// `client [--addr ADDR] ...`
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// The server's native listener, HOST:PORT [default: the configured
+    /// listen, 127.0.0.1:7160].
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// How long to wait to connect and for each reply [default: 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// The request.
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+/// `client passcode|login|request`
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Ask for a passcode to be mailed: sends
+    /// `require_passcode|MAC|PASSWORD|PHONE|EMAIL`.
+    Passcode {
+        /// The device's MAC address.
+        #[arg(long)]
+        mac: String,
+        /// The account's email.
+        #[arg(long)]
+        email: String,
+        /// The account's phone, if it has one on file.
+        #[arg(long, default_value = "")]
+        phone: String,
+        /// Read the password from standard input (one line) instead of a
+        /// prompt.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Log in with a mailed passcode: sends
+    /// `MAC|EMAIL|PHONE|PASSWORD|PASSCODE` and stores the token.
+    Login {
+        /// The device's MAC address.
+        #[arg(long)]
+        mac: String,
+        /// The account's email.
+        #[arg(long)]
+        email: String,
+        /// The account's phone, if it has one on file.
+        #[arg(long, default_value = "")]
+        phone: String,
+        /// The passcode from the mail.
+        #[arg(long)]
+        passcode: String,
+        /// Read the password from standard input (one line) instead of a
+        /// prompt.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Where to store the token (mode 0600) [default:
+        /// <data_dir>/client-token].
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Make a request with the stored token: sends
+    /// `TOKEN|MAC|REQUEST|DATA...`; on `renew|<token>` stores the new
+    /// token and retries once.
+    Request {
+        /// The device's MAC address.
+        #[arg(long)]
+        mac: String,
+        /// Where the token is [default: <data_dir>/client-token].
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        /// The request.
+        request: String,
+        /// Its data, joined with `|`.
+        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
+        data: Vec<String>,
+    },
 }
 
 /// `user ...`
@@ -102,16 +236,49 @@ pub enum SessionCommand {
 }
 
 impl Cli {
-    /// The data folder: `--data-dir`, else `./data`.
-    pub fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"))
+    /// The effective configuration: the defaults, the file, the
+    /// environment, then this command line's flags. Every command loads
+    /// it (the data folder may come from it); an error is a configuration
+    /// error.
+    pub fn configuration(&self) -> Result<Configuration, Failure> {
+        let path = |flag: &str, p: &PathBuf| {
+            p.to_str().map(str::to_owned).ok_or_else(|| Failure::Usage(format!("{flag} is not UTF-8")))
+        };
+        let mut flags: Vec<(&str, String)> = Vec::new();
+        if let Some(dir) = &self.data_dir {
+            flags.push(("data_dir", path("--data-dir", dir)?));
+        }
+        if let Command::Serve(args) | Command::Config(ConfigCommand::Show(args)) = &self.command {
+            let ServeArgs { runtime, listen, legacy_passcode_listen, legacy_login_listen, capture } = args;
+            for (key, value) in [
+                ("runtime", runtime),
+                ("listen", listen),
+                ("legacy_passcode_listen", legacy_passcode_listen),
+                ("legacy_login_listen", legacy_login_listen),
+            ] {
+                if let Some(value) = value {
+                    flags.push((key, value.clone()));
+                }
+            }
+            if let Some(file) = capture {
+                flags.push(("capture", path("--capture", file)?));
+            }
+        }
+        Configuration::load(self.config.as_deref(), std::env::vars_os(), &flags).map_err(Failure::Usage)
     }
 
-    /// Runs the command.
-    pub fn run(&self) -> Result<(), Failure> {
+    /// Runs the command with the configuration from [`Cli::configuration`].
+    pub fn run(&self, config: &Configuration) -> Result<(), Failure> {
         match &self.command {
-            Command::User(command) => admin::user(self, command),
-            Command::Session(command) => admin::session(self, command),
+            Command::Serve(_) => serve::run(config),
+            Command::User(command) => admin::user(config, command),
+            Command::Session(command) => admin::session(config, command),
+            Command::Client(args) => client::run(config, args),
+            Command::Config(ConfigCommand::Show(_)) => {
+                use std::io::Write;
+                std::io::stdout().lock().write_all(config.show().as_bytes())?;
+                Ok(())
+            }
         }
     }
 }

@@ -1,0 +1,325 @@
+//! `client`: the native protocol from the command line, for trying a server
+//! out and for scripts. One connection, one request line at a time, the
+//! reply printed as it came.
+//!
+//! Passwords come from a prompt or standard input, never from the command
+//! line; the session token lives in a file only its owner can read, and is
+//! never printed.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokenizer_auth_engine::{BaseToken, LOGIN_PREFIX, Mac, Secret};
+
+use super::config::{self, Configuration};
+use super::{ClientArgs, ClientCommand, Failure, duration};
+
+/// The reply to a passcode request that worked.
+const PASSCODE_SENT: &str = "Passcode is sent";
+
+/// The longest reply line read; real replies are under 200 bytes.
+const MAX_REPLY: u64 = 64 * 1024;
+
+pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failure> {
+    let timeout = match &args.timeout {
+        Some(text) => duration::parse(text)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| Failure::Usage(format!("invalid --timeout {text:?}: write a duration like \"30s\"")))?,
+        None => Duration::from_secs(60),
+    };
+    let addr = server_addr(config, args.addr.as_deref())?;
+    let token_file = |given: &Option<PathBuf>| given.clone().unwrap_or_else(|| config.data_dir().join("client-token"));
+    let mut out = io::stdout().lock();
+    match &args.command {
+        ClientCommand::Passcode { mac, email, phone, password_stdin } => {
+            let mac = mac_field(mac)?;
+            let email = field("email", email, Field::Required)?;
+            let phone = field("phone", phone, Field::Optional)?;
+            let password = read_password(*password_stdin)?;
+            let line = Secret::new(format!("require_passcode|{mac}|{}|{phone}|{email}", password.expose()));
+            let reply = Connection::open(addr, timeout)?.ask(&line)?;
+            if reply != PASSCODE_SENT {
+                return Err(refused(&reply));
+            }
+            writeln!(out, "{reply}")?;
+        }
+        ClientCommand::Login { mac, email, phone, passcode, password_stdin, token_file: file } => {
+            let mac = mac_field(mac)?;
+            let email = field("email", email, Field::Required)?;
+            let phone = field("phone", phone, Field::Optional)?;
+            let passcode = field("passcode", passcode, Field::Required)?;
+            let password = read_password(*password_stdin)?;
+            let line = Secret::new(format!("{mac}|{email}|{phone}|{}|{passcode}", password.expose()));
+            let reply = Connection::open(addr, timeout)?.ask(&line)?;
+            let token = reply
+                .strip_prefix(LOGIN_PREFIX)
+                .and_then(|token| BaseToken::parse(token.as_bytes()))
+                .ok_or_else(|| refused(&reply))?;
+            store_token(&token_file(file), &token)?;
+            writeln!(out, "logged in")?;
+        }
+        ClientCommand::Request { mac, token_file: file, request, data } => {
+            let mac = mac_field(mac)?;
+            let request = field("request", request, Field::Required)?;
+            for item in data {
+                field("data", item, Field::Rest)?;
+            }
+            let file = token_file(file);
+            let line = |token: &BaseToken| {
+                let mut line = format!("{token}|{mac}|{request}");
+                for item in data {
+                    line.push('|');
+                    line.push_str(item);
+                }
+                Secret::new(line)
+            };
+            let token = read_token(&file)?;
+            let mut connection = Connection::open(addr, timeout)?;
+            let mut reply = connection.ask(&line(&token))?;
+            if let Some(renewed) = renewal(&reply)? {
+                store_token(&file, &renewed)?;
+                eprintln!("the token expired and was renewed; the new one is in {}; retrying", file.display());
+                reply = connection.ask(&line(&renewed))?;
+                if let Some(again) = renewal(&reply)? {
+                    store_token(&file, &again)?;
+                    return Err(Failure::Other(
+                        "the server renewed the token again on the retry; the newest token is stored".into(),
+                    ));
+                }
+            }
+            if reply == "False" || reply == "unauthorized" || reply.starts_with("error|") {
+                return Err(refused(&reply));
+            }
+            writeln!(out, "{reply}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The server to talk to: `--addr`, else the configured native listener
+/// (an unspecified address such as 0.0.0.0 means this machine).
+fn server_addr(config: &Configuration, given: Option<&str>) -> Result<SocketAddr, Failure> {
+    if let Some(text) = given {
+        return config::address(text).map_err(|reason| Failure::Usage(format!("invalid --addr: {reason}")));
+    }
+    let mut addr = config.listen();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        });
+    }
+    if addr.port() == 0 {
+        return Err(Failure::Usage("the configured listen port is 0 (any free port): give the server's --addr".into()));
+    }
+    Ok(addr)
+}
+
+/// The reason for a reply that is not what the command wanted: the reply.
+fn refused(reply: &str) -> Failure {
+    Failure::Other(format!("server replied {}", reply.escape_debug()))
+}
+
+/// The new token of a `renew|<token>` reply.
+fn renewal(reply: &str) -> Result<Option<BaseToken>, Failure> {
+    match reply.strip_prefix("renew|") {
+        None => Ok(None),
+        Some(token) => BaseToken::parse(token.as_bytes())
+            .map(Some)
+            .ok_or_else(|| Failure::Other("the server sent a renewal without a valid token".into())),
+    }
+}
+
+/// What a field of the request line may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// Something, but no `|`.
+    Required,
+    /// Anything but `|`, nothing included.
+    Optional,
+    /// The free-form rest of the line: `|` allowed.
+    Rest,
+}
+
+/// A field of the request line, checked: no control character (a line
+/// break would end the line early), and no `|` but in the rest of the line.
+fn field<'a>(name: &str, value: &'a str, kind: Field) -> Result<&'a str, Failure> {
+    if value.chars().any(char::is_control) {
+        return Err(Failure::Usage(format!("the {name} cannot hold control characters")));
+    }
+    if kind != Field::Rest && value.contains('|') {
+        return Err(Failure::Usage(format!("the {name} cannot hold |")));
+    }
+    if kind == Field::Required && value.is_empty() {
+        return Err(Failure::Usage(format!("the {name} is empty")));
+    }
+    Ok(value)
+}
+
+/// The MAC as given (the server normalizes it), once it parses as one.
+fn mac_field(text: &str) -> Result<&str, Failure> {
+    Mac::parse(text).map(|_| text).ok_or_else(|| Failure::Usage(format!("invalid MAC {text:?}")))
+}
+
+/// The account's password, from standard input (one line) or a prompt.
+fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        io::stdin().lock().read_line(&mut line)?;
+        Secret::new(line.trim_end_matches(['\r', '\n']))
+    } else {
+        if !io::stdin().is_terminal() {
+            return Err(Failure::Usage("no terminal to ask for the password: use --password-stdin".into()));
+        }
+        Secret::new(rpassword::prompt_password("Password: ")?)
+    };
+    if password.is_empty() {
+        return Err(Failure::Usage("the password is empty".into()));
+    }
+    if password.expose().contains('|') || password.expose().chars().any(char::is_control) {
+        return Err(Failure::Usage("a password cannot hold | or control characters".into()));
+    }
+    Ok(password)
+}
+
+/// One connection to the native listener.
+struct Connection {
+    addr: SocketAddr,
+    timeout: Duration,
+    reader: BufReader<TcpStream>,
+}
+
+impl Connection {
+    fn open(addr: SocketAddr, timeout: Duration) -> Result<Connection, Failure> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| Failure::Other(format!("cannot connect to {addr}: {e}")))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Ok(Connection { addr, timeout, reader: BufReader::new(stream) })
+    }
+
+    /// Sends `line` (which may hold a password or a token, so no error
+    /// repeats it) and returns the reply line without its line ending.
+    fn ask(&mut self, line: &Secret) -> Result<String, Failure> {
+        let addr = self.addr;
+        let broke = |e: io::Error| {
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                Failure::Other(format!("no reply from {addr} within {}", duration::format(self.timeout)))
+            } else {
+                Failure::Other(format!("connection to {addr} failed: {e}"))
+            }
+        };
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.expose().as_bytes());
+        bytes.push(b'\n');
+        let stream = self.reader.get_mut();
+        stream.write_all(&bytes).and_then(|()| stream.flush()).map_err(broke)?;
+        bytes.fill(0);
+
+        let mut reply = Vec::new();
+        (&mut self.reader).take(MAX_REPLY).read_until(b'\n', &mut reply).map_err(broke)?;
+        if reply.pop() != Some(b'\n') {
+            return Err(Failure::Other(format!("{addr} closed the connection without a reply")));
+        }
+        if reply.last() == Some(&b'\r') {
+            reply.pop();
+        }
+        String::from_utf8(reply).map_err(|_| Failure::Other(format!("{addr} replied with bytes that are not UTF-8")))
+    }
+}
+
+/// The stored token, or a clear reason there is none.
+fn read_token(path: &Path) -> Result<BaseToken, Failure> {
+    let text = match fs::read_to_string(path) {
+        Ok(text) => Secret::new(text),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Failure::Other(format!(
+                "no token file {}: log in first with `tokenizer-auth client login`",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(Failure::Other(format!("cannot read the token file {}: {e}", path.display()))),
+    };
+    BaseToken::parse(text.expose().trim().as_bytes())
+        .ok_or_else(|| Failure::Other(format!("the token file {} does not hold a token", path.display())))
+}
+
+/// Replaces the token file, all or nothing, with a file only its owner can
+/// read (mode 0600); a missing folder is created (mode 0700).
+fn store_token(path: &Path, token: &BaseToken) -> Result<(), Failure> {
+    let failed = |e: io::Error| Failure::Other(format!("cannot write the token file {}: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir).map_err(failed)?;
+
+    let name = path.file_name().map_or_else(|| "client-token".into(), |n| n.to_string_lossy().into_owned());
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&temp);
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&temp).and_then(|mut file| {
+        file.write_all(format!("{token}\n").as_bytes())?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| fs::rename(&temp, path)) {
+        let _ = fs::remove_file(&temp);
+        return Err(failed(e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_privately_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new-folder").join("token");
+        let token = BaseToken::parse("ab".repeat(32).as_bytes()).unwrap();
+        store_token(&path, &token).unwrap();
+        assert_eq!(read_token(&path).unwrap(), token);
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", "ab".repeat(32)));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
+        }
+        let other = BaseToken::parse("cd".repeat(32).as_bytes()).unwrap();
+        store_token(&path, &other).unwrap();
+        assert_eq!(read_token(&path).unwrap(), other);
+        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file is left");
+
+        fs::write(&path, "not a token").unwrap();
+        assert!(matches!(read_token(&path), Err(Failure::Other(r)) if r.contains("does not hold a token")));
+        let missing = read_token(&dir.path().join("missing"));
+        assert!(matches!(missing, Err(Failure::Other(r)) if r.contains("log in first")));
+    }
+
+    #[test]
+    fn fields_that_would_break_the_line_are_refused() {
+        assert!(field("email", "a@b.example", Field::Required).is_ok());
+        assert!(field("email", "a|b@example", Field::Required).is_err());
+        assert!(field("email", "", Field::Required).is_err());
+        assert!(field("email", "a@b\nrequire_passcode", Field::Required).is_err());
+        assert!(field("phone", "", Field::Optional).is_ok());
+        assert!(field("phone", "1|2", Field::Optional).is_err());
+        assert!(field("data", "x|y|z", Field::Rest).is_ok());
+        assert!(field("data", "x\r", Field::Rest).is_err());
+        assert!(mac_field("AA-BB-CC-DD-EE-FF").is_ok());
+        assert!(mac_field("not-a-mac").is_err());
+    }
+}

@@ -1,0 +1,905 @@
+//! The configuration (SPEC section 7, `docs/CONFIGURATION.md`): embedded
+//! defaults, then a TOML file (`--config`), then environment variables
+//! `TOKENIZER_AUTH_<KEY>`, then flags; a later layer wins, key by key.
+//!
+//! Every key is read by one function ([`Configuration::set`]) whatever
+//! layer it comes from, so a key means the same in each; an error names the
+//! key and the layer it came from. Secrets (`smtp_password`) are held as
+//! [`Secret`] and never printed.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use tokenizer_auth_engine::{Config, Secret};
+use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
+use tokenizer_auth_runtime_std::settings::{Settings, Workers};
+
+use super::duration;
+
+/// The prefix of the environment variables: `TOKENIZER_AUTH_TOKEN_TTL` sets
+/// `token_ttl`.
+pub const ENV_PREFIX: &str = "TOKENIZER_AUTH_";
+
+/// The environment variable naming the configuration file (as `--config`).
+pub const ENV_CONFIG: &str = "TOKENIZER_AUTH_CONFIG";
+
+/// Every key, in the order `config show` prints them.
+pub const KEYS: &[&str] = &[
+    "data_dir",
+    "runtime",
+    "listen",
+    "legacy_passcode_listen",
+    "legacy_login_listen",
+    "capture",
+    "passcode_ttl",
+    "token_ttl",
+    "session_max_age",
+    "idle_timeout",
+    "partial_line_timeout",
+    "legacy_wait",
+    "max_line",
+    "max_connections",
+    "max_pipeline",
+    "max_password_checks",
+    "passcode_requests_per_email",
+    "passcode_requests_per_ip",
+    "failures_per_email",
+    "failures_per_ip",
+    "max_consecutive_failures",
+    "lockout",
+    "store_workers",
+    "hash_workers",
+    "mail_workers",
+    "log_format",
+    "log_level",
+    "smtp_host",
+    "smtp_port",
+    "smtp_security",
+    "smtp_username",
+    "smtp_password",
+    "smtp_from",
+    "smtp_timeout",
+];
+
+/// The log levels `log_level` takes by name.
+const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Which runtime `serve` runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Runtime {
+    /// The event loop on mio (the default).
+    Mio,
+    /// The threaded runtime.
+    Std,
+}
+
+impl Runtime {
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Mio => "mio",
+            Runtime::Std => "std",
+        }
+    }
+}
+
+/// How log lines look on stderr.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The SMTP keys, kept apart until the end because they make sense only
+/// together.
+#[derive(Clone, Debug)]
+struct Smtp {
+    host: Option<String>,
+    port: Option<u16>,
+    security: SmtpSecurity,
+    username: Option<String>,
+    password: Option<Secret>,
+    from: String,
+    timeout: Duration,
+}
+
+/// Where a value came from, to say so in an error.
+enum Origin<'a> {
+    File(&'a Path),
+    Env(&'a str),
+    Flag,
+}
+
+/// A value as a layer gives it: typed from TOML, text from the environment
+/// or a flag.
+enum Raw<'a> {
+    Toml(&'a toml::Value),
+    Text(&'a str),
+}
+
+/// The effective configuration.
+#[derive(Clone, Debug)]
+pub struct Configuration {
+    data_dir: PathBuf,
+    runtime: Runtime,
+    listen: SocketAddr,
+    legacy_passcode_listen: SocketAddr,
+    legacy_login_listen: SocketAddr,
+    capture: Option<PathBuf>,
+    engine: Config,
+    workers: Workers,
+    log_format: LogFormat,
+    log_level: String,
+    smtp: Smtp,
+    warnings: Vec<String>,
+}
+
+impl Default for Configuration {
+    /// The embedded defaults.
+    fn default() -> Self {
+        let settings = Settings::default();
+        Configuration {
+            data_dir: settings.data_dir,
+            runtime: Runtime::Mio,
+            listen: settings.listen,
+            legacy_passcode_listen: settings.legacy_passcode_listen,
+            legacy_login_listen: settings.legacy_login_listen,
+            capture: None,
+            engine: settings.engine,
+            workers: settings.workers,
+            log_format: LogFormat::Human,
+            log_level: "info".to_owned(),
+            smtp: Smtp {
+                host: None,
+                port: None,
+                security: SmtpSecurity::StartTls,
+                username: None,
+                password: None,
+                from: DEFAULT_FROM.to_owned(),
+                timeout: DEFAULT_TIMEOUT,
+            },
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Configuration {
+    /// Loads the layers over the defaults: the TOML file `file`, then the
+    /// `TOKENIZER_AUTH_*` variables among `env`, then `flags` (key, value as
+    /// written). The error is one line naming the key and where it came
+    /// from; every error here is a configuration error (exit 2).
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (OsString, OsString)>,
+        flags: &[(&str, String)],
+    ) -> Result<Configuration, String> {
+        let mut config = Configuration::default();
+        if let Some(path) = file {
+            config.load_file(path)?;
+        }
+        config.load_env(env)?;
+        for (key, value) in flags {
+            debug_assert!(KEYS.contains(key), "flag for unknown key {key}");
+            config.set(key, &Raw::Text(value), &Origin::Flag)?;
+        }
+        config.finish()?;
+        Ok(config)
+    }
+
+    fn load_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the configuration file {}: {e}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(String::new(), |span| {
+                format!(" at line {}", text[..span.start.min(text.len())].matches('\n').count() + 1)
+            });
+            let message = e.message().trim().replace('\n', "; ");
+            format!("{}: invalid TOML{line}: {message}", path.display())
+        })?;
+        // Keys in the file's order would be nicer, but a Table is sorted;
+        // the first unknown key alphabetically is as good a report.
+        for (key, value) in &table {
+            if !KEYS.contains(&key.as_str()) {
+                let hint = suggestion(key).map_or(String::new(), |k| format!(" (did you mean `{k}`?)"));
+                return Err(format!("unknown key `{key}` in {}{hint}", path.display()));
+            }
+            self.set(key, &Raw::Toml(value), &Origin::File(path))?;
+        }
+        if table.contains_key("smtp_password") && readable_by_others(path) {
+            self.warnings.push(format!(
+                "{} holds smtp_password and others can read it: make it readable only by the service account \
+                 (chmod 600), or pass the password in TOKENIZER_AUTH_SMTP_PASSWORD",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn load_env(&mut self, env: impl IntoIterator<Item = (OsString, OsString)>) -> Result<(), String> {
+        let mut found: HashMap<String, OsString> = HashMap::new();
+        for (name, value) in env {
+            let Some(name) = name.to_str() else { continue };
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let key = key.to_ascii_lowercase();
+            if KEYS.contains(&key.as_str()) && name == env_var(&key) {
+                found.insert(key, value);
+            } else if name != ENV_CONFIG {
+                let hint = suggestion(&key).map_or(String::new(), |k| format!(" (did you mean {}?)", env_var(k)));
+                self.warnings.push(format!("ignoring the environment variable {name}: no such key{hint}"));
+            }
+        }
+        for key in KEYS {
+            if let Some(value) = found.get(*key) {
+                let var = env_var(key);
+                let text =
+                    value.to_str().ok_or_else(|| format!("invalid {key} (environment variable {var}): not UTF-8"))?;
+                self.set(key, &Raw::Text(text), &Origin::Env(&var))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets one key, or says why not.
+    fn set(&mut self, key: &str, raw: &Raw<'_>, origin: &Origin<'_>) -> Result<(), String> {
+        self.set_inner(key, raw).map_err(|reason| {
+            let at = match origin {
+                Origin::File(path) => format!("in {}", path.display()),
+                Origin::Env(var) => format!("(environment variable {var})"),
+                Origin::Flag => format!("(flag --{})", key.replace('_', "-")),
+            };
+            format!("invalid {key} {at}: {reason}")
+        })
+    }
+
+    fn set_inner(&mut self, key: &str, raw: &Raw<'_>) -> Result<(), String> {
+        let engine = &mut self.engine;
+        let limits = &mut engine.limits;
+        match key {
+            "data_dir" => {
+                let dir = raw.text()?;
+                if dir.is_empty() {
+                    return Err("empty path".to_owned());
+                }
+                self.data_dir = PathBuf::from(dir);
+            }
+            "runtime" => {
+                self.runtime = match raw.text()? {
+                    "mio" => Runtime::Mio,
+                    "std" => Runtime::Std,
+                    other => return Err(format!("{other:?}: expected \"mio\" or \"std\"")),
+                }
+            }
+            "listen" => self.listen = address(raw.text()?)?,
+            "legacy_passcode_listen" => self.legacy_passcode_listen = address(raw.text()?)?,
+            "legacy_login_listen" => self.legacy_login_listen = address(raw.text()?)?,
+            "capture" => self.capture = Some(raw.text()?).filter(|t| !t.is_empty()).map(PathBuf::from),
+            "passcode_ttl" => engine.passcode.lifetime = raw.delta(false)?,
+            "token_ttl" => engine.session.token_ttl = raw.delta(false)?,
+            "session_max_age" => engine.session.max_age = raw.delta(true)?,
+            "idle_timeout" => engine.idle_timeout = raw.delta(false)?,
+            "partial_line_timeout" => engine.partial_line_timeout = raw.delta(false)?,
+            "legacy_wait" => engine.legacy_wait = raw.delta(true)?,
+            "max_line" => engine.max_line = raw.count(1)?,
+            "max_connections" => engine.max_connections = raw.count(1)?,
+            "max_pipeline" => engine.max_pipeline = raw.count(1)?,
+            "max_password_checks" => engine.max_password_checks = raw.count(1)?,
+            "passcode_requests_per_email" => limits.passcode_requests_per_email.max = raw.count(0)?,
+            "passcode_requests_per_ip" => limits.passcode_requests_per_ip.max = raw.count(0)?,
+            "failures_per_email" => limits.failures_per_email.max = raw.count(0)?,
+            "failures_per_ip" => limits.failures_per_ip.max = raw.count(0)?,
+            "max_consecutive_failures" => {
+                // 0 turns the lockout off, like 0 for the windows.
+                let max: u32 = raw.count(0)?;
+                limits.max_consecutive_failures = if max == 0 { u32::MAX } else { max };
+            }
+            "lockout" => limits.lockout = raw.delta(true)?,
+            "store_workers" => self.workers.store = raw.count(1)?,
+            "hash_workers" => self.workers.hash = raw.count(1)?,
+            "mail_workers" => self.workers.mail = raw.count(1)?,
+            "log_format" => {
+                self.log_format = match raw.text()? {
+                    "human" => LogFormat::Human,
+                    "json" => LogFormat::Json,
+                    other => return Err(format!("{other:?}: expected \"human\" or \"json\"")),
+                }
+            }
+            "log_level" => self.log_level = log_level(raw.text()?)?,
+            "smtp_host" => self.smtp.host = Some(raw.text()?.trim()).filter(|h| !h.is_empty()).map(str::to_owned),
+            "smtp_port" => {
+                let port: u16 = raw.count(1)?;
+                self.smtp.port = Some(port);
+            }
+            "smtp_security" => {
+                self.smtp.security = match raw.text()? {
+                    "tls" => SmtpSecurity::Tls,
+                    "starttls" => SmtpSecurity::StartTls,
+                    "plain" => SmtpSecurity::Plain,
+                    other => return Err(format!("{other:?}: expected \"tls\", \"starttls\" or \"plain\"")),
+                }
+            }
+            "smtp_username" => self.smtp.username = Some(raw.text()?).filter(|u| !u.is_empty()).map(str::to_owned),
+            // Never echo the value: not even a wrong type says what it was.
+            "smtp_password" => {
+                let password = raw.text().map_err(|_| "expected a string".to_owned())?;
+                self.smtp.password = Some(Secret::new(password)).filter(|p| !p.is_empty());
+            }
+            "smtp_from" => self.smtp.from = raw.text()?.to_owned(),
+            "smtp_timeout" => {
+                let timeout = raw.duration()?;
+                if timeout.is_zero() {
+                    return Err("must be more than 0".to_owned());
+                }
+                self.smtp.timeout = timeout;
+            }
+            _ => return Err("no such key".to_owned()),
+        }
+        Ok(())
+    }
+
+    /// Checks what only the keys together can say.
+    fn finish(&mut self) -> Result<(), String> {
+        let listeners = [
+            ("listen", self.listen),
+            ("legacy_passcode_listen", self.legacy_passcode_listen),
+            ("legacy_login_listen", self.legacy_login_listen),
+        ];
+        for (i, (a, addr)) in listeners.iter().enumerate() {
+            for (b, other) in &listeners[i + 1..] {
+                if addr.port() != 0 && addr == other {
+                    return Err(format!("{a} and {b} are both {addr}: each listener needs its own address"));
+                }
+            }
+        }
+        let smtp = &self.smtp;
+        match (&smtp.username, &smtp.password) {
+            (Some(_), None) => return Err("smtp_username is set but smtp_password is not".to_owned()),
+            (None, Some(_)) => return Err("smtp_password is set but smtp_username is not".to_owned()),
+            _ => {}
+        }
+        if let MailConfig::Smtp(relay) = self.mail() {
+            Mailer::new(&MailConfig::Smtp(relay)).map_err(|e| format!("invalid SMTP relay settings: {e}"))?;
+            if smtp.security == SmtpSecurity::Plain && smtp.password.is_some() {
+                self.warnings.push(
+                    "smtp_security = \"plain\" sends smtp_password to the relay unencrypted; use \"starttls\" or \
+                     \"tls\" unless the relay is on this machine"
+                        .to_owned(),
+                );
+            }
+        } else if smtp.username.is_some() {
+            self.warnings.push("smtp_username is set but smtp_host is not: mail goes to the outbox".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Warnings found while loading (ignored variables, a config file
+    /// others can read that holds the SMTP password); to be logged once
+    /// logging is set up.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The data folder.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The native listener's address.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// The runtime `serve` runs.
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+    }
+
+    /// The log format.
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
+    /// The log filter: a level, or `tracing` directives.
+    pub fn log_level(&self) -> &str {
+        &self.log_level
+    }
+
+    /// Where mail goes: the relay, or `<data_dir>/outbox`.
+    pub fn mail(&self) -> MailConfig {
+        let smtp = &self.smtp;
+        match &smtp.host {
+            None => MailConfig::Outbox { dir: self.data_dir.join("outbox") },
+            Some(host) => MailConfig::Smtp(SmtpConfig {
+                host: host.clone(),
+                port: smtp.port.unwrap_or_else(|| smtp.security.default_port()),
+                security: smtp.security,
+                credentials: smtp.username.clone().zip(smtp.password.clone()),
+                from: smtp.from.clone(),
+                timeout: smtp.timeout,
+            }),
+        }
+    }
+
+    /// What a server runs with.
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings::new(self.data_dir.clone());
+        settings.engine = self.engine.clone();
+        settings.mail = self.mail();
+        settings.listen = self.listen;
+        settings.legacy_passcode_listen = self.legacy_passcode_listen;
+        settings.legacy_login_listen = self.legacy_login_listen;
+        settings.workers = self.workers;
+        settings.capture = self.capture.clone();
+        settings
+    }
+
+    /// The effective configuration as a TOML file that loads back to the
+    /// same configuration, except that the SMTP password is never shown.
+    pub fn show(&self) -> String {
+        let mut out = String::from(
+            "# The effective configuration of tokenizer-auth: embedded defaults, then the\n\
+             # configuration file, then TOKENIZER_AUTH_* variables, then flags.\n",
+        );
+        for key in KEYS {
+            // Writing to a String cannot fail.
+            let _ = match self.value(key) {
+                Shown::Value(value) => writeln!(out, "{key} = {value}"),
+                Shown::Unset(note) => writeln!(out, "# {key} is not set{note}"),
+                Shown::Secret => writeln!(out, "# {key} is set (not shown)"),
+            };
+        }
+        out
+    }
+
+    fn value(&self, key: &str) -> Shown {
+        let engine = &self.engine;
+        let limits = &engine.limits;
+        let text = |s: &str| Shown::Value(toml::Value::String(s.to_owned()));
+        let path = |p: &Path| text(&p.to_string_lossy());
+        let delta = |d: TimeDelta| text(&duration::format(d.to_std().unwrap_or_default()));
+        let count = |n: usize| Shown::Value(toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
+        let small = |n: u32| Shown::Value(toml::Value::Integer(i64::from(n)));
+        match key {
+            "data_dir" => path(&self.data_dir),
+            "runtime" => text(self.runtime.name()),
+            "listen" => text(&self.listen.to_string()),
+            "legacy_passcode_listen" => text(&self.legacy_passcode_listen.to_string()),
+            "legacy_login_listen" => text(&self.legacy_login_listen.to_string()),
+            "capture" => self.capture.as_deref().map_or(Shown::Unset(": no capture is recorded"), path),
+            "passcode_ttl" => delta(engine.passcode.lifetime),
+            "token_ttl" => delta(engine.session.token_ttl),
+            "session_max_age" => delta(engine.session.max_age),
+            "idle_timeout" => delta(engine.idle_timeout),
+            "partial_line_timeout" => delta(engine.partial_line_timeout),
+            "legacy_wait" => delta(engine.legacy_wait),
+            "max_line" => count(engine.max_line),
+            "max_connections" => count(engine.max_connections),
+            "max_pipeline" => count(engine.max_pipeline),
+            "max_password_checks" => count(engine.max_password_checks),
+            "passcode_requests_per_email" => small(limits.passcode_requests_per_email.max),
+            "passcode_requests_per_ip" => small(limits.passcode_requests_per_ip.max),
+            "failures_per_email" => small(limits.failures_per_email.max),
+            "failures_per_ip" => small(limits.failures_per_ip.max),
+            "max_consecutive_failures" => {
+                small(if limits.max_consecutive_failures == u32::MAX { 0 } else { limits.max_consecutive_failures })
+            }
+            "lockout" => delta(limits.lockout),
+            "store_workers" => count(self.workers.store),
+            "hash_workers" => count(self.workers.hash),
+            "mail_workers" => count(self.workers.mail),
+            "log_format" => text(match self.log_format {
+                LogFormat::Human => "human",
+                LogFormat::Json => "json",
+            }),
+            "log_level" => text(&self.log_level),
+            "smtp_host" => self.smtp.host.as_deref().map_or(Shown::Unset(": mail goes to <data_dir>/outbox"), text),
+            "smtp_port" => self.smtp.port.map_or(Shown::Unset(": the default of smtp_security"), |p| small(p.into())),
+            "smtp_security" => text(match self.smtp.security {
+                SmtpSecurity::Tls => "tls",
+                SmtpSecurity::StartTls => "starttls",
+                SmtpSecurity::Plain => "plain",
+            }),
+            "smtp_username" => self.smtp.username.as_deref().map_or(Shown::Unset(""), text),
+            "smtp_password" => {
+                if self.smtp.password.is_some() {
+                    Shown::Secret
+                } else {
+                    Shown::Unset("")
+                }
+            }
+            "smtp_from" => text(&self.smtp.from),
+            "smtp_timeout" => text(&duration::format(self.smtp.timeout)),
+            _ => Shown::Unset(" (no such key)"),
+        }
+    }
+}
+
+/// How `config show` prints one key.
+enum Shown {
+    Value(toml::Value),
+    Unset(&'static str),
+    Secret,
+}
+
+impl Raw<'_> {
+    fn text(&self) -> Result<&str, String> {
+        match self {
+            Raw::Text(text) => Ok(text),
+            Raw::Toml(toml::Value::String(text)) => Ok(text),
+            Raw::Toml(other) => Err(format!("expected a string, found {}", other.type_str())),
+        }
+    }
+
+    fn duration(&self) -> Result<Duration, String> {
+        match self {
+            Raw::Text(text) => duration::parse(text),
+            Raw::Toml(toml::Value::String(text)) => duration::parse(text),
+            Raw::Toml(toml::Value::Integer(0)) => Ok(Duration::ZERO),
+            Raw::Toml(toml::Value::Integer(n)) => {
+                Err(format!("{n} has no unit: write a string with a unit, e.g. \"{n}s\""))
+            }
+            Raw::Toml(other) => Err(format!("expected a duration such as \"180s\", found {}", other.type_str())),
+        }
+    }
+
+    /// A duration for the engine; zero allowed only where it means
+    /// something (unlimited, off, no wait).
+    fn delta(&self, zero_allowed: bool) -> Result<TimeDelta, String> {
+        let duration = self.duration()?;
+        if duration.is_zero() && !zero_allowed {
+            return Err("must be more than 0".to_owned());
+        }
+        // `duration::MAX` keeps this far inside TimeDelta's range.
+        TimeDelta::from_std(duration).map_err(|_| "too long".to_owned())
+    }
+
+    /// A whole number of at least `min` that fits `T`.
+    fn count<T: TryFrom<u64>>(&self, min: u64) -> Result<T, String> {
+        let n = match self {
+            Raw::Toml(toml::Value::Integer(n)) => {
+                u64::try_from(*n).map_err(|_| format!("{n} is negative: expected a whole number"))?
+            }
+            Raw::Toml(other) => return Err(format!("expected a whole number, found {}", other.type_str())),
+            Raw::Text(text) => {
+                if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(format!("{text:?} is not a whole number"));
+                }
+                text.parse().map_err(|_| format!("{text} is too large"))?
+            }
+        };
+        if n < min {
+            return Err(format!("must be at least {min}"));
+        }
+        T::try_from(n).map_err(|_| format!("{n} is too large"))
+    }
+}
+
+/// `HOST:PORT`: an IP address and port, or a host name that resolves
+/// (IPv4 preferred, so `localhost` means 127.0.0.1).
+pub(crate) fn address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let expected = "expected HOST:PORT, e.g. 127.0.0.1:7160 or [::1]:7160 (port 0 = any free port)";
+    if !text.contains(':') {
+        return Err(format!("{text:?}: {expected}"));
+    }
+    let addrs: Vec<SocketAddr> = text.to_socket_addrs().map_err(|e| format!("{text:?}: {expected} ({e})"))?.collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?}: the host has no address"))
+}
+
+/// A `tracing` filter: a level by name, or directives such as
+/// `info,tokenizer_auth_engine=debug`. A bare word that is no level is
+/// refused (tracing would read it as a module name and log everything in it).
+fn log_level(text: &str) -> Result<String, String> {
+    let expected = "expected error, warn, info, debug, trace or off, or directives like \
+                    \"info,tokenizer_auth_runtime_mio=debug\"";
+    let lower = text.trim().to_ascii_lowercase();
+    if lower.is_empty() {
+        return Err(format!("empty: {expected}"));
+    }
+    for directive in lower.split(',') {
+        if !directive.contains('=') && !LEVELS.contains(&directive.trim()) {
+            return Err(format!("{text:?}: {expected}"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(&lower).map_err(|e| format!("{text:?}: {e}; {expected}"))?;
+    Ok(lower)
+}
+
+/// `TOKENIZER_AUTH_<KEY>`.
+pub fn env_var(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+/// The known key closest to a misspelt one, if any is close.
+fn suggestion(key: &str) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    KEYS.iter().map(|k| (edit_distance(&key, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_: &Path) -> bool {
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect()
+    }
+
+    fn with_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer-auth.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_ones() {
+        let config = Configuration::load(None, env(&[]), &[]).unwrap();
+        let settings = config.settings();
+        assert_eq!(settings.data_dir, PathBuf::from("data"));
+        assert_eq!(settings.listen.to_string(), "127.0.0.1:7160");
+        assert_eq!(settings.legacy_passcode_listen.to_string(), "127.0.0.1:7158");
+        assert_eq!(settings.legacy_login_listen.to_string(), "127.0.0.1:7159");
+        assert_eq!(settings.engine, Config::default());
+        assert_eq!(settings.mail, MailConfig::Outbox { dir: PathBuf::from("data/outbox") });
+        assert_eq!(config.runtime(), Runtime::Mio);
+        assert_eq!(config.log_format(), LogFormat::Human);
+        assert_eq!(config.log_level(), "info");
+        assert!(config.warnings().is_empty());
+    }
+
+    #[test]
+    fn every_key_is_shown_and_loads_back() {
+        let (_dir, path) = with_file(
+            r#"
+            data_dir = "/srv/auth"
+            runtime = "std"
+            listen = "0.0.0.0:7160"
+            legacy_passcode_listen = "127.0.0.1:0"
+            legacy_login_listen = "127.0.0.1:0"
+            capture = "/tmp/capture"
+            passcode_ttl = "5m"
+            token_ttl = "2h"
+            session_max_age = 0
+            idle_timeout = "90s"
+            partial_line_timeout = "5s"
+            legacy_wait = "250ms"
+            max_line = 8192
+            max_connections = 500
+            max_pipeline = 16
+            max_password_checks = 8
+            passcode_requests_per_email = 3
+            passcode_requests_per_ip = 30
+            failures_per_email = 10
+            failures_per_ip = 0
+            max_consecutive_failures = 0
+            lockout = "30m"
+            store_workers = 2
+            hash_workers = 3
+            mail_workers = 5
+            log_format = "json"
+            log_level = "debug"
+            smtp_host = "smtp.example.com"
+            smtp_port = 2525
+            smtp_security = "tls"
+            smtp_username = "auth"
+            smtp_password = "hunter2"
+            smtp_from = "Auth <auth@example.com>"
+            smtp_timeout = "20s"
+            "#,
+        );
+        let config = Configuration::load(Some(&path), env(&[]), &[]).unwrap();
+        let shown = config.show();
+        for key in KEYS {
+            assert!(shown.contains(&format!("\n{key} = ")) || shown.contains(&format!("# {key} ")), "{key}: {shown}");
+        }
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let engine = &config.settings().engine;
+        assert_eq!(engine.session.max_age, TimeDelta::zero());
+        assert_eq!(engine.legacy_wait, TimeDelta::milliseconds(250));
+        assert_eq!(engine.limits.max_consecutive_failures, u32::MAX);
+        assert_eq!(engine.limits.failures_per_email.period, TimeDelta::minutes(15));
+        let MailConfig::Smtp(relay) = config.mail() else { panic!("no relay") };
+        assert_eq!((relay.port, relay.security), (2525, SmtpSecurity::Tls));
+        assert_eq!(relay.credentials.as_ref().map(|(u, p)| (u.as_str(), p.expose())), Some(("auth", "hunter2")));
+
+        // The shown text loads back to the same configuration (but the
+        // password, which it does not show).
+        let (_dir2, again) = with_file(&shown);
+        let reloaded = Configuration::load(Some(&again), env(&[("TOKENIZER_AUTH_SMTP_PASSWORD", "x")]), &[]).unwrap();
+        assert_eq!(reloaded.show(), shown);
+        assert_eq!(reloaded.settings().engine, config.settings().engine);
+    }
+
+    #[test]
+    fn every_key_is_documented() {
+        let docs = include_str!("../../../docs/CONFIGURATION.md");
+        for key in KEYS {
+            assert!(docs.contains(&format!("| `{key}` |")), "{key} is not in docs/CONFIGURATION.md");
+        }
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let (_dir, path) = with_file("token_ttl = \"1m\"\npasscode_ttl = \"2m\"\nlisten = \"127.0.0.1:1\"\n");
+        let config = Configuration::load(
+            Some(&path),
+            env(&[("TOKENIZER_AUTH_TOKEN_TTL", "2s"), ("TOKENIZER_AUTH_LISTEN", "127.0.0.1:2")]),
+            &[("listen", "127.0.0.1:3".to_owned())],
+        )
+        .unwrap();
+        let engine = &config.settings().engine;
+        assert_eq!(engine.passcode.lifetime, TimeDelta::minutes(2));
+        assert_eq!(engine.session.token_ttl, TimeDelta::seconds(2));
+        assert_eq!(config.listen().to_string(), "127.0.0.1:3");
+    }
+
+    #[test]
+    fn errors_name_the_key_and_where_it_came_from() {
+        let (_dir, path) = with_file("token_ttl = \"5 minutes\"\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.starts_with("invalid token_ttl in ") && error.contains("unknown unit"), "{error}");
+
+        let error = Configuration::load(None, env(&[("TOKENIZER_AUTH_PASSCODE_TTL", "3x")]), &[]).unwrap_err();
+        assert!(
+            error.starts_with("invalid passcode_ttl (environment variable TOKENIZER_AUTH_PASSCODE_TTL)"),
+            "{error}"
+        );
+
+        let error = Configuration::load(None, env(&[]), &[("listen", "nowhere".to_owned())]).unwrap_err();
+        assert!(error.starts_with("invalid listen (flag --listen)"), "{error}");
+
+        let (_dir, path) = with_file("tokne_ttl = \"5m\"\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.starts_with("unknown key `tokne_ttl` in ") && error.ends_with("(did you mean `token_ttl`?)"));
+
+        let (_dir, path) = with_file("[smtp]\nhost = \"x\"\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.starts_with("unknown key `smtp` in "), "{error}");
+
+        let (_dir, path) = with_file("token_ttl = \n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.contains("invalid TOML at line 1") && !error.contains('\n'), "{error}");
+
+        for (key, value, says) in [
+            ("max_line", "0", "at least 1"),
+            ("max_line", "-1", "not a whole number"),
+            ("max_line", "4k", "not a whole number"),
+            ("token_ttl", "0", "more than 0"),
+            ("smtp_port", "70000", "too large"),
+            ("runtime", "tokio", "expected \"mio\" or \"std\""),
+            ("log_format", "xml", "expected \"human\" or \"json\""),
+            ("log_level", "verbose", "expected error, warn"),
+            ("smtp_security", "ssl", "expected \"tls\""),
+            ("listen", "7160", "expected HOST:PORT"),
+        ] {
+            let error = Configuration::load(None, env(&[(&env_var(key), value)]), &[]).unwrap_err();
+            assert!(error.starts_with(&format!("invalid {key} ")) && error.contains(says), "{key}={value}: {error}");
+        }
+
+        let (_dir, path) = with_file("max_line = \"4096\"\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.contains("expected a whole number, found string"), "{error}");
+        let (_dir, path) = with_file("token_ttl = 60\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.contains("60 has no unit"), "{error}");
+    }
+
+    #[test]
+    fn smtp_settings_make_sense_together() {
+        let relay = |vars: &[(&str, &str)]| Configuration::load(None, env(vars), &[]);
+        let config = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "smtp.example.com")]).unwrap();
+        let MailConfig::Smtp(smtp) = config.mail() else { panic!() };
+        assert_eq!((smtp.port, smtp.security, smtp.credentials.is_none()), (587, SmtpSecurity::StartTls, true));
+        let config =
+            relay(&[("TOKENIZER_AUTH_SMTP_HOST", "smtp.example.com"), ("TOKENIZER_AUTH_SMTP_SECURITY", "tls")])
+                .unwrap();
+        let MailConfig::Smtp(smtp) = config.mail() else { panic!() };
+        assert_eq!(smtp.port, 465);
+
+        let error = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "h"), ("TOKENIZER_AUTH_SMTP_USERNAME", "u")]).unwrap_err();
+        assert!(error.contains("smtp_password is not"), "{error}");
+        let error = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "h"), ("TOKENIZER_AUTH_SMTP_FROM", "nobody")]).unwrap_err();
+        assert!(error.contains("invalid SMTP relay settings"), "{error}");
+
+        let config = relay(&[
+            ("TOKENIZER_AUTH_SMTP_HOST", "localhost"),
+            ("TOKENIZER_AUTH_SMTP_SECURITY", "plain"),
+            ("TOKENIZER_AUTH_SMTP_USERNAME", "u"),
+            ("TOKENIZER_AUTH_SMTP_PASSWORD", "p4ss"),
+        ])
+        .unwrap();
+        assert!(config.warnings().iter().any(|w| w.contains("unencrypted")));
+        assert!(!config.warnings().iter().any(|w| w.contains("p4ss")));
+
+        // An empty host means the outbox, so the environment can undo a file.
+        let config = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "")]).unwrap();
+        assert!(matches!(config.mail(), MailConfig::Outbox { .. }));
+    }
+
+    #[test]
+    fn bad_passwords_are_not_echoed() {
+        let (_dir, path) = with_file("smtp_password = 12345678\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(!error.contains("12345678"), "{error}");
+    }
+
+    #[test]
+    fn unknown_variables_are_warned_about() {
+        let config = Configuration::load(
+            None,
+            env(&[("TOKENIZER_AUTH_TOKEN_TTTL", "2s"), ("TOKENIZER_AUTH_CONFIG", "x"), ("HOME", "/root")]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            config.warnings(),
+            ["ignoring the environment variable TOKENIZER_AUTH_TOKEN_TTTL: no such key (did you mean \
+              TOKENIZER_AUTH_TOKEN_TTL?)"]
+        );
+    }
+
+    #[test]
+    fn duplicate_listeners_are_refused() {
+        let error =
+            Configuration::load(None, env(&[]), &[("legacy_login_listen", "127.0.0.1:7160".to_owned())]).unwrap_err();
+        assert!(error.contains("listen and legacy_login_listen are both 127.0.0.1:7160"), "{error}");
+        Configuration::load(
+            None,
+            env(&[]),
+            &[("listen", "127.0.0.1:0".to_owned()), ("legacy_login_listen", "127.0.0.1:0".to_owned())],
+        )
+        .unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_password_in_a_file_others_can_read_is_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, path) = with_file("smtp_host = \"h\"\nsmtp_username = \"u\"\nsmtp_password = \"secret99\"\n");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = Configuration::load(Some(&path), env(&[]), &[]).unwrap();
+        assert!(config.warnings().iter().any(|w| w.contains("chmod 600")), "{:?}", config.warnings());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let config = Configuration::load(Some(&path), env(&[]), &[]).unwrap();
+        assert!(config.warnings().is_empty(), "{:?}", config.warnings());
+    }
+}

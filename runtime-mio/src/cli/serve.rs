@@ -1,0 +1,38 @@
+//! `serve`: builds the runtime's [`Settings`](tokenizer_auth_runtime_std::settings::Settings)
+//! from the configuration and runs the chosen runtime until it stops.
+
+use tokenizer_auth_runtime_std::mail::{MailConfig, SmtpSecurity};
+
+use super::Failure;
+use super::config::{Configuration, Runtime};
+
+pub(super) fn run(config: &Configuration) -> Result<(), Failure> {
+    let settings = config.settings();
+    let mail = match &settings.mail {
+        MailConfig::Outbox { dir } => format!("outbox {}", dir.display()),
+        MailConfig::Smtp(relay) => {
+            let security = match relay.security {
+                SmtpSecurity::Tls => "tls",
+                SmtpSecurity::StartTls => "starttls",
+                SmtpSecurity::Plain => "plain",
+            };
+            let user = relay.credentials.as_ref().map_or("no auth".to_owned(), |(user, _)| format!("as {user}"));
+            format!("relay {}:{} ({security}, {user})", relay.host, relay.port)
+        }
+    };
+    let runtime = config.runtime();
+    tracing::info!(
+        runtime = match runtime {
+            Runtime::Mio => "mio",
+            Runtime::Std => "std",
+        },
+        data_dir = %settings.data_dir.display(),
+        mail = %mail,
+        "starting"
+    );
+    let served = match runtime {
+        Runtime::Mio => crate::server::serve(settings),
+        Runtime::Std => tokenizer_auth_runtime_std::server::serve(settings),
+    };
+    served.map_err(|e| Failure::Other(e.to_string()))
+}
