@@ -11,23 +11,37 @@ is in place before the server answers 250. Any recipient whose address
 starts with "reject" is refused with 550. With --auth, AUTH PLAIN/LOGIN is
 offered without TLS and required, and only USER:PASSWORD is accepted.
 
-Runs until killed or until stdin is closed. Exits with status 3 and a
-message on stderr when aiosmtpd is not installed.
+Runs until killed or until stdin is closed. When aiosmtpd is missing it
+installs it from PyPI first (the tests need nothing installed by hand);
+if that fails it exits with status 3 and a message on stderr.
 """
 
 import itertools
 import os
+import subprocess
 import sys
 import threading
 import uuid
+
+AIOSMTPD = "aiosmtpd==1.4.6"
+
+try:
+    import aiosmtpd  # noqa: F401
+except ImportError:
+    # Several test processes may get here at once; pip copes.
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", AIOSMTPD],
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
 
 try:
     from aiosmtpd.controller import Controller
     from aiosmtpd.smtp import AuthResult, LoginPassword
 except ImportError:
     sys.stderr.write(
-        "smtp_server.py: the Python package aiosmtpd is not installed; "
-        "run `python3 -m pip install aiosmtpd`\n"
+        "smtp_server.py: the Python package aiosmtpd is not installed and could not be; "
+        "run `python3 -m pip install '" + AIOSMTPD + "'`\n"
     )
     sys.exit(3)
 
