@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
+use crate::capture::{Recorder, RecordingRng};
 use crate::codec::legacy;
 use crate::codec::native::{Frame, next_frame};
 use crate::codec::reply::{ErrorCode, Reply};
@@ -160,6 +161,7 @@ pub struct Engine {
     next_effect: u64,
     next_epoch: u64,
     password_checks: usize,
+    capture: Option<Recorder>,
 }
 
 impl Engine {
@@ -175,6 +177,7 @@ impl Engine {
             next_effect: 0,
             next_epoch: 0,
             password_checks: 0,
+            capture: None,
         }
     }
 
@@ -203,6 +206,30 @@ impl Engine {
     /// seen before is taken as that one, so the engine's clock never runs
     /// backwards. `rng` is the only source of randomness the engine uses.
     pub fn handle<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
+        let Some(recorder) = &mut self.capture else { return self.take(now, rng, input) };
+        recorder.begin(now, &input);
+        let mut recording = RecordingRng { inner: rng, drawn: Vec::new() };
+        self.take(now, &mut recording, input);
+        if let Some(recorder) = &mut self.capture {
+            recorder.drew(&recording.drawn);
+        }
+    }
+
+    /// Starts recording every call from now on (see [`crate::capture`]).
+    /// Returns the capture file's header; [`Engine::take_capture`] gives
+    /// the records that follow.
+    pub fn start_capture(&mut self) -> Vec<u8> {
+        self.capture = Some(Recorder::default());
+        Recorder::header(&self.config)
+    }
+
+    /// The capture records completed since the last call: append them to
+    /// the capture file after draining outputs.
+    pub fn take_capture(&mut self) -> Vec<u8> {
+        self.capture.as_mut().map(Recorder::take).unwrap_or_default()
+    }
+
+    fn take<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
         self.now = self.now.max(now);
         match input {
             Input::Opened { conn, peer, listener } => self.open(conn, peer, listener),
@@ -216,6 +243,17 @@ impl Engine {
     /// The next thing to do, if any. Drain it after every
     /// [`Engine::handle`], until it returns `None`.
     pub fn poll_output(&mut self) -> Option<Output> {
+        let output = self.next_output();
+        if let (Some(recorder), Some(output)) = (&mut self.capture, &output) {
+            recorder.output(output);
+            if let Output::Close { conn } = output {
+                recorder.forget(*conn);
+            }
+        }
+        output
+    }
+
+    fn next_output(&mut self) -> Option<Output> {
         while let Some(queued) = self.queue.pop_front() {
             match queued {
                 Queued::Perform(id, effect) => return Some(Output::Perform { id, effect }),

@@ -62,6 +62,7 @@
 // their large variants would add an allocation per effect on the hot path.
 #![allow(clippy::large_enum_variant)]
 
+pub mod capture;
 pub mod codec;
 mod config;
 mod connection;

@@ -98,6 +98,11 @@ impl MasterToken {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A master token from its raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> MasterToken {
+        MasterToken(bytes)
+    }
 }
 
 impl fmt::Debug for MasterToken {

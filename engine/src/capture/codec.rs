@@ -1,0 +1,418 @@
+//! Encoding of what a capture holds: the engine's configuration, the
+//! inputs (with effect results and the records they carry), and the
+//! outputs. Secrets are written redacted: a legacy plaintext password as an
+//! empty one, an output's secret fields as `[redacted]` (outputs are kept
+//! as their `Debug` text, in which every secret type hides itself).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::wire::{DecodeError, Reader, Writer};
+use crate::config::Config;
+use crate::device::Mac;
+use crate::effect::{EffectId, EffectResult};
+use crate::engine::{ConnId, Listener, Output};
+use crate::limits::{Counter, CounterKey, Limits, Window};
+use crate::passcode::{PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
+use crate::password::PasswordHash;
+use crate::secret::Secret;
+use crate::session::SessionPolicy;
+use crate::store::{SessionRecord, Snapshot, UserRecord};
+use crate::token::MasterToken;
+
+/// An input as recorded (owning its bytes).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Event {
+    /// [`crate::Input::Opened`].
+    Opened {
+        /// Which connection.
+        conn: ConnId,
+        /// Its peer.
+        peer: IpAddr,
+        /// Its listener.
+        listener: Listener,
+    },
+    /// [`crate::Input::Received`], passwords redacted.
+    Received {
+        /// Which connection.
+        conn: ConnId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// [`crate::Input::Closed`].
+    Closed {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// [`crate::Input::Completed`].
+    Completed {
+        /// Which effect.
+        id: EffectId,
+        /// Its result.
+        result: EffectResult,
+    },
+    /// [`crate::Input::Timeout`].
+    Timeout,
+}
+
+/// An output as recorded and compared.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Recorded {
+    /// Bytes sent, exactly.
+    Transmit(ConnId, Vec<u8>),
+    /// A close.
+    Close(ConnId),
+    /// An effect, as its `Debug` text (secrets show as `[redacted]`).
+    Perform(EffectId, String),
+}
+
+impl Recorded {
+    /// The recorded form of an output.
+    pub fn of(output: &Output) -> Recorded {
+        match output {
+            Output::Transmit { conn, bytes } => Recorded::Transmit(*conn, bytes.clone()),
+            Output::Close { conn } => Recorded::Close(*conn),
+            Output::Perform { id, effect } => Recorded::Perform(*id, format!("{effect:?}")),
+        }
+    }
+}
+
+pub(crate) fn time(w: &mut Writer, t: DateTime<Utc>) {
+    w.i64(t.timestamp());
+    w.u32(t.timestamp_subsec_nanos());
+}
+
+pub(crate) fn read_time(r: &mut Reader<'_>) -> Result<DateTime<Utc>, DecodeError> {
+    let secs = r.i64()?;
+    let nanos = r.u32()?;
+    DateTime::from_timestamp(secs, nanos).ok_or(DecodeError::Invalid("time"))
+}
+
+fn delta(w: &mut Writer, d: TimeDelta) {
+    w.i64(d.num_nanoseconds().unwrap_or(i64::MAX));
+}
+
+fn read_delta(r: &mut Reader<'_>) -> Result<TimeDelta, DecodeError> {
+    Ok(TimeDelta::nanoseconds(r.i64()?))
+}
+
+fn ip(w: &mut Writer, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            w.u8(4);
+            w.buf.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            w.u8(6);
+            w.buf.extend_from_slice(&v6.octets());
+        }
+    }
+}
+
+fn read_ip(r: &mut Reader<'_>) -> Result<IpAddr, DecodeError> {
+    match r.u8()? {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(r.fixed::<4>()?))),
+        6 => Ok(IpAddr::V6(Ipv6Addr::from(r.fixed::<16>()?))),
+        _ => Err(DecodeError::Invalid("address family")),
+    }
+}
+
+fn listener(w: &mut Writer, l: Listener) {
+    w.u8(match l {
+        Listener::Native => 0,
+        Listener::LegacyPasscode => 1,
+        Listener::LegacyLogin => 2,
+    });
+}
+
+fn read_listener(r: &mut Reader<'_>) -> Result<Listener, DecodeError> {
+    match r.u8()? {
+        0 => Ok(Listener::Native),
+        1 => Ok(Listener::LegacyPasscode),
+        2 => Ok(Listener::LegacyLogin),
+        _ => Err(DecodeError::Invalid("listener")),
+    }
+}
+
+fn usize_(w: &mut Writer, v: usize) {
+    w.u64(v as u64);
+}
+
+fn read_usize(r: &mut Reader<'_>) -> Result<usize, DecodeError> {
+    usize::try_from(r.u64()?).map_err(|_| DecodeError::Invalid("size"))
+}
+
+fn password(w: &mut Writer, p: &PasswordHash) {
+    match p {
+        PasswordHash::Phc(phc) => {
+            w.u8(0);
+            w.str(phc);
+        }
+        // Never written: a plaintext password stays out of the capture.
+        PasswordHash::Plain(_) => w.u8(1),
+    }
+}
+
+fn read_password(r: &mut Reader<'_>) -> Result<PasswordHash, DecodeError> {
+    match r.u8()? {
+        0 => Ok(PasswordHash::Phc(r.string()?)),
+        1 => Ok(PasswordHash::Plain(Secret::default())),
+        _ => Err(DecodeError::Invalid("password")),
+    }
+}
+
+fn window(w: &mut Writer, win: &Window) {
+    w.u32(win.max);
+    delta(w, win.period);
+}
+
+fn read_window(r: &mut Reader<'_>) -> Result<Window, DecodeError> {
+    Ok(Window { max: r.u32()?, period: read_delta(r)? })
+}
+
+/// Writes the engine configuration a capture was made with.
+pub(crate) fn config(w: &mut Writer, c: &Config) {
+    delta(w, c.passcode.lifetime);
+    w.u32(c.passcode.max_guesses);
+    delta(w, c.session.token_ttl);
+    delta(w, c.session.max_age);
+    let l = &c.limits;
+    for win in [&l.passcode_requests_per_email, &l.passcode_requests_per_ip, &l.failures_per_email, &l.failures_per_ip]
+    {
+        window(w, win);
+    }
+    w.u32(l.max_consecutive_failures);
+    delta(w, l.lockout);
+    usize_(w, c.max_line);
+    delta(w, c.idle_timeout);
+    delta(w, c.partial_line_timeout);
+    delta(w, c.legacy_wait);
+    usize_(w, c.max_connections);
+    usize_(w, c.max_pipeline);
+    usize_(w, c.max_password_checks);
+    password(w, &c.dummy_password);
+}
+
+pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
+    let passcode = PasscodePolicy { lifetime: read_delta(r)?, max_guesses: r.u32()? };
+    let session = SessionPolicy { token_ttl: read_delta(r)?, max_age: read_delta(r)? };
+    let limits = Limits {
+        passcode_requests_per_email: read_window(r)?,
+        passcode_requests_per_ip: read_window(r)?,
+        failures_per_email: read_window(r)?,
+        failures_per_ip: read_window(r)?,
+        max_consecutive_failures: r.u32()?,
+        lockout: read_delta(r)?,
+    };
+    Ok(Config {
+        passcode,
+        session,
+        limits,
+        max_line: read_usize(r)?,
+        idle_timeout: read_delta(r)?,
+        partial_line_timeout: read_delta(r)?,
+        legacy_wait: read_delta(r)?,
+        max_connections: read_usize(r)?,
+        max_pipeline: read_usize(r)?,
+        max_password_checks: read_usize(r)?,
+        dummy_password: read_password(r)?,
+    })
+}
+
+fn counter_key(w: &mut Writer, k: &CounterKey) {
+    match k {
+        CounterKey::PasscodeRequestsByEmail(e) => (w.u8(0), w.str(e)),
+        CounterKey::PasscodeRequestsByIp(a) => (w.u8(1), ip(w, *a)),
+        CounterKey::FailuresByEmail(e) => (w.u8(2), w.str(e)),
+        CounterKey::FailuresByIp(a) => (w.u8(3), ip(w, *a)),
+        CounterKey::FailureStreak(e) => (w.u8(4), w.str(e)),
+    };
+}
+
+fn read_counter_key(r: &mut Reader<'_>) -> Result<CounterKey, DecodeError> {
+    Ok(match r.u8()? {
+        0 => CounterKey::PasscodeRequestsByEmail(r.string()?),
+        1 => CounterKey::PasscodeRequestsByIp(read_ip(r)?),
+        2 => CounterKey::FailuresByEmail(r.string()?),
+        3 => CounterKey::FailuresByIp(read_ip(r)?),
+        4 => CounterKey::FailureStreak(r.string()?),
+        _ => return Err(DecodeError::Invalid("counter")),
+    })
+}
+
+fn snapshot(w: &mut Writer, s: &Snapshot) {
+    match &s.user {
+        Some(u) => {
+            w.u8(1);
+            w.str(&u.email);
+            w.str(&u.phone);
+            password(w, &u.password);
+        }
+        None => w.u8(0),
+    }
+    match &s.passcode {
+        Some(p) => {
+            w.u8(1);
+            w.str(&p.key.email);
+            w.buf.extend_from_slice(&p.key.mac.octets());
+            ip(w, p.key.ip);
+            w.str(&p.phone);
+            w.str(&p.code.to_column());
+            time(w, p.expires_at);
+            w.u32(p.attempts);
+        }
+        None => w.u8(0),
+    }
+    match &s.session {
+        Some(x) => {
+            w.u8(1);
+            w.buf.extend_from_slice(x.master.as_bytes());
+            w.str(&x.email);
+            w.buf.extend_from_slice(&x.mac.octets());
+            time(w, x.started_at);
+            time(w, x.expires_at);
+        }
+        None => w.u8(0),
+    }
+    w.u32(u32::try_from(s.counters.len()).unwrap_or(u32::MAX));
+    for (key, c) in &s.counters {
+        counter_key(w, key);
+        time(w, c.since);
+        w.u32(c.count);
+        time(w, c.last);
+    }
+}
+
+fn read_snapshot(r: &mut Reader<'_>) -> Result<Snapshot, DecodeError> {
+    let user = match r.bool()? {
+        true => Some(UserRecord { email: r.string()?, phone: r.string()?, password: read_password(r)? }),
+        false => None,
+    };
+    let passcode = match r.bool()? {
+        true => Some(PasscodeRecord {
+            key: PasscodeKey { email: r.string()?, mac: Mac::from_octets(r.fixed()?), ip: read_ip(r)? },
+            phone: r.string()?,
+            code: StoredPasscode::from_column(&r.string()?),
+            expires_at: read_time(r)?,
+            attempts: r.u32()?,
+        }),
+        false => None,
+    };
+    let session = match r.bool()? {
+        true => Some(SessionRecord {
+            master: MasterToken::from_bytes(r.fixed()?),
+            email: r.string()?,
+            mac: Mac::from_octets(r.fixed()?),
+            started_at: read_time(r)?,
+            expires_at: read_time(r)?,
+        }),
+        false => None,
+    };
+    let n = r.u32()?;
+    let mut counters = Vec::new();
+    for _ in 0..n {
+        let key = read_counter_key(r)?;
+        counters.push((key, Counter { since: read_time(r)?, count: r.u32()?, last: read_time(r)? }));
+    }
+    Ok(Snapshot { user, passcode, session, counters })
+}
+
+fn result(w: &mut Writer, res: &EffectResult) {
+    match res {
+        EffectResult::Read(s) => {
+            w.u8(0);
+            snapshot(w, s);
+        }
+        EffectResult::Committed => w.u8(1),
+        EffectResult::Conflict => w.u8(2),
+        EffectResult::Verified(ok) => {
+            w.u8(3);
+            w.bool(*ok);
+        }
+        EffectResult::Hashed(p) => {
+            w.u8(4);
+            password(w, p);
+        }
+        EffectResult::Sent => w.u8(5),
+        EffectResult::Failed => w.u8(6),
+    }
+}
+
+fn read_result(r: &mut Reader<'_>) -> Result<EffectResult, DecodeError> {
+    Ok(match r.u8()? {
+        0 => EffectResult::Read(Box::new(read_snapshot(r)?)),
+        1 => EffectResult::Committed,
+        2 => EffectResult::Conflict,
+        3 => EffectResult::Verified(r.bool()?),
+        4 => EffectResult::Hashed(read_password(r)?),
+        5 => EffectResult::Sent,
+        6 => EffectResult::Failed,
+        _ => return Err(DecodeError::Invalid("effect result")),
+    })
+}
+
+pub(crate) fn event(w: &mut Writer, e: &Event) {
+    match e {
+        Event::Opened { conn, peer, listener: l } => {
+            w.u8(0);
+            w.u64(conn.0);
+            ip(w, *peer);
+            listener(w, *l);
+        }
+        Event::Received { conn, bytes } => {
+            w.u8(1);
+            w.u64(conn.0);
+            w.bytes(bytes);
+        }
+        Event::Closed { conn } => {
+            w.u8(2);
+            w.u64(conn.0);
+        }
+        Event::Completed { id, result: res } => {
+            w.u8(3);
+            w.u64(id.0);
+            result(w, res);
+        }
+        Event::Timeout => w.u8(4),
+    }
+}
+
+pub(crate) fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
+    Ok(match r.u8()? {
+        0 => Event::Opened { conn: ConnId(r.u64()?), peer: read_ip(r)?, listener: read_listener(r)? },
+        1 => Event::Received { conn: ConnId(r.u64()?), bytes: r.bytes()?.to_vec() },
+        2 => Event::Closed { conn: ConnId(r.u64()?) },
+        3 => Event::Completed { id: EffectId(r.u64()?), result: read_result(r)? },
+        4 => Event::Timeout,
+        _ => return Err(DecodeError::Invalid("input")),
+    })
+}
+
+pub(crate) fn recorded(w: &mut Writer, o: &Recorded) {
+    match o {
+        Recorded::Transmit(conn, bytes) => {
+            w.u8(0);
+            w.u64(conn.0);
+            w.bytes(bytes);
+        }
+        Recorded::Close(conn) => {
+            w.u8(1);
+            w.u64(conn.0);
+        }
+        Recorded::Perform(id, text) => {
+            w.u8(2);
+            w.u64(id.0);
+            w.str(text);
+        }
+    }
+}
+
+pub(crate) fn read_recorded(r: &mut Reader<'_>) -> Result<Recorded, DecodeError> {
+    Ok(match r.u8()? {
+        0 => Recorded::Transmit(ConnId(r.u64()?), r.bytes()?.to_vec()),
+        1 => Recorded::Close(ConnId(r.u64()?)),
+        2 => Recorded::Perform(EffectId(r.u64()?), r.string()?),
+        _ => return Err(DecodeError::Invalid("output")),
+    })
+}

@@ -1,0 +1,286 @@
+//! Capture and replay. A capture is the list of `handle` calls a runtime
+//! made: for each, the time, the input, the bytes the RNG gave during the
+//! call, and the outputs the engine produced. Replay feeds the same calls to
+//! a fresh engine, with an RNG that plays the recorded bytes back, and
+//! checks that every output comes out the same, byte for byte.
+//!
+//! No password is ever written: password fields in received bytes are
+//! overwritten ([`redact`](self) keeps the parse outcome), a legacy
+//! plaintext password in a read result is written empty, and outputs are
+//! kept as their `Debug` text, in which secrets show as `[redacted]`. The
+//! engine hands a password only to the verification and hashing effects,
+//! whose results are recorded, so replay needs none. Tokens come from the
+//! recorded randomness: a capture is sensitive, and runtimes write it with
+//! mode 0600.
+//!
+//! # Format (version 1)
+//!
+//! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
+//! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
+//!
+//! ```text
+//! file    = MAGIC u32:version config record*
+//! record  = u32:length body                  (length of body)
+//! body    = time input bytes:rng u32:count output*
+//! input   = 0 u64:conn ip u8:listener        Opened
+//!         | 1 u64:conn bytes                 Received (passwords redacted)
+//!         | 2 u64:conn                       Closed
+//!         | 3 u64:effect result              Completed
+//!         | 4                                Timeout
+//! output  = 0 u64:conn bytes                 Transmit
+//!         | 1 u64:conn                       Close
+//!         | 2 u64:effect bytes:debug-text    Perform
+//! ```
+//!
+//! The file is append-only: records are written whole, one after another,
+//! and a reader stops with a clear error at a truncated or corrupt one.
+
+mod codec;
+mod redact;
+mod rng;
+mod wire;
+
+use chrono::{DateTime, Utc};
+
+pub use codec::{Event, Recorded};
+pub use wire::DecodeError;
+
+use crate::config::Config;
+use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use codec::{read_config, read_event, read_recorded, read_time};
+use redact::Redactor;
+use rng::PlaybackRng;
+pub(crate) use rng::RecordingRng;
+use wire::{Reader, Writer};
+
+/// The first bytes of every capture.
+pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
+/// The format version this engine writes and reads.
+pub const VERSION: u32 = 1;
+
+/// What an engine keeps while it records.
+#[derive(Default)]
+pub(crate) struct Recorder {
+    redactors: std::collections::BTreeMap<ConnId, Redactor>,
+    body: Option<Writer>,
+    outputs: Writer,
+    count: u32,
+    done: Vec<u8>,
+}
+
+impl Recorder {
+    /// The file header for an engine with `config`.
+    pub(crate) fn header(config: &Config) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.buf.extend_from_slice(MAGIC);
+        w.u32(VERSION);
+        codec::config(&mut w, config);
+        w.buf
+    }
+
+    /// Starts the record of one `handle` call.
+    pub(crate) fn begin(&mut self, now: DateTime<Utc>, input: &Input<'_>) {
+        self.finish();
+        let event = match input {
+            Input::Opened { conn, peer, listener } => {
+                self.redactors.insert(*conn, Redactor::new(*listener));
+                Event::Opened { conn: *conn, peer: *peer, listener: *listener }
+            }
+            Input::Received { conn, bytes } => {
+                let redactor = self.redactors.entry(*conn).or_insert_with(|| Redactor::new(Listener::Native));
+                Event::Received { conn: *conn, bytes: redactor.redact(bytes) }
+            }
+            Input::Closed { conn } => Event::Closed { conn: *conn },
+            Input::Completed { id, result } => Event::Completed { id: *id, result: result.clone() },
+            Input::Timeout => Event::Timeout,
+        };
+        let mut w = Writer::default();
+        codec::time(&mut w, now);
+        codec::event(&mut w, &event);
+        self.body = Some(w);
+    }
+
+    /// The randomness the call drew.
+    pub(crate) fn drew(&mut self, bytes: &[u8]) {
+        if let Some(w) = &mut self.body {
+            w.bytes(bytes);
+        }
+    }
+
+    /// One output of the call.
+    pub(crate) fn output(&mut self, output: &Output) {
+        if self.body.is_some() {
+            codec::recorded(&mut self.outputs, &Recorded::of(output));
+            self.count += 1;
+        }
+    }
+
+    /// Closes the current record.
+    fn finish(&mut self) {
+        if let Some(mut body) = self.body.take() {
+            body.u32(self.count);
+            body.buf.append(&mut self.outputs.buf);
+            self.count = 0;
+            let mut framed = Writer::default();
+            framed.bytes(&body.buf);
+            self.done.append(&mut framed.buf);
+        }
+    }
+
+    /// Whole records not yet taken.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.finish();
+        std::mem::take(&mut self.done)
+    }
+
+    /// Forgets a connection the engine closed.
+    pub(crate) fn forget(&mut self, conn: ConnId) {
+        self.redactors.remove(&conn);
+    }
+}
+
+/// Why a capture does not replay.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum ReplayError {
+    /// The file is not a capture of this format.
+    NotACapture(String),
+    /// Record `record` (counting from 1) could not be read.
+    Corrupt {
+        /// Which record.
+        record: usize,
+        /// What was wrong.
+        reason: DecodeError,
+    },
+    /// The engine did something other than what was recorded.
+    Divergence {
+        /// Which record (counting from 1).
+        record: usize,
+        /// What the capture holds.
+        expected: String,
+        /// What the engine did.
+        actual: String,
+    },
+}
+
+impl core::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ReplayError::NotACapture(why) => write!(f, "not a tokenizer-auth capture: {why}"),
+            ReplayError::Corrupt { record, reason } => write!(f, "record {record} is corrupt: {reason}"),
+            ReplayError::Divergence { record, expected, actual } => {
+                write!(f, "divergence at event {record}:\n  expected: {expected}\n  actual:   {actual}")
+            }
+        }
+    }
+}
+
+/// A capture being replayed, one record at a time.
+pub struct Replay<'a> {
+    engine: Engine,
+    reader: Reader<'a>,
+    total: usize,
+    record: usize,
+}
+
+fn show(recorded: Option<&Recorded>) -> String {
+    match recorded {
+        None => "nothing".to_owned(),
+        Some(Recorded::Transmit(conn, bytes)) => {
+            format!("Transmit {{ conn: {}, bytes: {:?} }}", conn.0, String::from_utf8_lossy(bytes))
+        }
+        Some(Recorded::Close(conn)) => format!("Close {{ conn: {} }}", conn.0),
+        Some(Recorded::Perform(id, text)) => format!("Perform {{ id: {}, effect: {text} }}", id.0),
+    }
+}
+
+impl<'a> Replay<'a> {
+    /// Reads a capture's header and sets up a fresh engine with its
+    /// configuration.
+    pub fn new(bytes: &'a [u8]) -> Result<Replay<'a>, ReplayError> {
+        let mut reader = Reader::new(bytes);
+        let magic = reader.take(MAGIC.len()).map_err(|_| ReplayError::NotACapture("too short".into()))?;
+        if magic != MAGIC {
+            return Err(ReplayError::NotACapture("wrong magic bytes".into()));
+        }
+        let version = reader.u32().map_err(|_| ReplayError::NotACapture("too short".into()))?;
+        if version != VERSION {
+            return Err(ReplayError::NotACapture(format!("format version {version}, this build reads {VERSION}")));
+        }
+        let config = read_config(&mut reader).map_err(|e| ReplayError::NotACapture(format!("configuration: {e}")))?;
+        Ok(Replay { engine: Engine::new(config), reader, total: bytes.len(), record: 0 })
+    }
+
+    /// Bytes of the file read so far and in all (for progress).
+    pub fn progress(&self) -> (usize, usize) {
+        (self.total - self.remaining(), self.total)
+    }
+
+    fn remaining(&self) -> usize {
+        self.reader.len()
+    }
+
+    /// Records replayed so far.
+    pub fn records(&self) -> usize {
+        self.record
+    }
+
+    /// Replays the next record. `Ok(false)` at the end of the capture.
+    pub fn step(&mut self) -> Result<bool, ReplayError> {
+        if self.reader.is_empty() {
+            return Ok(false);
+        }
+        self.record += 1;
+        let record = self.record;
+        let corrupt = |reason| ReplayError::Corrupt { record, reason };
+        let body = self.reader.bytes().map_err(corrupt)?;
+        let mut r = Reader::new(body);
+        let now = read_time(&mut r).map_err(corrupt)?;
+        let event = read_event(&mut r).map_err(corrupt)?;
+        let drawn = r.bytes().map_err(corrupt)?;
+        let count = r.u32().map_err(corrupt)?;
+        let mut expected = Vec::new();
+        for _ in 0..count {
+            expected.push(read_recorded(&mut r).map_err(corrupt)?);
+        }
+        if !r.is_empty() {
+            return Err(corrupt(DecodeError::Invalid("trailing bytes in a record")));
+        }
+
+        let mut rng = PlaybackRng::new(drawn);
+        let input = match &event {
+            Event::Opened { conn, peer, listener } => Input::Opened { conn: *conn, peer: *peer, listener: *listener },
+            Event::Received { conn, bytes } => Input::Received { conn: *conn, bytes },
+            Event::Closed { conn } => Input::Closed { conn: *conn },
+            Event::Completed { id, result } => Input::Completed { id: *id, result: result.clone() },
+            Event::Timeout => Input::Timeout,
+        };
+        self.engine.handle(now, &mut rng, input);
+        let mut actual = Vec::new();
+        while let Some(output) = self.engine.poll_output() {
+            actual.push(Recorded::of(&output));
+        }
+        for i in 0..expected.len().max(actual.len()) {
+            if expected.get(i) != actual.get(i) {
+                return Err(ReplayError::Divergence {
+                    record,
+                    expected: show(expected.get(i)),
+                    actual: show(actual.get(i)),
+                });
+            }
+        }
+        if !rng.exact() {
+            return Err(ReplayError::Divergence {
+                record,
+                expected: format!("{} bytes of randomness drawn", drawn.len()),
+                actual: format!("{} bytes drawn", rng.used()),
+            });
+        }
+        Ok(true)
+    }
+
+    /// Replays everything; the number of records on success.
+    pub fn run(mut self) -> Result<usize, ReplayError> {
+        while self.step()? {}
+        Ok(self.record)
+    }
+}
