@@ -200,6 +200,24 @@ fn token_check(c: &mut Criterion) {
         })
     });
 
+    // The same, recording a capture (`serve --capture`): what capturing
+    // costs. The records are taken after every check, as a runtime would
+    // take them to write them out.
+    let mut driver = TokenDriver::new(fixture.store.clone());
+    let header = driver.engine.start_capture();
+    assert!(!header.is_empty());
+    let mut captured = 0usize;
+    let mut next = 0;
+    group.bench_function("authorized_captured", |b| {
+        b.iter(|| {
+            driver.check(fixture.lines(next, 1));
+            captured += driver.engine.take_capture().len();
+            next = (next + 1) % SESSIONS;
+            assert!(driver.received == AUTHORIZED);
+        })
+    });
+    assert!(captured > 0);
+
     let mut driver = TokenDriver::new(fixture.store.clone());
     let expected = AUTHORIZED.repeat(PIPELINE);
     driver.check(fixture.lines(0, PIPELINE));

@@ -26,7 +26,7 @@ use slab::Slab;
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
 use tokenizer_auth_runtime_std::password::Hasher;
 use tokenizer_auth_runtime_std::pool::EffectPool;
-use tokenizer_auth_runtime_std::serve::{Listeners, ServeError, now, os_rng};
+use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, now, os_rng};
 use tokenizer_auth_runtime_std::settings::Settings;
 
 /// The longest a shutdown waits for requests in flight.
@@ -77,6 +77,8 @@ struct EventLoop {
     draining_since: Option<Instant>,
     /// Connections lingering after their close, with their deadline.
     lingering: Vec<(usize, Instant)>,
+    /// `serve --capture`: where the engine's records go.
+    capture: Option<CaptureFile>,
 }
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
@@ -111,9 +113,14 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
     bound.announce("mio");
     drop(bound);
 
+    let mut engine = Engine::new(settings.engine.clone());
+    let capture = match &settings.capture {
+        Some(path) => Some(CaptureFile::start(path, &mut engine)?),
+        None => None,
+    };
     let mut event_loop = EventLoop {
         poll,
-        engine: Engine::new(settings.engine.clone()),
+        engine,
         rng: os_rng(),
         listeners,
         conns: Slab::new(),
@@ -122,9 +129,13 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
         buf: vec![0; READ_CHUNK],
         draining_since: None,
         lingering: Vec::new(),
+        capture,
     };
     let outcome = event_loop.run(&mut signals);
-    let EventLoop { pool, .. } = event_loop;
+    let EventLoop { pool, capture, .. } = event_loop;
+    if let Some(mut capture) = capture {
+        capture.flush();
+    }
     pool.shutdown();
     tracing::info!("stopped");
     outcome
@@ -214,6 +225,9 @@ impl EventLoop {
                 }
                 Output::Perform { id, effect } => self.pool.submit(id, effect),
             }
+        }
+        if let Some(capture) = &mut self.capture {
+            capture.append(&mut self.engine);
         }
         if self.draining_since.is_none() {
             self.resume_paused();

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 
 use chrono::{DateTime, Utc};
-use tokenizer_auth_engine::Listener;
+use tokenizer_auth_engine::{Engine, Listener};
 
 use crate::settings::Settings;
 
@@ -65,6 +65,60 @@ impl Listeners {
             legacy_login = %show(Listener::LegacyLogin),
             "listening"
         );
+    }
+}
+
+/// The capture file of `serve --capture FILE`: the engine's records,
+/// appended as they complete (see `tokenizer_auth_engine::capture`).
+pub struct CaptureFile {
+    file: std::io::BufWriter<std::fs::File>,
+    path: std::path::PathBuf,
+    failed: bool,
+}
+
+impl CaptureFile {
+    /// Creates the file (mode 0600: a capture holds tokens) and starts the
+    /// engine recording. An existing file is never overwritten.
+    pub fn start(path: &std::path::Path, engine: &mut Engine) -> Result<CaptureFile, ServeError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(path)
+            .map_err(|e| ServeError::new(format!("cannot create the capture file {}: {e}", path.display())))?;
+        let mut capture = CaptureFile { file: std::io::BufWriter::new(file), path: path.to_owned(), failed: false };
+        let header = engine.start_capture();
+        capture.write(&header);
+        Ok(capture)
+    }
+
+    /// Appends what the engine recorded since the last call. A write error
+    /// is logged once and ends the capture; serving goes on unchanged.
+    pub fn append(&mut self, engine: &mut Engine) {
+        let records = engine.take_capture();
+        if !records.is_empty() {
+            self.write(&records);
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        if self.failed {
+            return;
+        }
+        if let Err(e) = self.file.write_all(bytes) {
+            tracing::error!(path = %self.path.display(), error = %e, "capture stopped: cannot write");
+            self.failed = true;
+        }
+    }
+
+    /// Writes out what is buffered (at shutdown).
+    pub fn flush(&mut self) {
+        use std::io::Write as _;
+        if let Err(e) = self.file.flush() {
+            tracing::error!(path = %self.path.display(), error = %e, "capture incomplete: cannot write");
+        }
     }
 }
 

@@ -96,7 +96,7 @@ use tokenizer_auth_engine::{ConnId, Engine, Input, Listener, Output};
 
 use crate::password::Hasher;
 use crate::pool::{Done, EffectPool};
-use crate::serve::{self, Listeners, ServeError};
+use crate::serve::{self, CaptureFile, Listeners, ServeError};
 use crate::settings::Settings;
 
 /// Stack of a connection thread. It reads into a heap buffer and calls the
@@ -229,13 +229,15 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 /// returns. `ready` is called with the bound addresses once the listeners
 /// are bound and announced and the server is taking connections.
 pub fn serve_with(mut settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> Result<(), ServeError> {
-    if settings.capture.is_some() {
-        // Saying so beats running without the capture the operator asked for.
-        return Err(ServeError::new("--capture is not supported by the std runtime; use --runtime mio"));
-    }
     let hasher = Hasher::new(settings.cost).map_err(|e| ServeError::new(e.to_string()))?;
     settings.engine.dummy_password = hasher.dummy().clone();
-    let shared = Arc::new(Shared::new(Engine::new(settings.engine.clone()), stop.clone()));
+    let mut engine = Engine::new(settings.engine.clone());
+    let capture = match &settings.capture {
+        Some(path) => Some(CaptureFile::start(path, &mut engine)?),
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(engine, stop.clone()));
+    shared.core().capture = capture;
 
     // The callback holds the runtime weakly: the pool lives inside it.
     let weak: Weak<Shared> = Arc::downgrade(&shared);
@@ -341,6 +343,9 @@ struct Core {
     /// The deadline the timer thread sleeps until (`None`: no deadline).
     timer_at: Option<DateTime<Utc>>,
     timer_stopped: bool,
+    /// `serve --capture`: where the engine's records go, in engine order
+    /// (written under the engine lock).
+    capture: Option<CaptureFile>,
 }
 
 /// One client socket.
@@ -418,6 +423,7 @@ impl Shared {
                 pool: None,
                 timer_at: None,
                 timer_stopped: false,
+                capture: None,
             }),
             timer_wake: Condvar::new(),
             stop,
@@ -530,6 +536,9 @@ impl Shared {
                     None => tracing::warn!(?id, "effect dropped: the effect workers have stopped"),
                 },
             }
+        }
+        if let Some(capture) = &mut core.capture {
+            capture.append(&mut core.engine);
         }
         if let Some(at) = core.engine.poll_timeout()
             && core.timer_at.is_none_or(|t| at < t)
@@ -861,6 +870,9 @@ impl Shared {
         drop((open, sockets));
         if let Some(pool) = pool {
             pool.shutdown();
+        }
+        if let Some(capture) = &mut self.core().capture {
+            capture.flush();
         }
 
         let deadline = Instant::now() + THREADS_CAP;

@@ -7,6 +7,7 @@ mod client;
 pub mod config;
 mod duration;
 pub mod logging;
+mod replay;
 mod serve;
 
 use std::path::PathBuf;
@@ -70,6 +71,12 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Replay a capture (`serve --capture FILE`) through a fresh engine and
+    /// check every output against the recording.
+    Replay {
+        /// The capture file.
+        file: PathBuf,
+    },
 }
 
 /// The flags of `serve` (and `config show`), each the last word on its
@@ -274,6 +281,7 @@ impl Cli {
             Command::User(command) => admin::user(config, command),
             Command::Session(command) => admin::session(config, command),
             Command::Client(args) => client::run(config, args),
+            Command::Replay { file } => replay::run(file),
             Command::Config(ConfigCommand::Show(_)) => {
                 use std::io::Write;
                 std::io::stdout().lock().write_all(config.show().as_bytes())?;

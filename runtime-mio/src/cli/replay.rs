@@ -1,0 +1,49 @@
+//! `replay FILE`: feeds a capture to a fresh engine and checks every output
+//! against the recording, byte for byte (see `tokenizer_auth_engine::capture`).
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use tokenizer_auth_engine::capture::{Replay, ReplayError};
+
+use super::Failure;
+
+/// Captures smaller than this replay without a progress bar.
+const PROGRESS_FROM: usize = 1 << 20;
+
+pub(super) fn run(file: &Path) -> Result<(), Failure> {
+    let bytes = std::fs::read(file).map_err(|e| Failure::Other(format!("cannot read {}: {e}", file.display())))?;
+    let mut replay = Replay::new(&bytes).map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
+    let (_, total) = replay.progress();
+    let bar = if total >= PROGRESS_FROM && std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(total as u64);
+        if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}") {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    loop {
+        match replay.step() {
+            Ok(true) => {
+                if replay.records() % 1024 == 0 {
+                    bar.set_position(replay.progress().0 as u64);
+                    bar.set_message(format!("{} events", replay.records()));
+                }
+            }
+            Ok(false) => break,
+            Err(e) => {
+                bar.abandon();
+                return Err(match e {
+                    ReplayError::Divergence { .. } => Failure::Other(e.to_string()),
+                    other => Failure::Other(format!("{}: {other}", file.display())),
+                });
+            }
+        }
+    }
+    bar.finish_and_clear();
+    writeln!(std::io::stdout().lock(), "replayed {} events: every output matched", replay.records())?;
+    Ok(())
+}

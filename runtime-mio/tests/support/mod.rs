@@ -1,0 +1,180 @@
+//! A running server and a native client, for the tests that drive the
+//! real binary over real TCP.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tokenizer-auth");
+pub const MAC: &str = "aa:bb:cc:dd:ee:ff";
+pub const EMAIL: &str = "ada@example.com";
+pub const PHONE: &str = "5550100";
+pub const PASSWORD: &str = "correct horse battery";
+pub const LOGIN_PREFIX: &str = tokenizer_auth_engine::LOGIN_PREFIX;
+
+/// A running server, stopped with SIGTERM when dropped.
+pub struct Server {
+    pub child: Child,
+    pub native: SocketAddr,
+    pub legacy_passcode: SocketAddr,
+    pub legacy_login: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!("\"{name}\":\""))? + name.len() + 4;
+    line[start..].split('"').next()
+}
+
+impl Server {
+    pub fn start(runtime: &str, env: &[(&str, &str)]) -> Server {
+        Server::start_with(runtime, env, &[])
+    }
+
+    /// [`Server::start`] with more `serve` arguments.
+    pub fn start_with(runtime: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut add = Command::new(BIN)
+            .args(["--data-dir"])
+            .arg(&dir)
+            .args(["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+        assert!(add.wait().unwrap().success());
+
+        let mut child = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["serve", "--runtime", runtime])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--legacy-passcode-listen", "127.0.0.1:0", "--legacy-login-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("TOKENIZER_AUTH_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+            if line.contains("\"listening\"") {
+                break;
+            }
+        }
+        let addr = |name| field(&line, name).unwrap_or_else(|| panic!("{name} in {line}")).parse().unwrap();
+        let server = Server {
+            native: addr("native"),
+            legacy_passcode: addr("legacy_passcode"),
+            legacy_login: addr("legacy_login"),
+            child,
+            dir,
+            _tmp: tmp,
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stderr.lines() {});
+        server
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::new(TcpStream::connect(self.native).unwrap())
+    }
+
+    /// The passcode in the newest outbox message.
+    pub fn outbox_passcode(&self) -> String {
+        newest_passcode(&self.dir.join("outbox")).expect("a passcode in the outbox")
+    }
+
+    pub fn login(&self) -> String {
+        let mut c = self.connect();
+        assert_eq!(c.ask(&format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}")), "Passcode is sent");
+        let passcode = self.outbox_passcode();
+        let reply = c.ask(&format!("{MAC}|{EMAIL}|{PHONE}|{PASSWORD}|{passcode}"));
+        reply.strip_prefix(LOGIN_PREFIX).unwrap_or_else(|| panic!("login refused: {reply}")).to_owned()
+    }
+
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+pub fn newest_passcode(outbox: &Path) -> Option<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(outbox).ok()?.map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let text = std::fs::read_to_string(files.last()?).ok()?;
+    tokenizer_auth_engine::mail::find_passcode(&text).map(str::to_owned)
+}
+
+/// A native client with a line reader.
+pub struct Client {
+    pub reader: BufReader<TcpStream>,
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn new(stream: TcpStream) -> Client {
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Client { reader: BufReader::new(stream.try_clone().unwrap()), stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        assert!(line.ends_with('\n'), "no whole reply line: {line:?}");
+        line.pop();
+        line
+    }
+
+    pub fn ask(&mut self, line: &str) -> String {
+        self.send(format!("{line}\n").as_bytes());
+        self.line()
+    }
+
+    /// Whether the server closed the connection (EOF) within `limit`.
+    pub fn closed_within(&mut self, limit: Duration) -> bool {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A token request line for the test device.
+pub fn token_line(token: &str) -> String {
+    format!("{token}|{MAC}|get|some|data")
+}

@@ -1,0 +1,21 @@
+//! Captures recorded from the real servers (`serve --capture`, one per
+//! runtime; see `runtime-mio/tests/capture.rs`) replay through a fresh
+//! engine with every output matching.
+
+use std::path::Path;
+
+use tokenizer_auth_engine::capture::Replay;
+
+#[test]
+fn every_fixture_capture_replays() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/captures");
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let records = Replay::new(&bytes).and_then(Replay::run).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(records > 20, "{}: only {records} events", path.display());
+        replayed += 1;
+    }
+    assert!(replayed >= 2, "the mio and std captures are expected in {}", dir.display());
+}
