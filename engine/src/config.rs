@@ -47,6 +47,46 @@ pub struct Config {
 pub const DEFAULT_DUMMY_PASSWORD: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$dG9rZW5pemVyLWF1dGgtZHVtbXk$y8yL4pu5KeVOWd1GMc2Y4X4cnNU7dWRhQ2kDxTqJ0yw";
 
+/// The longest duration a setting may have (100 years): far past any
+/// sensible one, and far from the ends of time arithmetic.
+pub const MAX_DURATION: TimeDelta = TimeDelta::days(36_500);
+
+/// The longest native line a setting may allow (1 GiB).
+pub const MAX_LINE: usize = 1 << 30;
+
+impl Config {
+    /// Checks that every setting is in its range: durations between zero
+    /// and [`MAX_DURATION`], the line limit at most [`MAX_LINE`]. Settings
+    /// from an operator or a capture file pass here before an engine runs
+    /// with them; within these ranges the engine's arithmetic cannot
+    /// overflow.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        let durations = [
+            ("passcode_ttl", self.passcode.lifetime),
+            ("token_ttl", self.session.token_ttl),
+            ("session_max_age", self.session.max_age),
+            ("passcode_requests_per_email period", l.passcode_requests_per_email.period),
+            ("passcode_requests_per_ip period", l.passcode_requests_per_ip.period),
+            ("failures_per_email period", l.failures_per_email.period),
+            ("failures_per_ip period", l.failures_per_ip.period),
+            ("lockout", l.lockout),
+            ("idle_timeout", self.idle_timeout),
+            ("partial_line_timeout", self.partial_line_timeout),
+            ("legacy_wait", self.legacy_wait),
+        ];
+        for (name, d) in durations {
+            if d < TimeDelta::zero() || d > MAX_DURATION {
+                return Err(format!("{name} is out of range (0 to 36500 days)"));
+            }
+        }
+        if self.max_line > MAX_LINE {
+            return Err(format!("max_line is out of range (at most {MAX_LINE})"));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

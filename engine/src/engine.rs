@@ -292,7 +292,8 @@ impl Engine {
                 && match c.listener {
                     Listener::Native => {
                         // One byte past the line limit: a CR whose LF is still to come.
-                        c.in_flight() < self.config.max_pipeline && c.inbuf.len() <= self.config.max_line + 1
+                        c.in_flight() < self.config.max_pipeline
+                            && c.inbuf.len() <= self.config.max_line.saturating_add(1)
                     }
                     Listener::LegacyPasscode | Listener::LegacyLogin => !c.legacy_started,
                 }

@@ -86,7 +86,7 @@ mod token;
 pub mod testkit;
 
 pub use codec::reply::{ErrorCode, LOGIN_PREFIX, Reply};
-pub use config::{Config, DEFAULT_DUMMY_PASSWORD};
+pub use config::{Config, DEFAULT_DUMMY_PASSWORD, MAX_DURATION, MAX_LINE};
 pub use device::{Mac, normalize_ip};
 pub use effect::{Effect, EffectId, EffectResult, Mail};
 pub use engine::{ConnId, Engine, Input, Listener, Output};

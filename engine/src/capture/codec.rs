@@ -83,9 +83,17 @@ pub(crate) fn time(w: &mut Writer, t: DateTime<Utc>) {
     w.u32(t.timestamp_subsec_nanos());
 }
 
+/// The last instant a capture may name: the end of year 9999. Times come
+/// from clocks; keeping them there keeps the engine's time arithmetic far
+/// from chrono's limits.
+const LAST_SECOND: i64 = 253_402_300_799;
+
 pub(crate) fn read_time(r: &mut Reader<'_>) -> Result<DateTime<Utc>, DecodeError> {
     let secs = r.i64()?;
     let nanos = r.u32()?;
+    if !(0..=LAST_SECOND).contains(&secs) {
+        return Err(DecodeError::Invalid("time (before 1970 or after 9999)"));
+    }
     DateTime::from_timestamp(secs, nanos).ok_or(DecodeError::Invalid("time"))
 }
 
@@ -205,7 +213,7 @@ pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
         max_consecutive_failures: r.u32()?,
         lockout: read_delta(r)?,
     };
-    Ok(Config {
+    let config = Config {
         passcode,
         session,
         limits,
@@ -217,7 +225,9 @@ pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
         max_pipeline: read_usize(r)?,
         max_password_checks: read_usize(r)?,
         dummy_password: read_password(r)?,
-    })
+    };
+    config.validate().map_err(|_| DecodeError::Invalid("configuration (a setting out of range)"))?;
+    Ok(config)
 }
 
 fn counter_key(w: &mut Writer, k: &CounterKey) {

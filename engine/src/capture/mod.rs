@@ -48,7 +48,7 @@ pub use wire::DecodeError;
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, Input, Listener, Output};
 use codec::{read_config, read_event, read_recorded, read_time};
-use redact::Redactor;
+pub(crate) use redact::Redactor;
 use rng::PlaybackRng;
 pub(crate) use rng::RecordingRng;
 use wire::{Reader, Writer};

@@ -32,8 +32,8 @@ pub fn next_frame(buf: &[u8], max_line: usize) -> Frame<'_> {
         }
         // One byte of slack for a CR that may precede the coming LF; any
         // other byte there dooms the line, so say so at once.
-        Err(_) if buf.len() > max_line + 1 => Frame::TooLong,
-        Err(_) if buf.len() == max_line + 1 && buf[max_line] != b'\r' => Frame::TooLong,
+        Err(_) if buf.len() > max_line.saturating_add(1) => Frame::TooLong,
+        Err(_) if buf.len() == max_line.saturating_add(1) && buf[max_line] != b'\r' => Frame::TooLong,
         Err(_) => Frame::Incomplete,
     }
 }

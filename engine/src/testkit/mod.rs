@@ -6,6 +6,7 @@
 //!
 //! Enabled by the `testkit` feature.
 
+pub mod fuzz;
 mod rng;
 mod store;
 mod world;
