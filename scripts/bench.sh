@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# The server benchmarks of issue 6 (docs/BENCHMARKS.md, section "Servers").
+#
+# Builds in release, seeds the data folders, and for each scenario starts
+# the server on free ports (--listen 127.0.0.1:0 ...; the bound addresses
+# come from its JSON `listening` log line), runs tokenizer-auth-bench
+# against a baseline and then the server with the same client settings,
+# and stops the server with SIGTERM by its PID. At the end it prints the
+# report (every run's figures and each goal, met or not).
+#
+# Usage: scripts/bench.sh [OUT_DIR]        (default target/bench/<date-time>)
+# Environment:
+#   SCENARIOS   which to run, default "a b c d e f"; extras: c-hash1 (c with
+#               one hash worker), e-limits (e with the default brute-force
+#               limits)
+#   DURATION    measured window per run, default 10s
+#   WARMUP      load before measuring, default 1s
+#   QUIET_LOAD  wait until the 1-minute load average is below this, default 0.5
+#   QUIET_MAX   ... for at most this many seconds, default 900 (0: do not wait)
+#   KEEP_DATA   1 keeps the seeded data folders (the 1M one is ~250 MB)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SCENARIOS=${SCENARIOS:-"a b c d e f"}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-1s}
+QUIET_LOAD=${QUIET_LOAD:-0.5}
+QUIET_MAX=${QUIET_MAX:-900}
+OUT=${1:-target/bench/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT"
+DATA="$OUT/data"
+
+cargo build --release -p tokenizer-auth-runtime-mio -p tokenizer-auth-bench
+BIN=target/release/tokenizer-auth
+BENCH=target/release/tokenizer-auth-bench
+
+PID=""
+cleanup() {
+    if [[ -n "$PID" ]] && kill -0 "$PID" 2>/dev/null; then
+        kill -TERM "$PID" 2>/dev/null || true
+        wait "$PID" 2>/dev/null || true
+    fi
+    if [[ "${KEEP_DATA:-0}" != 1 ]]; then rm -rf "$DATA"; fi
+}
+trap cleanup EXIT
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+wait_quiet() {
+    local waited=0
+    while awk -v l="$(load1)" -v q="$QUIET_LOAD" 'BEGIN { exit !(l >= q) }'; do
+        if ((waited >= QUIET_MAX)); then
+            echo "bench: load average still $(load1) after ${waited}s; measuring anyway" >&2
+            return
+        fi
+        if ((waited % 30 == 0)); then echo "bench: waiting for a quiet machine (load average $(load1))" >&2; fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+}
+
+# start_server NAME RUNTIME DATA_DIR [VAR=VALUE...]
+# Sets PID, NATIVE, LEGACY_LOGIN, READY_MS (spawn to the `listening` line).
+start_server() {
+    local name=$1 runtime=$2 dir=$3
+    shift 3
+    local log="$OUT/$name.server.log"
+    local t0 t1 line
+    t0=$(date +%s%N)
+    env TOKENIZER_AUTH_LOG_FORMAT=json "$@" "$BIN" --data-dir "$dir" serve --runtime "$runtime" \
+        --listen 127.0.0.1:0 --legacy-passcode-listen 127.0.0.1:0 --legacy-login-listen 127.0.0.1:0 \
+        2>"$log" &
+    PID=$!
+    until line=$(grep -m1 '"listening"' "$log"); do
+        if ! kill -0 "$PID" 2>/dev/null; then
+            echo "bench: the server exited before listening:" >&2
+            cat "$log" >&2
+            exit 1
+        fi
+        sleep 0.005
+    done
+    t1=$(date +%s%N)
+    READY_MS=$(((t1 - t0) / 1000000))
+    NATIVE=$(sed -n 's/.*"native":"\([^"]*\)".*/\1/p' <<<"$line")
+    LEGACY_LOGIN=$(sed -n 's/.*"legacy_login":"\([^"]*\)".*/\1/p' <<<"$line")
+    echo "bench: $name: $runtime server $PID ready in ${READY_MS} ms on $NATIVE (legacy login $LEGACY_LOGIN)" >&2
+}
+
+stop_server() {
+    kill -TERM "$PID"
+    wait "$PID" || true
+    PID=""
+}
+
+# bench LABEL ARGS...: one run against the server started last.
+bench() {
+    local label=$1
+    shift
+    "$BENCH" run --label "$label" --duration "$DURATION" --warmup "$WARMUP" --server-pid "$PID" \
+        --note "ready_ms=$READY_MS" --note "load_before=$(load1)" --note "date=$(date -u +%FT%TZ)" "$@" |
+        tee "$OUT/$label.txt"
+}
+
+has() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+# Rejected logins must each cost a password verification: the brute-force
+# limits would otherwise answer a one-address flood `rate_limited` after 100
+# failures, without hashing.
+NO_LIMITS=(TOKENIZER_AUTH_FAILURES_PER_IP=0 TOKENIZER_AUTH_FAILURES_PER_EMAIL=0
+    TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES=0)
+
+{
+    echo "date: $(date -u +%FT%TZ)"
+    echo "machine: $(nproc) cores, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)"
+    echo "settings: DURATION=$DURATION WARMUP=$WARMUP SCENARIOS=\"$SCENARIOS\""
+} | tee "$OUT/machine.txt"
+
+if has a || has c || has c-hash1 || has e || has e-limits || has f; then
+    "$BENCH" seed --data-dir "$DATA/100k" --tokens "$DATA/100k.tokens" --sessions 100000
+fi
+if has b; then
+    "$BENCH" seed --data-dir "$DATA/1m" --tokens "$DATA/1m.tokens" --sessions 1000000
+fi
+if has d; then
+    "$BENCH" seed --data-dir "$DATA/expired" --tokens "$DATA/expired.tokens" --sessions 100000 --expired
+fi
+
+wait_quiet
+
+# a. Authorized token checks, mio, 100,000 sessions, N=32, D=16.
+if has a; then
+    start_server a mio "$DATA/100k"
+    bench a --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 \
+        --note "creds_db_bytes=$(stat -c %s "$DATA/100k/op_creds.db")"
+    stop_server
+fi
+
+# b. The same with 1,000,000 sessions.
+if has b; then
+    start_server b mio "$DATA/1m"
+    bench b --addr "$NATIVE" --tokens "$DATA/1m.tokens" -c 32 -d 16 \
+        --note "creds_db_bytes=$(stat -c %s "$DATA/1m/op_creds.db")"
+    stop_server
+fi
+
+# c. (a) with 200 logins per second that each need a password verification.
+if has c; then
+    start_server c mio "$DATA/100k" "${NO_LIMITS[@]}"
+    bench c --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --logins-per-sec 200
+    stop_server
+fi
+
+# c-hash1 (extra). (c) with one hash worker instead of one per core.
+if has c-hash1; then
+    start_server c-hash1 mio "$DATA/100k" "${NO_LIMITS[@]}" TOKENIZER_AUTH_HASH_WORKERS=1
+    bench c-hash1 --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --logins-per-sec 200
+    stop_server
+fi
+
+# d. Renewals: every request rotates an expired session (a committed write);
+#    a 1-second token lifetime makes renewed tokens renewable again.
+if has d; then
+    start_server d mio "$DATA/expired" TOKENIZER_AUTH_TOKEN_TTL=1s
+    bench d --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16
+    stop_server
+fi
+
+# e. The legacy login port, one rejected login per connection.
+if has e; then
+    start_server e mio "$DATA/100k" "${NO_LIMITS[@]}"
+    bench e --mode legacy --addr "$LEGACY_LOGIN" -c 32
+    stop_server
+fi
+
+# e-limits (extra). The same with the default brute-force limits.
+if has e-limits; then
+    start_server e-limits mio "$DATA/100k"
+    bench e-limits --mode legacy --addr "$LEGACY_LOGIN" -c 32
+    stop_server
+fi
+
+# f. The std runtime on (a) and (e).
+if has f; then
+    start_server f-a std "$DATA/100k"
+    bench f-a --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16
+    stop_server
+    start_server f-e std "$DATA/100k" "${NO_LIMITS[@]}"
+    bench f-e --mode legacy --addr "$LEGACY_LOGIN" -c 32
+    stop_server
+fi
+
+echo
+"$BENCH" report "$OUT"/*.txt | tee "$OUT/report.md"
+echo "bench: results in $OUT" >&2
