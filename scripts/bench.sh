@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The server benchmarks of issue 6 (docs/BENCHMARKS.md, section "Servers").
+# The server benchmarks (docs/BENCHMARKS.md, section "Servers").
 #
 # Builds in release, seeds the data folders, and for each scenario starts
 # the server on free ports (--listen 127.0.0.1:0 ...; the bound addresses

@@ -1,4 +1,4 @@
-//! `tokenizer-auth-bench`: the load generator of tokenizer-auth (issue 6).
+//! `tokenizer-auth-bench`: the load generator of tokenizer-auth.
 //!
 //! - `seed` writes sessions straight into a data folder and their base
 //!   tokens into a tokens file;
@@ -50,7 +50,7 @@ enum Command {
     /// Measure a baseline and then a server, with the same client settings.
     Run(Box<RunArgs>),
     /// Print the scenarios' results (JSON lines of `run`) as a table with
-    /// the goals of issue 6.
+    /// the benchmark goals.
     Report {
         /// Files holding `run` output; the JSON lines in them are read.
         files: Vec<PathBuf>,

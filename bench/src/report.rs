@@ -1,5 +1,5 @@
 //! `report`: the scenarios' JSON lines as the tables of
-//! `docs/BENCHMARKS.md`, with each goal of issue 6 checked.
+//! `docs/BENCHMARKS.md`, with each goal checked.
 //!
 //! Runs are found by their label: `a`, `b`, `c`, `d`, `e`, `f-a`, `f-e`
 //! (what `scripts/bench.sh` gives them). A missing run leaves its rows out.
