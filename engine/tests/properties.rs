@@ -19,6 +19,7 @@ use tokenizer_auth_engine::codec::native::{Frame, next_frame};
 use tokenizer_auth_engine::codec::request::{
     LoginRequest, MAX_EMAIL, MAX_PHONE, PasscodeRequest, Request, TokenRequest,
 };
+use tokenizer_auth_engine::testkit::fuzz::unpickle;
 use tokenizer_auth_engine::testkit::{Completion, World};
 use tokenizer_auth_engine::{
     ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Output, Window, normalize_ip,
@@ -75,26 +76,6 @@ fn documented(line: &str) -> bool {
         || is_login(line)
         || is_renew(line)
         || is_error(line, &ErrorCode::ALL)
-}
-
-/// Decodes one `pickle.dumps(str)` (protocol 4, one frame) from the front of
-/// `bytes`; returns the string and the bytes it took.
-fn unpickle(bytes: &[u8]) -> Option<(String, usize)> {
-    if bytes.get(..3)? != [0x80, 0x04, 0x95] {
-        return None;
-    }
-    let frame = usize::try_from(u64::from_le_bytes(bytes.get(3..11)?.try_into().ok()?)).ok()?;
-    let body = bytes.get(11..11usize.checked_add(frame)?)?;
-    let (len, header) = match body.first()? {
-        0x8c => (usize::from(*body.get(1)?), 2),
-        0x58 => (usize::try_from(u32::from_le_bytes(body.get(1..5)?.try_into().ok()?)).ok()?, 5),
-        _ => return None,
-    };
-    let text = body.get(header..header + len)?;
-    if body.get(header + len..)? != [0x94, 0x2e] {
-        return None;
-    }
-    Some((String::from_utf8(text.to_vec()).ok()?, 11 + frame))
 }
 
 /// One request on a fresh native connection; the reply line without its LF.

@@ -204,8 +204,8 @@ pub fn legacy_framing(data: &[u8]) {
 
 /// Decodes one `pickle.dumps(str)` (protocol 4, one frame) from the front
 /// of `bytes`, written independently of `codec::pickle`; returns the string
-/// and the bytes it took.
-fn unpickle(bytes: &[u8]) -> Option<(String, usize)> {
+/// and the bytes it took. Tests that read legacy replies use it too.
+pub fn unpickle(bytes: &[u8]) -> Option<(String, usize)> {
     if bytes.get(..3)? != [0x80, 0x04, 0x95] {
         return None;
     }
