@@ -9,12 +9,20 @@
 //! next deadline is the poll timeout. So the loop never blocks on SQLite,
 //! argon2 or a relay, and every protocol decision stays in the engine.
 //!
+//! A loop turn batches its system calls: the replies the engine transmits
+//! during a turn are appended to their connection's buffer and written once
+//! at the end of the turn (16 pipelined replies cost one `send`, not 16),
+//! and workers wake the loop only when it is not already due to look at
+//! their results.
+//!
 //! On SIGINT or SIGTERM the loop stops accepting and reading, lets the
 //! requests in flight finish and their replies go out (for at most
 //! [`DRAIN_LIMIT`]), then returns.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
@@ -51,9 +59,11 @@ struct Conn {
     out: Vec<u8>,
     /// The engine asked to close once `out` is written.
     closing: bool,
-    /// Reading stopped because the engine wanted no input; retried after
-    /// outputs are dispatched.
+    /// Reading stopped because the engine wanted no input; retried at the
+    /// end of each loop turn.
     paused: bool,
+    /// Listed in `EventLoop::unflushed`.
+    unflushed: bool,
     /// All written and the write side shut: what still arrives is read and
     /// discarded until this instant, so closing with unread input does not
     /// reset the connection before the client has read its last reply.
@@ -72,7 +82,15 @@ struct EventLoop {
     conns: Slab<Conn>,
     pool: EffectPool,
     results: Receiver<(EffectId, EffectResult)>,
+    /// Set by a worker that woke the loop; cleared before the loop takes
+    /// the results, so one wake-up serves every result sent before it.
+    wake_pending: Arc<AtomicBool>,
     buf: Vec<u8>,
+    /// Connections with bytes to write or a close to carry out, flushed at
+    /// the end of the loop turn.
+    unflushed: Vec<usize>,
+    /// Connections that may be paused (a superset: entries are checked).
+    paused: Vec<usize>,
     /// Set once a signal asked for shutdown.
     draining_since: Option<Instant>,
     /// Connections lingering after their close, with their deadline.
@@ -88,13 +106,19 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
     settings.engine.dummy_password = hasher.dummy().clone();
     let bound = Listeners::bind(&settings)?;
     let poll = Poll::new().map_err(io_error("cannot create the event loop"))?;
-    let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER).map_err(io_error("cannot create a waker"))?);
+    let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("cannot create a waker"))?;
     let (tx, results) = unbounded();
-    let done: tokenizer_auth_runtime_std::pool::Done = std::sync::Arc::new(move |id, result| {
+    let wake_pending = Arc::new(AtomicBool::new(false));
+    let pending = wake_pending.clone();
+    let done: tokenizer_auth_runtime_std::pool::Done = Arc::new(move |id, result| {
         // The loop outlives the pool's workers, so a failed send only
         // happens while it is returning.
         let _ = tx.send((id, result));
-        let _ = waker.wake();
+        // The send comes first: a loop that clears the flag after this swap
+        // then finds the result in the channel.
+        if !pending.swap(true, Ordering::AcqRel) {
+            let _ = waker.wake();
+        }
     });
     let pool = EffectPool::start(&settings, &hasher, done).map_err(|e| ServeError::new(e.to_string()))?;
 
@@ -126,7 +150,10 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
         conns: Slab::new(),
         pool,
         results,
+        wake_pending,
         buf: vec![0; READ_CHUNK],
+        unflushed: Vec::new(),
+        paused: Vec::new(),
         draining_since: None,
         lingering: Vec::new(),
         capture,
@@ -177,6 +204,10 @@ impl EventLoop {
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
             }
+            if self.draining_since.is_none() {
+                self.resume_paused();
+            }
+            self.flush_all();
             if let Some(since) = self.draining_since {
                 let idle = self.engine.effects_in_flight() == 0 && self.conns.iter().all(|(_, c)| c.out.is_empty());
                 if idle || since.elapsed() >= DRAIN_LIMIT {
@@ -206,6 +237,8 @@ impl EventLoop {
         self.dispatch();
     }
 
+    /// Carries out the engine's outputs; bytes and closes wait for the end
+    /// of the loop turn.
     fn dispatch(&mut self) {
         while let Some(output) = self.engine.poll_output() {
             match output {
@@ -213,14 +246,14 @@ impl EventLoop {
                     let key = conn_key(conn);
                     if let Some(c) = self.conns.get_mut(key) {
                         c.out.extend_from_slice(&bytes);
-                        self.flush(key);
+                        mark_unflushed(&mut self.unflushed, key, c);
                     }
                 }
                 Output::Close { conn } => {
                     let key = conn_key(conn);
                     if let Some(c) = self.conns.get_mut(key) {
                         c.closing = true;
-                        self.flush(key);
+                        mark_unflushed(&mut self.unflushed, key, c);
                     }
                 }
                 Output::Perform { id, effect } => self.pool.submit(id, effect),
@@ -229,23 +262,34 @@ impl EventLoop {
         if let Some(capture) = &mut self.capture {
             capture.append(&mut self.engine);
         }
-        if self.draining_since.is_none() {
-            self.resume_paused();
+    }
+
+    /// Writes out every connection that has something queued. A failed
+    /// write closes its connection in the engine, which may queue more.
+    fn flush_all(&mut self) {
+        while let Some(key) = self.unflushed.pop() {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.unflushed = false;
+                self.flush(key);
+            }
         }
     }
 
     /// Reads from connections that paused, now that the engine may want
     /// input again (edge-triggered events will not say so).
     fn resume_paused(&mut self) {
-        let paused: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(key, c)| c.paused && self.engine.wants_input(conn_id(*key)))
-            .map(|(key, _)| key)
-            .collect();
-        for key in paused {
-            self.read(key);
+        let mut candidates = std::mem::take(&mut self.paused);
+        candidates.retain(|&key| self.conns.get(key).is_some_and(|c| c.paused));
+        for &key in &candidates {
+            if self.engine.wants_input(conn_id(key)) {
+                self.read(key);
+            }
         }
+        // `read` re-lists a connection that pauses again; keep the rest.
+        candidates.retain(|&key| self.conns.get(key).is_some_and(|c| c.paused));
+        self.paused.extend(candidates);
+        self.paused.sort_unstable();
+        self.paused.dedup();
     }
 
     fn accept(&mut self, index: usize) {
@@ -267,6 +311,7 @@ impl EventLoop {
                         out: Vec::new(),
                         closing: false,
                         paused: false,
+                        unflushed: false,
                         lingering_until: None,
                     });
                     self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
@@ -297,6 +342,7 @@ impl EventLoop {
             }
             if !self.engine.wants_input(conn_id(key)) {
                 conn.paused = true;
+                self.paused.push(key);
                 return;
             }
             conn.paused = false;
@@ -305,6 +351,7 @@ impl EventLoop {
                     // The peer is done sending: the engine finishes what it
                     // owes, then asks to close.
                     conn.paused = true;
+                    self.paused.push(key);
                     self.engine.handle(now(), &mut self.rng, Input::Closed { conn: conn_id(key) });
                     self.dispatch_and_forget_if_done(key);
                     return;
@@ -407,6 +454,10 @@ impl EventLoop {
     }
 
     fn take_results(&mut self) {
+        // Cleared first: a result sent after this point wakes the loop again.
+        // A swap, not a store, so the results sent before a worker's swap
+        // that saw the flag set are visible to the reads below.
+        self.wake_pending.swap(false, Ordering::AcqRel);
         while let Ok((id, result)) = self.results.try_recv() {
             self.handle(Input::Completed { id, result });
         }
@@ -435,4 +486,12 @@ fn conn_key(conn: ConnId) -> usize {
 
 fn peer_ip(peer: SocketAddr) -> std::net::IpAddr {
     peer.ip()
+}
+
+/// Lists a connection for the end-of-turn flush, once.
+fn mark_unflushed(unflushed: &mut Vec<usize>, key: usize, conn: &mut Conn) {
+    if !conn.unflushed {
+        conn.unflushed = true;
+        unflushed.push(key);
+    }
 }

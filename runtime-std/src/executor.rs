@@ -1,11 +1,11 @@
 //! Carries out the engine's effects: reads and writes on the store,
 //! password checks on the hasher, mail on the mailer.
 
-use tokenizer_auth_engine::{Effect, EffectResult};
+use tokenizer_auth_engine::{Effect, EffectResult, WriteBatch};
 
 use crate::mail::Mailer;
 use crate::password::Hasher;
-use crate::store::{Commit, SqliteStore};
+use crate::store::{Commit, SqliteStore, StoreError};
 
 /// Runs every kind of effect, blocking, on one thread (tests, tools and
 /// the crash-safety child use it; servers spread the kinds over
@@ -35,14 +35,49 @@ impl Executor {
 /// A store effect. Failures are logged (never with a secret: store errors
 /// name files and SQLite's reason).
 pub(crate) fn run_store(store: &mut SqliteStore, effect: &Effect) -> EffectResult {
-    let outcome = match effect {
-        Effect::Read(lookup) => store.read(lookup).map(|snapshot| EffectResult::Read(Box::new(snapshot))),
-        Effect::Write(batch) => store.write(batch).map(|commit| match commit {
-            Commit::Applied => EffectResult::Committed,
-            Commit::Conflict => EffectResult::Conflict,
-        }),
-        _ => return EffectResult::Failed,
+    run_store_group(store, &[effect]).pop().unwrap_or(EffectResult::Failed)
+}
+
+/// Store effects taken together: each run of consecutive reads is answered
+/// from one read transaction, each run of consecutive writes is committed
+/// as one group. Runs keep their order, so a read after a write sees it.
+pub(crate) fn run_store_group(store: &mut SqliteStore, effects: &[&Effect]) -> Vec<EffectResult> {
+    // 0: a read, 1: a write, 2: not a store effect (fails).
+    let class = |e: &&Effect| match e {
+        Effect::Read(_) => 0,
+        Effect::Write(_) => 1,
+        _ => 2,
     };
+    let mut results = Vec::with_capacity(effects.len());
+    let mut rest = effects;
+    while let Some(first) = rest.first() {
+        let kind = class(first);
+        let run = rest.iter().take_while(|e| class(e) == kind).count();
+        let (now, later) = rest.split_at(run);
+        rest = later;
+        match kind {
+            0 => {
+                let lookups = now.iter().filter_map(|e| if let Effect::Read(l) = e { Some(l) } else { None });
+                let snapshots = store.read_many(lookups);
+                results.extend(snapshots.into_iter().map(|r| settle(r.map(|s| EffectResult::Read(Box::new(s))))));
+            }
+            1 => {
+                let batches: Vec<&WriteBatch> =
+                    now.iter().filter_map(|e| if let Effect::Write(b) = e { Some(b) } else { None }).collect();
+                results.extend(store.write_group(&batches).into_iter().map(|r| {
+                    settle(r.map(|commit| match commit {
+                        Commit::Applied => EffectResult::Committed,
+                        Commit::Conflict => EffectResult::Conflict,
+                    }))
+                }));
+            }
+            _ => results.extend(std::iter::repeat_n(EffectResult::Failed, run)),
+        }
+    }
+    results
+}
+
+fn settle(outcome: Result<EffectResult, StoreError>) -> EffectResult {
     outcome.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "store effect failed");
         EffectResult::Failed

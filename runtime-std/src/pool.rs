@@ -1,19 +1,27 @@
 //! Worker threads that carry out effects, so that no runtime thread that
 //! serves sockets ever waits on a disk, a hash or a relay.
 //!
-//! Three pools, by what an effect waits on: the store (SQLite, each worker
-//! with its own connections), the hasher (argon2id, CPU bound) and the mail
-//! relay (network). Separate pools keep a flood of logins, whose hashing
-//! saturates the CPU, from queueing the token checks' store reads behind
-//! it. Results go to a callback, in whatever order they finish.
+//! Pools by what an effect waits on: store reads (SQLite, each worker with
+//! its own connections), store writes (one writer per file), the hasher
+//! (argon2id, CPU bound) and the mail relay (network). Separate pools keep
+//! a flood of logins, whose hashing saturates the CPU, from queueing the
+//! token checks' store reads behind it, and keep reads from waiting behind
+//! a commit's `fsync`. Results go to a callback, in whatever order they
+//! finish.
+//!
+//! Store workers take everything queued when they wake (up to a bound):
+//! a reader answers it from one read transaction, a writer commits it as
+//! one group with one `fsync` (see [`SqliteStore::write_group`]). One
+//! writer per file is what makes groups form: batches queue while the
+//! previous group syncs, and the next group takes them all.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use tokenizer_auth_engine::{Effect, EffectId, EffectResult};
+use tokenizer_auth_engine::{Effect, EffectId, EffectResult, WriteBatch};
 
-use crate::executor::{run_hash, run_mail, run_store};
+use crate::executor::{run_hash, run_mail, run_store_group};
 use crate::mail::Mailer;
 use crate::password::Hasher;
 use crate::settings::Settings;
@@ -24,28 +32,50 @@ pub type Done = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
 
 type Job = (EffectId, Effect);
 
+/// The most lookups a reader answers from one read transaction.
+const READ_GROUP: usize = 64;
+/// The most batches a writer commits in one transaction.
+const WRITE_GROUP: usize = 256;
+
+/// A worker's `run` that takes its effects one at a time.
+fn one_by_one<S>(run: fn(&S, &Effect) -> EffectResult) -> impl Fn(&mut S, &[&Effect]) -> Vec<EffectResult> + Clone {
+    move |state: &mut S, effects: &[&Effect]| effects.iter().map(|e| run(state, e)).collect()
+}
+
 /// The effect workers.
 pub struct EffectPool {
-    store: Sender<Job>,
+    reads: Sender<Job>,
+    creds_writes: Sender<Job>,
+    passcode_writes: Sender<Job>,
     hash: Sender<Job>,
     mail: Sender<Job>,
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Starts `count` threads that each take up to `group` queued jobs at a
+/// time and hand them to `run`, which returns one result per job.
 fn spawn<S: Send + 'static>(
     name: &str,
     count: usize,
+    group: usize,
     jobs: &Receiver<Job>,
     done: &Done,
     make: impl Fn() -> S,
-    run: impl Fn(&mut S, &Effect) -> EffectResult + Send + Clone + 'static,
+    run: impl Fn(&mut S, &[&Effect]) -> Vec<EffectResult> + Send + Clone + 'static,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..count.max(1))
         .map(|i| {
             let (jobs, done, run, mut state) = (jobs.clone(), done.clone(), run.clone(), make());
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
-                for (id, effect) in jobs {
-                    done(id, run(&mut state, &effect));
+                let mut taken: Vec<Job> = Vec::with_capacity(group);
+                while let Ok(first) = jobs.recv() {
+                    taken.push(first);
+                    taken.extend(jobs.try_iter().take(group - 1));
+                    let effects: Vec<&Effect> = taken.iter().map(|(_, e)| e).collect();
+                    let mut results = run(&mut state, &effects).into_iter();
+                    for (id, _) in taken.drain(..) {
+                        done(id, results.next().unwrap_or(EffectResult::Failed));
+                    }
                 }
             })
         })
@@ -58,51 +88,43 @@ impl EffectPool {
     pub fn start(settings: &Settings, hasher: &Hasher, done: Done) -> Result<EffectPool, StoreError> {
         SqliteStore::open(&settings.data_dir)?;
         let mailer = Mailer::new(&settings.mail).map_err(|e| StoreError::new(e.to_string()))?;
-        let (store_tx, store_rx) = unbounded();
-        let (hash_tx, hash_rx) = unbounded();
-        let (mail_tx, mail_rx) = unbounded();
+        let (reads, reads_rx) = unbounded();
+        let (creds_writes, creds_rx) = unbounded();
+        let (passcode_writes, passcodes_rx) = unbounded();
+        let (hash, hash_rx) = unbounded();
+        let (mail, mail_rx) = unbounded();
         let dir = settings.data_dir.clone();
         let io = |e: std::io::Error| StoreError::new(format!("cannot start a worker: {e}"));
-        let mut threads = spawn(
-            "store",
-            settings.workers.store,
-            &store_rx,
-            &done,
-            || SqliteStore::open(&dir).ok(),
-            |store: &mut Option<SqliteStore>, effect: &Effect| {
-                store.as_mut().map_or(EffectResult::Failed, |store| run_store(store, effect))
-            },
-        )
-        .map_err(io)?;
+        let open = || SqliteStore::open(&dir).ok();
+        let run_store = |store: &mut Option<SqliteStore>, effects: &[&Effect]| match store {
+            Some(store) => run_store_group(store, effects),
+            None => vec![EffectResult::Failed; effects.len()],
+        };
+        let mut threads = Vec::new();
+        for (name, count, group, jobs) in [
+            ("store-read", settings.workers.store, READ_GROUP, &reads_rx),
+            ("store-write-creds", 1, WRITE_GROUP, &creds_rx),
+            ("store-write-passcodes", 1, WRITE_GROUP, &passcodes_rx),
+        ] {
+            threads.extend(spawn(name, count, group, jobs, &done, open, run_store).map_err(io)?);
+        }
         threads.extend(
-            spawn(
-                "hash",
-                settings.workers.hash,
-                &hash_rx,
-                &done,
-                || hasher.clone(),
-                |h: &mut Hasher, e: &Effect| run_hash(h, e),
-            )
-            .map_err(io)?,
+            spawn("hash", settings.workers.hash, 1, &hash_rx, &done, || hasher.clone(), one_by_one(run_hash))
+                .map_err(io)?,
         );
         threads.extend(
-            spawn(
-                "mail",
-                settings.workers.mail,
-                &mail_rx,
-                &done,
-                || mailer.clone(),
-                |m: &mut Mailer, e: &Effect| run_mail(m, e),
-            )
-            .map_err(io)?,
+            spawn("mail", settings.workers.mail, 1, &mail_rx, &done, || mailer.clone(), one_by_one(run_mail))
+                .map_err(io)?,
         );
-        Ok(EffectPool { store: store_tx, hash: hash_tx, mail: mail_tx, threads })
+        Ok(EffectPool { reads, creds_writes, passcode_writes, hash, mail, threads })
     }
 
     /// Queues an effect on the pool that carries out its kind.
     pub fn submit(&self, id: EffectId, effect: Effect) {
-        let queue = match effect {
-            Effect::Read(_) | Effect::Write(_) => &self.store,
+        let queue = match &effect {
+            Effect::Read(_) => &self.reads,
+            Effect::Write(WriteBatch::Creds(_)) => &self.creds_writes,
+            Effect::Write(WriteBatch::Passcodes(_)) => &self.passcode_writes,
             Effect::VerifyPassword { .. } | Effect::HashPassword { .. } => &self.hash,
             Effect::SendMail(_) => &self.mail,
         };
@@ -115,8 +137,8 @@ impl EffectPool {
 
     /// Lets the queued effects finish, then stops the workers.
     pub fn shutdown(self) {
-        let EffectPool { store, hash, mail, threads } = self;
-        drop((store, hash, mail));
+        let EffectPool { reads, creds_writes, passcode_writes, hash, mail, threads } = self;
+        drop((reads, creds_writes, passcode_writes, hash, mail));
         for thread in threads {
             let _ = thread.join();
         }

@@ -14,11 +14,13 @@ use crate::password::Cost;
 /// Threads that carry out effects.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Workers {
-    /// SQLite reads and writes (each with its own connections).
+    /// SQLite readers, each with its own connections. Writes go to one
+    /// writer per file (see [`crate::pool`]).
     pub store: usize,
     /// Password hashing and verification. More than the machine's cores
     /// only queues work; the engine bounds what waits
-    /// (`max_password_checks`).
+    /// (`max_password_checks`). The default leaves one core to the event
+    /// loop and the store, so a login storm cannot starve token checks.
     pub hash: usize,
     /// Mail delivery (mostly waiting on the relay).
     pub mail: usize,
@@ -27,7 +29,7 @@ pub struct Workers {
 impl Default for Workers {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        Workers { store: 4, hash: cores, mail: 4 }
+        Workers { store: 4, hash: cores.saturating_sub(1).max(1), mail: 4 }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The SQLite store on real files: the old server's files open and work,
 //! migrations are versioned and keep the seed's columns, expectations hold
-//! across connections, plaintext passwords are rehashed, and no secret is
+//! across connections, groups of batches commit in order with each
+//! conflict undone alone, plaintext passwords are rehashed, and no secret is
 //! left in the files' raw bytes.
 
 use std::net::IpAddr;
@@ -11,8 +12,9 @@ use chrono::TimeDelta;
 use rusqlite::Connection;
 use tokenizer_auth_engine::testkit::{World, epoch};
 use tokenizer_auth_engine::{
-    BaseToken, Config, Listener, Mac, MasterToken, PasscodeExpectation, PasscodeKey, PasscodeRecord, PasscodesBatch,
-    PasscodesOp, PasswordHash, Secret, StoredPasscode, WriteBatch,
+    BaseToken, Config, CredsBatch, CredsExpectation, CredsOp, Listener, Lookup, Mac, MasterToken, PasscodeExpectation,
+    PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Secret, SessionRecord, Snapshot,
+    StoredPasscode, WriteBatch,
 };
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
@@ -251,4 +253,62 @@ fn the_old_servers_secrets_are_gone_once_rehashed() {
     // runs on its own as the WAL grows) leaves none of it in the files.
     store.checkpoint().unwrap();
     assert_no_secret_in_files(dir, &secrets, "after the rehash and a checkpoint");
+}
+
+fn session(master: MasterToken, expires_in: TimeDelta) -> SessionRecord {
+    SessionRecord {
+        master,
+        email: EMAIL.into(),
+        mac: Mac::parse(MAC).unwrap(),
+        started_at: epoch(),
+        expires_at: epoch() + expires_in,
+    }
+}
+
+#[test]
+fn a_group_commits_in_order_and_undoes_only_the_batches_that_conflict() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = SqliteStore::open(tmp.path()).unwrap();
+    let code = StoredPasscode::from_column("ABC123");
+    let record = PasscodeRecord {
+        key: passcode_key(),
+        phone: PHONE.into(),
+        code: code.clone(),
+        expires_at: epoch() + TimeDelta::minutes(3),
+        attempts: 0,
+    };
+    let put = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Put(record)] });
+    let consume = WriteBatch::Passcodes(PasscodesBatch {
+        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts: 0 }),
+        ops: vec![PasscodesOp::Delete(passcode_key())],
+    });
+    let (a, b) = (MasterToken::from_bytes([1; 32]), MasterToken::from_bytes([2; 32]));
+    let start = WriteBatch::Creds(CredsBatch {
+        expect: None,
+        ops: vec![CredsOp::PutSession(session(a, TimeDelta::minutes(1)))],
+    });
+    // A rotation of `a` as read at its start: holds once, then conflicts.
+    let rotate = WriteBatch::Creds(CredsBatch {
+        expect: Some(CredsExpectation::Session { master: a, expires_at: epoch() + TimeDelta::minutes(1) }),
+        ops: vec![CredsOp::DeleteSession(a), CredsOp::PutSession(session(b, TimeDelta::minutes(2)))],
+    });
+    // Another rotation of `a` as read before: it conflicts and writes nothing.
+    let stale = WriteBatch::Creds(CredsBatch {
+        expect: Some(CredsExpectation::Session { master: a, expires_at: epoch() + TimeDelta::minutes(1) }),
+        ops: vec![CredsOp::PutSession(session(a, TimeDelta::minutes(9)))],
+    });
+    let group = [&put, &start, &consume, &rotate, &consume, &stale];
+    let results: Vec<Commit> = store.write_group(&group).into_iter().map(Result::unwrap).collect();
+    use Commit::{Applied, Conflict};
+    assert_eq!(results, [Applied, Applied, Applied, Applied, Conflict, Conflict]);
+
+    // What a second connection sees, through one read transaction.
+    let other = SqliteStore::open(tmp.path()).unwrap();
+    let lookups = [
+        Lookup { passcode: Some(passcode_key()), session: Some(a), ..Lookup::default() },
+        Lookup { session: Some(b), ..Lookup::default() },
+    ];
+    let snapshots: Vec<Snapshot> = other.read_many(&lookups).into_iter().map(Result::unwrap).collect();
+    assert_eq!(snapshots[0], Snapshot::default(), "the passcode was consumed and `a` rotated away");
+    assert_eq!(snapshots[1].session, Some(session(b, TimeDelta::minutes(2))));
 }

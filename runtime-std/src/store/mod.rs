@@ -8,11 +8,20 @@
 //!
 //! Both files are in WAL mode with `synchronous = FULL`, so a batch reported
 //! committed survives a crash of the process and of the machine. Every batch
-//! runs in one `BEGIN IMMEDIATE` transaction on one file, and its
+//! runs inside a `BEGIN IMMEDIATE` transaction on one file, and its
 //! expectation is checked inside that transaction: two processes (or
 //! threads, each with its own `SqliteStore`) can never both consume one
 //! passcode or both rotate one token. There is no cache: every read goes to
 //! the file, so nothing can go stale.
+//!
+//! Work comes in groups, so that one lock and one `fsync` serve many
+//! requests: [`SqliteStore::read_many`] answers lookups from one read
+//! transaction (one consistent snapshot), and [`SqliteStore::write_group`]
+//! commits batches in one transaction, each batch inside its own savepoint,
+//! so a batch whose expectation fails (or whose statement fails) is undone
+//! alone while the rest commit together. The files are memory-mapped for
+//! reading, so a lookup reads the OS page cache in place instead of copying
+//! pages into each connection's own cache.
 
 mod admin;
 mod columns;
@@ -22,7 +31,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokenizer_auth_engine::{
     Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey, PasscodeRecord,
     PasscodesBatch, PasscodesOp, PasswordHash, SessionRecord, Snapshot, StoredPasscode, UserRecord, WriteBatch,
@@ -39,6 +48,12 @@ pub const PASSCODES_FILE: &str = "op_passcodes.db";
 /// How long a statement waits for another writer before the store reports
 /// itself unavailable.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How much of each file is memory-mapped for reading (SQLite maps no more
+/// than the file holds). Mapped pages are the OS page cache itself, shared
+/// by every connection and process, so this costs address space, not
+/// memory.
+const MMAP_SIZE: u64 = 1 << 30;
 
 /// A store failure: the file could not be opened, read or written.
 #[derive(Debug)]
@@ -95,7 +110,9 @@ fn open_file(path: &Path) -> Result<Connection, StoreError> {
     // FULL: a commit reported to the engine survives power loss too.
     // secure_delete: a legacy plaintext password overwritten by its hash is
     // zeroed in the file, not left in a free page.
-    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA mmap_size = {MMAP_SIZE};"
+    ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
@@ -161,20 +178,47 @@ impl SqliteStore {
         Ok(snapshot)
     }
 
-    /// Commits a batch, or nothing if its expectation does not hold.
-    pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
-        match batch {
-            WriteBatch::Passcodes(b) => {
-                let tx = self.passcodes.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let commit = write_passcodes(&tx, b)?;
-                finish(tx, commit)
-            }
-            WriteBatch::Creds(b) => {
-                let tx = self.creds.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let commit = write_creds(&tx, b)?;
-                finish(tx, commit)
+    /// Answers lookups from one read transaction per file: one snapshot,
+    /// and one lock taken and released for the lot instead of one per
+    /// statement. Results come in the lookups' order.
+    pub fn read_many<'a>(&self, lookups: impl IntoIterator<Item = &'a Lookup>) -> Vec<Result<Snapshot, StoreError>> {
+        // A deferred BEGIN takes no lock until a statement reads the file;
+        // if it fails, each lookup runs in a transaction of its own.
+        let began: Vec<&Connection> =
+            [&self.creds, &self.passcodes].into_iter().filter(|c| c.execute_batch("BEGIN").is_ok()).collect();
+        let results = lookups.into_iter().map(|lookup| self.read(lookup)).collect();
+        for conn in began {
+            // Nothing was written: ending the transaction only drops the
+            // read lock.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
             }
         }
+        results
+    }
+
+    /// Commits a batch, or nothing if its expectation does not hold.
+    pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
+        self.write_group(&[batch]).pop().unwrap_or_else(|| Err(StoreError::new("no result for a batch")))
+    }
+
+    /// Commits batches together: one transaction (one `fsync`) per file,
+    /// each batch applied in order inside a savepoint of its own, its
+    /// expectation checked after the batches before it. A batch that
+    /// conflicts or fails is rolled back alone; the others commit. Results
+    /// come in the batches' order, each only once its commit is durable.
+    pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
+        let mut results: Vec<Option<Result<Commit, StoreError>>> = batches.iter().map(|_| None).collect();
+        let (mut creds, mut passcodes) = (Vec::new(), Vec::new());
+        for (i, batch) in batches.iter().enumerate() {
+            match batch {
+                WriteBatch::Creds(b) => creds.push((i, b)),
+                WriteBatch::Passcodes(b) => passcodes.push((i, b)),
+            }
+        }
+        group_commit(&mut self.passcodes, &passcodes, write_passcodes, &mut results);
+        group_commit(&mut self.creds, &creds, write_creds, &mut results);
+        results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::new("no result for a batch")))).collect()
     }
 
     fn user(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -211,12 +255,54 @@ impl SqliteStore {
     }
 }
 
-fn finish(tx: Transaction<'_>, commit: Commit) -> Result<Commit, StoreError> {
-    match commit {
-        Commit::Applied => tx.commit()?,
-        Commit::Conflict => tx.rollback()?,
+/// One transaction for `items` (all on `conn`'s file); see
+/// [`SqliteStore::write_group`].
+fn group_commit<B>(
+    conn: &mut Connection,
+    items: &[(usize, &B)],
+    apply: fn(&Connection, &B) -> Result<Commit, StoreError>,
+    results: &mut [Option<Result<Commit, StoreError>>],
+) {
+    if items.is_empty() {
+        return;
     }
-    Ok(commit)
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            for (i, _) in items {
+                results[*i] = Some(Err(StoreError::new(e.to_string())));
+            }
+            return;
+        }
+    };
+    let mut outcomes = Vec::with_capacity(items.len());
+    for (i, batch) in items {
+        if tx.is_autocommit() {
+            // SQLite rolled the whole transaction back (a full disk, say):
+            // a savepoint now would start and commit a transaction of its
+            // own, outside the group.
+            outcomes.push((*i, Err(StoreError::new("the transaction was rolled back"))));
+            continue;
+        }
+        let outcome = tx.savepoint().map_err(StoreError::from).and_then(|mut savepoint| {
+            let commit = apply(&savepoint, batch);
+            match commit {
+                Ok(Commit::Applied) => savepoint.commit()?,
+                // Undo what the batch did before it failed or conflicted.
+                Ok(Commit::Conflict) | Err(_) => savepoint.rollback()?,
+            }
+            commit
+        });
+        outcomes.push((*i, outcome));
+    }
+    let committed = tx.commit().map_err(|e| e.to_string());
+    for (i, outcome) in outcomes {
+        results[i] = Some(match (&committed, outcome) {
+            // Nothing of the group is durable: no batch was applied.
+            (Err(e), Ok(Commit::Applied)) => Err(StoreError::new(format!("commit failed: {e}"))),
+            (_, outcome) => outcome,
+        });
+    }
 }
 
 fn passcode(conn: &Connection, key: &PasscodeKey) -> Result<Option<PasscodeRecord>, StoreError> {
@@ -256,7 +342,7 @@ fn counter(conn: &Connection, key: &CounterKey) -> Result<Option<Counter>, Store
     }))
 }
 
-fn write_passcodes(tx: &Transaction<'_>, batch: &PasscodesBatch) -> Result<Commit, StoreError> {
+fn write_passcodes(tx: &Connection, batch: &PasscodesBatch) -> Result<Commit, StoreError> {
     if let Some(expect) = &batch.expect {
         let holds = passcode(tx, &expect.key)?.is_some_and(|r| r.code == expect.code && r.attempts == expect.attempts);
         if !holds {
@@ -299,7 +385,7 @@ fn write_passcodes(tx: &Transaction<'_>, batch: &PasscodesBatch) -> Result<Commi
     Ok(Commit::Applied)
 }
 
-fn delete_passcode(tx: &Transaction<'_>, key: &PasscodeKey) -> Result<(), StoreError> {
+fn delete_passcode(tx: &Connection, key: &PasscodeKey) -> Result<(), StoreError> {
     tx.prepare_cached("DELETE FROM passcode_table WHERE email = ?1 AND mac = ?2 AND ip = ?3")?.execute(params![
         key.email,
         key.mac.to_string(),
@@ -308,7 +394,7 @@ fn delete_passcode(tx: &Transaction<'_>, key: &PasscodeKey) -> Result<(), StoreE
     Ok(())
 }
 
-fn write_creds(tx: &Transaction<'_>, batch: &CredsBatch) -> Result<Commit, StoreError> {
+fn write_creds(tx: &Connection, batch: &CredsBatch) -> Result<Commit, StoreError> {
     let holds = match &batch.expect {
         None => true,
         Some(CredsExpectation::Session { master, expires_at }) => tx
