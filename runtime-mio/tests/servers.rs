@@ -161,7 +161,25 @@ fn a_client_that_half_closes_gets_its_replies(runtime: &str) {
     assert!(c.closed_within(Duration::from_secs(5)));
 }
 
+/// The server keeps sessions in memory; a revocation by the admin command,
+/// another process, still ends the session for the very next check.
+fn a_session_revoked_by_the_admin_command_is_unauthorized_at_once(runtime: &str) {
+    let server = Server::start(runtime, &[]);
+    let token = server.login();
+    let mut c = server.connect();
+    for _ in 0..3 {
+        assert_eq!(c.ask(&token_line(&token)), "authorized");
+    }
+    let revoke = Command::new(BIN).arg("--data-dir").arg(&server.dir).args(["session", "revoke", EMAIL]).output();
+    assert!(revoke.unwrap().status.success());
+    assert_eq!(c.ask(&token_line(&token)), "unauthorized");
+    // A new login is cached again and works.
+    let token = server.login();
+    assert_eq!(c.ask(&token_line(&token)), "authorized");
+}
+
 both_runtimes!(
+    a_session_revoked_by_the_admin_command_is_unauthorized_at_once,
     full_flow,
     expiry_and_renewal,
     pipelined_requests_are_answered_in_order,

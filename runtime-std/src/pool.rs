@@ -14,6 +14,9 @@
 //! one group with one `fsync` (see [`SqliteStore::write_group`]). One
 //! writer per file is what makes groups form: batches queue while the
 //! previous group syncs, and the next group takes them all.
+//!
+//! The store workers share one [`SessionCache`] (unless
+//! `Settings::session_cache` is 0), so most token checks read no file.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,7 +28,7 @@ use crate::executor::{run_hash, run_mail, run_store_group};
 use crate::mail::Mailer;
 use crate::password::Hasher;
 use crate::settings::Settings;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::{SessionCache, SqliteStore, StoreError};
 
 /// Called with each effect's result, on a worker thread.
 pub type Done = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
@@ -95,7 +98,16 @@ impl EffectPool {
         let (mail, mail_rx) = unbounded();
         let dir = settings.data_dir.clone();
         let io = |e: std::io::Error| StoreError::new(format!("cannot start a worker: {e}"));
-        let open = || SqliteStore::open(&dir).ok();
+        // One cache for every store connection of this process; its rules
+        // are in `store::cache`.
+        let cache = (settings.session_cache > 0).then(|| Arc::new(SessionCache::new(settings.session_cache)));
+        let open = || {
+            let store = SqliteStore::open(&dir).ok()?;
+            Some(match &cache {
+                Some(cache) => store.with_cache(cache.clone()),
+                None => store,
+            })
+        };
         let run_store = |store: &mut Option<SqliteStore>, effects: &[&Effect]| match store {
             Some(store) => run_store_group(store, effects),
             None => vec![EffectResult::Failed; effects.len()],

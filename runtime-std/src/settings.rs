@@ -54,7 +54,13 @@ pub struct Settings {
     pub workers: Workers,
     /// Where to record a capture of the session, if anywhere.
     pub capture: Option<PathBuf>,
+    /// The most sessions kept in memory for token checks (0: none; every
+    /// check reads the file).
+    pub session_cache: usize,
 }
+
+/// The default bound of the session cache: about 200 MB at its fullest.
+pub const DEFAULT_SESSION_CACHE: usize = 1 << 20;
 
 impl Settings {
     /// The embedded defaults: data in `./data`, mail to `./data/outbox`,
@@ -71,6 +77,7 @@ impl Settings {
             legacy_login_listen: loopback(7159),
             workers: Workers::default(),
             capture: None,
+            session_cache: DEFAULT_SESSION_CACHE,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The SQLite store on real files: the old server's files open and work,
 //! migrations are versioned and keep the seed's columns, expectations hold
 //! across connections, groups of batches commit in order with each
-//! conflict undone alone, plaintext passwords are rehashed, and no secret is
-//! left in the files' raw bytes.
+//! conflict undone alone, the session cache follows every writer, plaintext
+//! passwords are rehashed, and no secret is left in the files' raw bytes.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -17,7 +17,7 @@ use tokenizer_auth_engine::{
     StoredPasscode, WriteBatch,
 };
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
+use tokenizer_auth_runtime_std::store::{Commit, SessionCache, SqliteStore};
 use tokenizer_auth_tests::real::{self, outbox_passcode};
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
@@ -100,12 +100,12 @@ fn the_old_servers_files_open_and_the_whole_flow_works_on_them() {
     // Migrations are versioned and kept every column of the seed.
     let creds = Connection::open(dir.join("op_creds.db")).unwrap();
     let passcodes = Connection::open(dir.join("op_passcodes.db")).unwrap();
-    for (conn, table, seed) in [
-        (&creds, "op_creds", ["mac", "password", "email", "phone", "token", "expiry"]),
-        (&passcodes, "passcode_table", ["mac", "ip", "phone", "email", "passcode", "expiry"]),
+    for (conn, table, seed, current) in [
+        (&creds, "op_creds", ["mac", "password", "email", "phone", "token", "expiry"], 2),
+        (&passcodes, "passcode_table", ["mac", "ip", "phone", "email", "passcode", "expiry"], 1),
     ] {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, current);
         let cols = columns(conn, table);
         assert_eq!(&cols[..6], seed, "{table}");
         let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
@@ -311,4 +311,59 @@ fn a_group_commits_in_order_and_undoes_only_the_batches_that_conflict() {
     let snapshots: Vec<Snapshot> = other.read_many(&lookups).into_iter().map(Result::unwrap).collect();
     assert_eq!(snapshots[0], Snapshot::default(), "the passcode was consumed and `a` rotated away");
     assert_eq!(snapshots[1].session, Some(session(b, TimeDelta::minutes(2))));
+}
+
+/// The session cache against every kind of writer: this process's writer
+/// (write-through), another connection (another process, as SQLite sees
+/// it), and a program that knows nothing of the cache (raw SQL): after each
+/// write a read through the cache sees exactly what the file holds.
+#[test]
+fn the_session_cache_never_answers_what_the_file_no_longer_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Arc::new(SessionCache::new(1000));
+    let reader = SqliteStore::open(tmp.path()).unwrap().with_cache(cache.clone());
+    let mut writer = SqliteStore::open(tmp.path()).unwrap().with_cache(cache.clone());
+    let mut other = SqliteStore::open(tmp.path()).unwrap();
+    let (a, b) = (MasterToken::from_bytes([1; 32]), MasterToken::from_bytes([2; 32]));
+    let read = |master| {
+        let lookup = Lookup { session: Some(master), ..Lookup::default() };
+        reader.read_many([&lookup]).pop().unwrap().unwrap().session
+    };
+    let put = |s: SessionRecord| WriteBatch::Creds(CredsBatch { expect: None, ops: vec![CredsOp::PutSession(s)] });
+    let delete = |m| WriteBatch::Creds(CredsBatch { expect: None, ops: vec![CredsOp::DeleteSession(m)] });
+
+    assert_eq!(read(a), None, "unknown sessions are not cached");
+    assert!(cache.is_empty());
+    assert_eq!(writer.write(&put(session(a, TimeDelta::minutes(1)))).unwrap(), Commit::Applied);
+    assert_eq!(cache.len(), 1, "our own commit is written through");
+    assert_eq!(read(a), Some(session(a, TimeDelta::minutes(1))));
+    assert_eq!(read(a), Some(session(a, TimeDelta::minutes(1))), "and answered from memory");
+
+    other.write(&delete(a)).unwrap();
+    assert_eq!(read(a), None, "another connection's delete is seen");
+    other.write(&put(session(a, TimeDelta::minutes(5)))).unwrap();
+    assert_eq!(read(a), Some(session(a, TimeDelta::minutes(5))), "another connection's put is seen");
+    assert_eq!(cache.len(), 1, "refilled from the file");
+
+    let rotate = WriteBatch::Creds(CredsBatch {
+        expect: Some(CredsExpectation::Session { master: a, expires_at: epoch() + TimeDelta::minutes(5) }),
+        ops: vec![CredsOp::DeleteSession(a), CredsOp::PutSession(session(b, TimeDelta::minutes(2)))],
+    });
+    assert_eq!(writer.write(&rotate).unwrap(), Commit::Applied);
+    assert_eq!((read(a), read(b)), (None, Some(session(b, TimeDelta::minutes(2)))));
+
+    let raw = Connection::open(tmp.path().join("op_creds.db")).unwrap();
+    raw.execute("UPDATE sessions SET expires_at = expires_at + 1", []).unwrap();
+    let mut moved = session(b, TimeDelta::minutes(2));
+    moved.expires_at += TimeDelta::milliseconds(1);
+    assert_eq!(read(b), Some(moved), "a raw UPDATE is seen: the counter's triggers live in the file");
+    raw.execute("DELETE FROM sessions", []).unwrap();
+    assert_eq!(read(b), None, "a raw DELETE is seen");
+
+    // A commit of ours after another's, with no read in between: the
+    // writer finds the cache behind the file and starts it over.
+    other.write(&put(session(a, TimeDelta::minutes(7)))).unwrap();
+    writer.write(&put(session(b, TimeDelta::minutes(8)))).unwrap();
+    assert_eq!(read(a), Some(session(a, TimeDelta::minutes(7))));
+    assert_eq!(read(b), Some(session(b, TimeDelta::minutes(8))));
 }

@@ -55,6 +55,7 @@ pub const KEYS: &[&str] = &[
     "store_workers",
     "hash_workers",
     "mail_workers",
+    "session_cache",
     "log_format",
     "log_level",
     "smtp_host",
@@ -134,6 +135,7 @@ pub struct Configuration {
     capture: Option<PathBuf>,
     engine: Config,
     workers: Workers,
+    session_cache: usize,
     log_format: LogFormat,
     log_level: String,
     smtp: Smtp,
@@ -153,6 +155,7 @@ impl Default for Configuration {
             capture: None,
             engine: settings.engine,
             workers: settings.workers,
+            session_cache: settings.session_cache,
             log_format: LogFormat::Human,
             log_level: "info".to_owned(),
             smtp: Smtp {
@@ -302,6 +305,7 @@ impl Configuration {
             "store_workers" => self.workers.store = raw.count(1)?,
             "hash_workers" => self.workers.hash = raw.count(1)?,
             "mail_workers" => self.workers.mail = raw.count(1)?,
+            "session_cache" => self.session_cache = raw.count(0)?,
             "log_format" => {
                 self.log_format = match raw.text()? {
                     "human" => LogFormat::Human,
@@ -434,6 +438,7 @@ impl Configuration {
         settings.legacy_passcode_listen = self.legacy_passcode_listen;
         settings.legacy_login_listen = self.legacy_login_listen;
         settings.workers = self.workers;
+        settings.session_cache = self.session_cache;
         settings.capture = self.capture.clone();
         settings
     }
@@ -492,6 +497,7 @@ impl Configuration {
             "store_workers" => count(self.workers.store),
             "hash_workers" => count(self.workers.hash),
             "mail_workers" => count(self.workers.mail),
+            "session_cache" => count(self.session_cache),
             "log_format" => text(match self.log_format {
                 LogFormat::Human => "human",
                 LogFormat::Json => "json",
@@ -714,6 +720,7 @@ mod tests {
             store_workers = 2
             hash_workers = 3
             mail_workers = 5
+            session_cache = 1000
             log_format = "json"
             log_level = "debug"
             smtp_host = "smtp.example.com"

@@ -11,8 +11,10 @@
 //! runs inside a `BEGIN IMMEDIATE` transaction on one file, and its
 //! expectation is checked inside that transaction: two processes (or
 //! threads, each with its own `SqliteStore`) can never both consume one
-//! passcode or both rotate one token. There is no cache: every read goes to
-//! the file, so nothing can go stale.
+//! passcode or both rotate one token. A server's stores may share a
+//! [`SessionCache`], which answers session lookups from memory for as long
+//! as it provably matches the file (see `cache`); everything else is read
+//! from the file.
 //!
 //! Work comes in groups, so that one lock and one `fsync` serve many
 //! requests: [`SqliteStore::read_many`] answers lookups from one read
@@ -24,11 +26,13 @@
 //! pages into each connection's own cache.
 
 mod admin;
+mod cache;
 mod columns;
 mod schema;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -38,6 +42,8 @@ use tokenizer_auth_engine::{
 };
 
 pub use admin::{SessionSummary, UserSummary};
+pub use cache::SessionCache;
+use cache::View;
 use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
 
 /// The credentials file's name in the data folder.
@@ -94,6 +100,7 @@ pub struct SqliteStore {
     creds: Connection,
     passcodes: Connection,
     dir: PathBuf,
+    cache: Option<Arc<SessionCache>>,
 }
 
 fn open_file(path: &Path) -> Result<Connection, StoreError> {
@@ -138,11 +145,18 @@ impl SqliteStore {
         let mut passcodes = open_file(&dir.join(PASSCODES_FILE))?;
         schema::migrate_passcodes(&mut passcodes)
             .map_err(|e| StoreError::new(format!("cannot migrate {PASSCODES_FILE}: {e}")))?;
-        let store = SqliteStore { creds, passcodes, dir: dir.to_owned() };
+        let store = SqliteStore { creds, passcodes, dir: dir.to_owned(), cache: None };
         // Migrations may have sealed or replaced secrets: fold the WAL into
         // the main files now, so no old page with a plaintext lingers.
         store.checkpoint()?;
         Ok(store)
+    }
+
+    /// Shares `cache` for session lookups, with every other store that
+    /// shares it (all of them in one process, one file).
+    pub fn with_cache(mut self, cache: Arc<SessionCache>) -> SqliteStore {
+        self.cache = Some(cache);
+        self
     }
 
     /// Folds both WAL files into their main files and truncates them.
@@ -160,6 +174,10 @@ impl SqliteStore {
 
     /// Answers an engine lookup.
     pub fn read(&self, lookup: &Lookup) -> Result<Snapshot, StoreError> {
+        self.read_in(lookup, View::Bypass)
+    }
+
+    fn read_in(&self, lookup: &Lookup, view: View) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
         if let Some(email) = &lookup.user {
             snapshot.user = self.user(email)?;
@@ -168,7 +186,19 @@ impl SqliteStore {
             snapshot.passcode = passcode(&self.passcodes, key)?;
         }
         if let Some(master) = &lookup.session {
-            snapshot.session = self.session(master)?;
+            snapshot.session = match (view, &self.cache) {
+                (View::Valid(epoch), Some(cache)) => match cache.get(epoch, master) {
+                    Some(hit) => Some(hit),
+                    None => {
+                        let read = self.session(master)?;
+                        if let Some(session) = &read {
+                            cache.fill(epoch, session);
+                        }
+                        read
+                    }
+                },
+                _ => self.session(master)?,
+            };
         }
         for key in &lookup.counters {
             if let Some(counter) = counter(&self.passcodes, key)? {
@@ -186,7 +216,13 @@ impl SqliteStore {
         // if it fails, each lookup runs in a transaction of its own.
         let began: Vec<&Connection> =
             [&self.creds, &self.passcodes].into_iter().filter(|c| c.execute_batch("BEGIN").is_ok()).collect();
-        let results = lookups.into_iter().map(|lookup| self.read(lookup)).collect();
+        // The cache is used only when the counter and the sessions are read
+        // in the same transaction (the same snapshot).
+        let view = match &self.cache {
+            Some(cache) if !self.creds.is_autocommit() => cache.view(session_epoch(&self.creds)),
+            _ => View::Bypass,
+        };
+        let results = lookups.into_iter().map(|lookup| self.read_in(lookup, view)).collect();
         for conn in began {
             // Nothing was written: ending the transaction only drops the
             // read lock.
@@ -216,8 +252,9 @@ impl SqliteStore {
                 WriteBatch::Passcodes(b) => passcodes.push((i, b)),
             }
         }
-        group_commit(&mut self.passcodes, &passcodes, write_passcodes, &mut results);
-        group_commit(&mut self.creds, &creds, write_creds, &mut results);
+        group_commit(&mut self.passcodes, &passcodes, write_passcodes, &mut results, None);
+        let hook = self.cache.as_deref().map(|cache| (cache, (|b: &CredsBatch| b.ops.as_slice()) as SessionOps<_>));
+        group_commit(&mut self.creds, &creds, write_creds, &mut results, hook);
         results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::new("no result for a batch")))).collect()
     }
 
@@ -255,13 +292,24 @@ impl SqliteStore {
     }
 }
 
+/// The sessions writes of a batch, for the cache.
+type SessionOps<B> = fn(&B) -> &[CredsOp];
+
+/// The counter that every change to `sessions` bumps (migration 2); `None`
+/// if it cannot be read, and then the cache is not used.
+fn session_epoch(conn: &Connection) -> Option<i64> {
+    conn.query_row("SELECT n FROM session_epoch", [], |r| r.get(0)).ok()
+}
+
 /// One transaction for `items` (all on `conn`'s file); see
-/// [`SqliteStore::write_group`].
+/// [`SqliteStore::write_group`]. With a cache, what commits is applied to
+/// it too (see `cache`).
 fn group_commit<B>(
     conn: &mut Connection,
     items: &[(usize, &B)],
     apply: fn(&Connection, &B) -> Result<Commit, StoreError>,
     results: &mut [Option<Result<Commit, StoreError>>],
+    cache: Option<(&SessionCache, SessionOps<B>)>,
 ) {
     if items.is_empty() {
         return;
@@ -275,6 +323,8 @@ fn group_commit<B>(
             return;
         }
     };
+    // Read under the write lock: nothing else commits until we do.
+    let before = cache.and_then(|_| session_epoch(&tx));
     let mut outcomes = Vec::with_capacity(items.len());
     for (i, batch) in items {
         if tx.is_autocommit() {
@@ -295,7 +345,20 @@ fn group_commit<B>(
         });
         outcomes.push((*i, outcome));
     }
+    let after = cache.and_then(|_| session_epoch(&tx));
+    if let Some((cache, _)) = cache {
+        cache.committing();
+    }
     let committed = tx.commit().map_err(|e| e.to_string());
+    if let Some((cache, ops)) = cache {
+        match (&committed, before, after) {
+            (Ok(()), Some(before), Some(after)) => {
+                let applied = items.iter().zip(&outcomes).filter(|(_, (_, o))| matches!(o, Ok(Commit::Applied)));
+                cache.committed(before, after, applied.flat_map(|((_, batch), _)| ops(batch)));
+            }
+            _ => cache.unsure(),
+        }
+    }
     for (i, outcome) in outcomes {
         results[i] = Some(match (&committed, outcome) {
             // Nothing of the group is durable: no batch was applied.

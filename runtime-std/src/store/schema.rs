@@ -21,7 +21,7 @@ const OLD_PASSCODES: &str =
 /// Brings `op_creds.db` to the current version.
 pub(crate) fn migrate_creds(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(OLD_CREDS)?;
-    migrate(conn, &[creds_v1])
+    migrate(conn, &[creds_v1, creds_v2])
 }
 
 /// Brings `op_passcodes.db` to the current version.
@@ -85,6 +85,23 @@ fn creds_v1(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
         insert.execute(params![master.to_hex(), email, mac.to_string(), now, millis(expiry)])?;
     }
     Ok(())
+}
+
+/// A counter that every change to `sessions` bumps, in the same
+/// transaction, whatever program makes it: a server that keeps sessions in
+/// memory trusts them only while the counter has not moved under it (see
+/// `store::cache`).
+fn creds_v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS session_epoch (n INTEGER NOT NULL);
+         INSERT INTO session_epoch (n) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM session_epoch);
+         CREATE TRIGGER IF NOT EXISTS sessions_inserted AFTER INSERT ON sessions
+             BEGIN UPDATE session_epoch SET n = n + 1; END;
+         CREATE TRIGGER IF NOT EXISTS sessions_updated AFTER UPDATE ON sessions
+             BEGIN UPDATE session_epoch SET n = n + 1; END;
+         CREATE TRIGGER IF NOT EXISTS sessions_deleted AFTER DELETE ON sessions
+             BEGIN UPDATE session_epoch SET n = n + 1; END;",
+    )
 }
 
 /// Passcodes count their failed guesses; counters get a table; MACs are
