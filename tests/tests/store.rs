@@ -367,3 +367,69 @@ fn the_session_cache_never_answers_what_the_file_no_longer_holds() {
     assert_eq!(read(a), Some(session(a, TimeDelta::minutes(7))));
     assert_eq!(read(b), Some(session(b, TimeDelta::minutes(8))));
 }
+
+/// The cache under concurrency: this process's writer, another connection
+/// writing the same sessions, and two readers filling the cache all run at
+/// once; after each round every session read through the cache is what the
+/// file holds (a reader that filled a session read before a newer commit
+/// would leave it stale there).
+#[test]
+fn the_session_cache_ends_as_the_file_whatever_the_interleaving() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let cache = Arc::new(SessionCache::new(1000));
+    let masters: Vec<MasterToken> = (0..12u8).map(|i| MasterToken::from_bytes([i; 32])).collect();
+    let lookups: Vec<Lookup> = masters.iter().map(|m| Lookup { session: Some(*m), ..Lookup::default() }).collect();
+    let writer = |mut x: u64, writes: usize, store: SqliteStore| {
+        let masters = masters.clone();
+        std::thread::spawn(move || {
+            let mut store = store;
+            for _ in 0..writes {
+                // xorshift: a fixed, different sequence per writer.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let master = masters[(x % 12) as usize];
+                let op = if x % 3 == 0 {
+                    CredsOp::DeleteSession(master)
+                } else {
+                    CredsOp::PutSession(session(master, TimeDelta::seconds((x % 1000) as i64)))
+                };
+                store.write(&WriteBatch::Creds(CredsBatch { expect: None, ops: vec![op] })).unwrap();
+            }
+        })
+    };
+    let plain = SqliteStore::open(&dir).unwrap();
+    for round in 0..8u64 {
+        let done = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (store, lookups, done) =
+                    (SqliteStore::open(&dir).unwrap().with_cache(cache.clone()), lookups.clone(), done.clone());
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        for result in store.read_many(&lookups) {
+                            result.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Mostly our commits, which the cache survives; a few of another's,
+        // which empty it.
+        let ours =
+            writer(0x9e37_79b9_7f4a_7c15 + round, 80, SqliteStore::open(&dir).unwrap().with_cache(cache.clone()));
+        let theirs = writer(0x2545_f491_4f6c_dd1d + round, 8, SqliteStore::open(&dir).unwrap());
+        theirs.join().unwrap();
+        ours.join().unwrap();
+        done.store(true, Ordering::Relaxed);
+        for reader in readers {
+            reader.join().unwrap();
+        }
+        let cached = SqliteStore::open(&dir).unwrap().with_cache(cache.clone());
+        let through_cache: Vec<_> = cached.read_many(&lookups).into_iter().map(Result::unwrap).collect();
+        let from_file: Vec<_> = lookups.iter().map(|l| plain.read(l).unwrap()).collect();
+        assert_eq!(through_cache, from_file, "round {round}");
+    }
+}
