@@ -391,7 +391,7 @@ fn the_session_cache_ends_as_the_file_whatever_the_interleaving() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let master = masters[(x % 12) as usize];
-                let op = if x % 3 == 0 {
+                let op = if x.is_multiple_of(3) {
                     CredsOp::DeleteSession(master)
                 } else {
                     CredsOp::PutSession(session(master, TimeDelta::seconds((x % 1000) as i64)))
