@@ -505,13 +505,19 @@ fn run(args: &RunArgs) -> Result<(), String> {
     if let Some(cpu) = target.client_cpu {
         println!("client CPU: {:.2} cores", cpu / target.seconds);
     }
-    if let Some((rss, hwm)) = memory {
+    if let Some(m) = memory {
         let per = if plan.tokens.is_empty() {
             String::new()
         } else {
-            format!(", {:.0} bytes per session", rss as f64 * 1024.0 / plan.tokens.len() as f64)
+            format!(", {:.0} bytes of its own per session", m.anon as f64 * 1024.0 / plan.tokens.len() as f64)
         };
-        println!("server memory: VmRSS {} KiB (peak {} KiB){per}", grouped(rss as f64), grouped(hwm as f64));
+        println!(
+            "server memory: VmRSS {} KiB (peak {} KiB): its own (RssAnon) {} KiB{per}, mapped files {} KiB",
+            grouped(m.rss as f64),
+            grouped(m.hwm as f64),
+            grouped(m.anon as f64),
+            grouped(m.file as f64)
+        );
     }
     if let Some(storm) = &target.tally.storm {
         let l = Latency::of(&storm.hist);
@@ -554,11 +560,15 @@ fn run(args: &RunArgs) -> Result<(), String> {
     }
     if let Some(pid) = args.server_pid {
         let mut server = json!({ "pid": pid });
-        if let Some((rss, hwm)) = memory {
-            server["rss_kib"] = json!(rss);
-            server["hwm_kib"] = json!(hwm);
+        if let Some(m) = memory {
+            server["rss_kib"] = json!(m.rss);
+            server["hwm_kib"] = json!(m.hwm);
+            server["anon_kib"] = json!(m.anon);
+            server["file_kib"] = json!(m.file);
             if !plan.tokens.is_empty() {
-                server["rss_bytes_per_session"] = json!(round(rss as f64 * 1024.0 / plan.tokens.len() as f64));
+                let per = |kib: u64| json!(round(kib as f64 * 1024.0 / plan.tokens.len() as f64));
+                server["rss_bytes_per_session"] = per(m.rss);
+                server["anon_bytes_per_session"] = per(m.anon);
             }
         }
         out["server"] = server;

@@ -103,12 +103,16 @@ pub(crate) fn print(files: &[PathBuf]) -> Result<(), String> {
                 met(ready <= 2000.0)
             );
         }
-        if let Some(per) = num(b, &["server", "rss_bytes_per_session"]) {
-            let rss = num(b, &["server", "rss_kib"]).unwrap_or(0.0);
+        if let Some(per) = num(b, &["server", "anon_bytes_per_session"]) {
+            let (rss, anon, file) = (
+                num(b, &["server", "rss_kib"]).unwrap_or(0.0),
+                num(b, &["server", "anon_kib"]).unwrap_or(0.0),
+                num(b, &["server", "file_kib"]).unwrap_or(0.0),
+            );
             let delta = a.and_then(|a| {
-                let rss_a = num(a, &["server", "rss_kib"])?;
+                let anon_a = num(a, &["server", "anon_kib"])?;
                 let added = num(b, &["sessions"])? - num(a, &["sessions"])?;
-                (added > 0.0).then(|| (rss - rss_a) * 1024.0 / added)
+                (added > 0.0).then(|| (anon - anon_a) * 1024.0 / added)
             });
             let delta = delta.map_or(String::new(), |d| format!("; {d:.1} bytes per session added over a"));
             let disk = b["notes"]["creds_db_bytes"]
@@ -116,15 +120,13 @@ pub(crate) fn print(files: &[PathBuf]) -> Result<(), String> {
                 .and_then(|d| d.parse::<f64>().ok())
                 .zip(num(b, &["sessions"]))
                 .map_or(String::new(), |(bytes, n)| {
-                    format!(
-                        "; `op_creds.db` {:.0} MB = {:.0} bytes per session, in the OS page cache",
-                        bytes / 1e6,
-                        bytes / n
-                    )
+                    format!("; `op_creds.db` {:.0} MB = {:.0} bytes per session", bytes / 1e6, bytes / n)
                 });
             println!(
-                "| b: resident memory per session reported | VmRSS {} KiB = {per:.1} bytes per session{delta}{disk} | **reported** |",
-                grouped(rss)
+                "| b: resident memory per session reported | its own memory (RssAnon) {} KiB = {per:.1} bytes per session{delta}; VmRSS {} KiB with {} KiB of mapped file pages (the OS page cache){disk} | **reported** |",
+                grouped(anon),
+                grouped(rss),
+                grouped(file)
             );
         }
     }

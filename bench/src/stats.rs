@@ -259,9 +259,22 @@ pub(crate) fn threads_cpu(prefix: &str) -> f64 {
         .sum()
 }
 
-/// A process's resident memory now and at its peak, in KiB
-/// (`VmRSS`, `VmHWM` of `/proc/PID/status`).
-pub(crate) fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+/// A process's resident memory, in KiB, from `/proc/PID/status`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Memory {
+    /// `VmRSS`: all resident pages.
+    pub rss: u64,
+    /// `VmHWM`: the peak of `rss`.
+    pub hwm: u64,
+    /// `RssAnon`: the process's own memory (heap, stacks): what it holds
+    /// per session.
+    pub anon: u64,
+    /// `RssFile`: mapped file pages (the database files the store maps),
+    /// which are the OS page cache, shared with every other process.
+    pub file: u64,
+}
+
+pub(crate) fn memory_kib(pid: u32) -> Option<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -269,7 +282,12 @@ pub(crate) fn memory_kib(pid: u32) -> Option<(u64, u64)> {
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        hwm: field("VmHWM:")?,
+        anon: field("RssAnon:").unwrap_or(0),
+        file: field("RssFile:").unwrap_or(0),
+    })
 }
 
 #[cfg(test)]
