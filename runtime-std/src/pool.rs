@@ -16,7 +16,8 @@
 //! previous group syncs, and the next group takes them all.
 //!
 //! The store workers share one [`SessionCache`] (unless
-//! `Settings::session_cache` is 0), so most token checks read no file.
+//! `Settings::session_cache` is 0), so most token checks read no file; a
+//! thread fills it from the file at start, while the server already serves.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -39,6 +40,18 @@ type Job = (EffectId, Effect);
 const READ_GROUP: usize = 64;
 /// The most batches a writer commits in one transaction.
 const WRITE_GROUP: usize = 256;
+
+/// Fills the session cache from the file, while the server already serves.
+fn warm(store: &SqliteStore) {
+    let started = std::time::Instant::now();
+    match store.warm_cache() {
+        Ok(sessions) => {
+            tracing::info!(sessions, millis = started.elapsed().as_millis() as u64, "session cache filled");
+        }
+        // Nothing is lost: every session is still read from the file.
+        Err(e) => tracing::warn!(error = %e, "session cache not filled"),
+    }
+}
 
 /// A worker's `run` that takes its effects one at a time.
 fn one_by_one<S>(run: fn(&S, &Effect) -> EffectResult) -> impl Fn(&mut S, &[&Effect]) -> Vec<EffectResult> + Clone {
@@ -113,6 +126,10 @@ impl EffectPool {
             None => vec![EffectResult::Failed; effects.len()],
         };
         let mut threads = Vec::new();
+        if let Some(store) = cache.as_ref().and(open()) {
+            threads
+                .push(std::thread::Builder::new().name("store-warm".into()).spawn(move || warm(&store)).map_err(io)?);
+        }
         for (name, count, group, jobs) in [
             ("store-read", settings.workers.store, READ_GROUP, &reads_rx),
             ("store-write-creds", 1, WRITE_GROUP, &creds_rx),

@@ -59,7 +59,7 @@ pub struct Settings {
     pub session_cache: usize,
 }
 
-/// The default bound of the session cache: about 200 MB at its fullest.
+/// The default bound of the session cache: about 300 MB at its fullest.
 pub const DEFAULT_SESSION_CACHE: usize = 1 << 20;
 
 impl Settings {

@@ -433,3 +433,28 @@ fn the_session_cache_ends_as_the_file_whatever_the_interleaving() {
         assert_eq!(through_cache, from_file, "round {round}");
     }
 }
+
+#[test]
+fn warming_fills_the_cache_up_to_its_bound_and_the_rest_is_read_from_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut plain = SqliteStore::open(tmp.path()).unwrap();
+    let masters: Vec<MasterToken> = (1..=3u8).map(|i| MasterToken::from_bytes([i; 32])).collect();
+    for (i, m) in masters.iter().enumerate() {
+        let op = CredsOp::PutSession(session(*m, TimeDelta::minutes(i as i64 + 1)));
+        plain.write(&WriteBatch::Creds(CredsBatch { expect: None, ops: vec![op] })).unwrap();
+    }
+    let cache = Arc::new(SessionCache::new(2));
+    let store = SqliteStore::open(tmp.path()).unwrap().with_cache(cache.clone());
+    assert_eq!(store.warm_cache().unwrap(), 2, "up to the bound");
+    let lookups: Vec<Lookup> = masters.iter().map(|m| Lookup { session: Some(*m), ..Lookup::default() }).collect();
+    let read: Vec<_> = store.read_many(&lookups).into_iter().map(|r| r.unwrap().session).collect();
+    let want: Vec<_> =
+        masters.iter().enumerate().map(|(i, m)| Some(session(*m, TimeDelta::minutes(i as i64 + 1)))).collect();
+    assert_eq!(read, want, "cached or not, every session is found");
+    assert_eq!(cache.len(), 2, "a full cache does not grow");
+    // Once warm, a write by another connection still empties it.
+    plain
+        .write(&WriteBatch::Creds(CredsBatch { expect: None, ops: vec![CredsOp::DeleteSession(masters[0])] }))
+        .unwrap();
+    assert_eq!(store.read_many(&lookups[..1]).pop().unwrap().unwrap().session, None);
+}

@@ -25,7 +25,9 @@
 //!   the epoch never goes back.
 //!
 //! Only sessions that exist are cached (unknown tokens, which anyone can
-//! send, take no memory), up to a bound; past it the cache starts over.
+//! send, take no memory), up to a bound; past it, further sessions are read
+//! from the file. A server fills the cache from the file when it starts
+//! ([`super::SqliteStore::warm_cache`]), in the background.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
@@ -107,15 +109,23 @@ impl SessionCache {
     /// is still valid for it.
     pub(crate) fn fill(&self, epoch: i64, session: &SessionRecord) {
         let mut state = self.lock();
+        if state.epoch == Some(epoch) {
+            insert_bounded(&mut state, self.capacity, session);
+        }
+    }
+
+    /// Keeps sessions scanned from the file at counter `epoch`. `false`
+    /// once the cache is full or no longer valid for `epoch`: the scan can
+    /// stop.
+    pub(crate) fn fill_many(&self, epoch: i64, sessions: &[SessionRecord]) -> bool {
+        let mut state = self.lock();
         if state.epoch != Some(epoch) {
-            return;
+            return false;
         }
-        if state.sessions.len() >= self.capacity {
-            state.sessions.clear();
+        for session in sessions {
+            insert_bounded(&mut state, self.capacity, session);
         }
-        if self.capacity > 0 {
-            state.sessions.insert(session.master, session.clone());
-        }
+        state.sessions.len() < self.capacity
     }
 
     /// This process's writer is about to commit.
@@ -133,14 +143,7 @@ impl SessionCache {
         } else {
             for op in ops {
                 match op {
-                    CredsOp::PutSession(s) => {
-                        if state.sessions.len() >= self.capacity {
-                            state.sessions.clear();
-                        }
-                        if self.capacity > 0 {
-                            state.sessions.insert(s.master, s.clone());
-                        }
-                    }
+                    CredsOp::PutSession(s) => insert_bounded(&mut state, self.capacity, s),
                     CredsOp::DeleteSession(master) => {
                         state.sessions.remove(master);
                     }
@@ -168,6 +171,16 @@ impl SessionCache {
     /// Whether no session is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Replaces a cached session, or adds one while there is room. A full cache
+/// just misses: the session is read from the file.
+fn insert_bounded(state: &mut State, capacity: usize, session: &SessionRecord) {
+    if let Some(cached) = state.sessions.get_mut(&session.master) {
+        cached.clone_from(session);
+    } else if state.sessions.len() < capacity {
+        state.sessions.insert(session.master, session.clone());
     }
 }
 

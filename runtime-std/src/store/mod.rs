@@ -273,23 +273,59 @@ impl SqliteStore {
     }
 
     fn session(&self, master: &MasterToken) -> Result<Option<SessionRecord>, StoreError> {
-        let mut stmt =
-            self.creds.prepare_cached("SELECT email, mac, started_at, expires_at FROM sessions WHERE master = ?1")?;
-        let row = stmt
-            .query_row([master.to_hex()], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
-            })
-            .optional()?;
-        Ok(row.and_then(|(email, mac, started, expires)| {
-            Some(SessionRecord {
-                master: *master,
-                email,
-                mac: Mac::parse(&mac)?,
-                started_at: from_millis(started),
-                expires_at: from_millis(expires),
-            })
-        }))
+        let mut stmt = self
+            .creds
+            .prepare_cached("SELECT master, email, mac, started_at, expires_at FROM sessions WHERE master = ?1")?;
+        Ok(stmt.query_row([master.to_hex()], session_row).optional()?.flatten())
     }
+
+    /// Loads sessions into the shared cache, up to its bound, from one read
+    /// transaction, and returns how many it holds then. A server calls it
+    /// once at start, in the background, so that the first checks after a
+    /// restart already find their sessions in memory.
+    pub fn warm_cache(&self) -> Result<usize, StoreError> {
+        let Some(cache) = &self.cache else { return Ok(0) };
+        self.creds.execute_batch("BEGIN")?;
+        let scan = || -> Result<(), StoreError> {
+            let View::Valid(epoch) = cache.view(session_epoch(&self.creds)) else { return Ok(()) };
+            let mut stmt = self.creds.prepare("SELECT master, email, mac, started_at, expires_at FROM sessions")?;
+            let mut rows = stmt.query([])?;
+            let mut chunk = Vec::with_capacity(WARM_CHUNK);
+            loop {
+                let row = rows.next()?;
+                if let Some(session) = row.map(session_row).transpose()?.flatten() {
+                    chunk.push(session);
+                }
+                if chunk.len() == WARM_CHUNK || row.is_none() {
+                    // The lock is taken per chunk, so checks go on meanwhile.
+                    if !cache.fill_many(epoch, &chunk) || row.is_none() {
+                        return Ok(());
+                    }
+                    chunk.clear();
+                }
+            }
+        };
+        let outcome = scan();
+        let _ = self.creds.execute_batch("ROLLBACK");
+        outcome.map(|()| cache.len())
+    }
+}
+
+/// How many sessions `warm_cache` adds under one lock.
+const WARM_CHUNK: usize = 4096;
+
+/// A `sessions` row (master, email, mac, started_at, expires_at); `None` if
+/// it does not parse (written by hand, say): such a session is unknown.
+fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<SessionRecord>> {
+    let (master, email, mac) = (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?);
+    let (started, expires) = (r.get::<_, i64>(3)?, r.get::<_, i64>(4)?);
+    Ok(MasterToken::parse(&master).zip(Mac::parse(&mac)).map(|(master, mac)| SessionRecord {
+        master,
+        email,
+        mac,
+        started_at: from_millis(started),
+        expires_at: from_millis(expires),
+    }))
 }
 
 /// The sessions writes of a batch, for the cache.
