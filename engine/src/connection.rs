@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::Listener;
 use crate::codec::reply::Reply;
 use crate::config::Config;
+use crate::token::PeerDigests;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -25,6 +26,8 @@ pub(crate) struct Connection {
     /// Tells this connection from an earlier one with the same id.
     pub(crate) epoch: u64,
     pub(crate) peer: IpAddr,
+    /// The peer's part of every master token derived on this connection.
+    pub(crate) digests: PeerDigests,
     pub(crate) listener: Listener,
     pub(crate) phase: Phase,
     /// Received bytes not yet taken as requests.
@@ -52,6 +55,7 @@ impl Connection {
         Connection {
             epoch,
             peer,
+            digests: PeerDigests::new(peer),
             listener,
             phase: Phase::Open,
             inbuf: Vec::new(),

@@ -431,7 +431,7 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let seq = conn.open_slot();
         let step = match (Request::parse(line), listener) {
-            (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, peer),
+            (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.digests),
             (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
                 flow::passcode_request::start(&r, peer)
             }

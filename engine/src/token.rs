@@ -69,18 +69,30 @@ fn sha256_hex(data: &[u8]) -> [u8; 64] {
     hex::encode32(&Sha256::digest(data).into())
 }
 
+fn mac_digest(mac: Mac) -> [u8; 64] {
+    let mut mac_text = [0u8; 17];
+    write_mac(&mut mac_text, mac);
+    sha256_hex(&mac_text)
+}
+
+fn ip_digest(ip: IpAddr) -> [u8; 64] {
+    let mut ip_text = IpText::new();
+    ip_text.write(ip);
+    sha256_hex(ip_text.as_bytes())
+}
+
+fn combine(mac_hex: &[u8; 64], base: &BaseToken, ip_hex: &[u8; 64]) -> MasterToken {
+    let mut h = Sha256::new();
+    h.update(mac_hex);
+    h.update(base.to_hex());
+    h.update(ip_hex);
+    MasterToken(h.finalize().into())
+}
+
 impl MasterToken {
     /// Derives the master token the store knows a session by.
     pub fn derive(base: &BaseToken, mac: Mac, ip: IpAddr) -> MasterToken {
-        let mut mac_text = [0u8; 17];
-        write_mac(&mut mac_text, mac);
-        let mut ip_text = IpText::new();
-        ip_text.write(ip);
-        let mut h = Sha256::new();
-        h.update(sha256_hex(&mac_text));
-        h.update(base.to_hex());
-        h.update(sha256_hex(ip_text.as_bytes()));
-        MasterToken(h.finalize().into())
+        combine(&mac_digest(mac), base, &ip_digest(ip))
     }
 
     /// The 64 lowercase hex digits the `token` column holds.
@@ -109,6 +121,44 @@ impl fmt::Debug for MasterToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hex = hex::encode32(&self.0);
         write!(f, "MasterToken({}…)", core::str::from_utf8(&hex[..12]).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// The inner digests of a connection's derivations, kept between its
+/// requests: its IP's never changes, and a client mostly asks for one
+/// device. Two of the six SHA-256 blocks of a token check, and the IP's
+/// text, are then done once per connection instead of once per request.
+/// Computed on first use: a connection that never asks about a token (a
+/// legacy login, say) pays nothing.
+#[derive(Clone, Debug)]
+pub(crate) struct PeerDigests {
+    ip: IpAddr,
+    ip_hex: Option<[u8; 64]>,
+    last_mac: Option<(Mac, [u8; 64])>,
+}
+
+impl PeerDigests {
+    pub(crate) fn new(ip: IpAddr) -> PeerDigests {
+        PeerDigests { ip, ip_hex: None, last_mac: None }
+    }
+
+    /// [`MasterToken::derive`] for this peer, byte for byte.
+    pub(crate) fn master(&mut self, base: &BaseToken, mac: Mac) -> MasterToken {
+        let mac_hex = match self.last_mac {
+            Some((last, digest)) if last == mac => digest,
+            _ => {
+                let digest = mac_digest(mac);
+                self.last_mac = Some((mac, digest));
+                digest
+            }
+        };
+        let ip = self.ip;
+        let ip_hex = self.ip_hex.get_or_insert_with(|| ip_digest(ip));
+        combine(&mac_hex, base, ip_hex)
+    }
+
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
     }
 }
 
@@ -194,6 +244,21 @@ mod tests {
         let master = MasterToken::derive(&base, mac, ip);
         assert_eq!(master.to_hex(), PYTHON_MASTER);
         assert_eq!(MasterToken::parse(&master.to_hex()), Some(master));
+    }
+
+    #[test]
+    fn a_connections_kept_digests_derive_what_derive_does() {
+        let base = BaseToken([9; 32]);
+        let macs = ["aa:bb:cc:dd:ee:ff", "00:11:22:33:44:55"].map(|m| Mac::parse(m).unwrap());
+        for ip in ["127.0.0.1", "10.1.2.3", "::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut peer = PeerDigests::new(ip);
+            // Same MAC twice, another, back again: the kept digest is only
+            // ever the current MAC's.
+            for mac in [macs[0], macs[0], macs[1], macs[0]] {
+                assert_eq!(peer.master(&base, mac), MasterToken::derive(&base, mac, ip));
+            }
+        }
     }
 
     #[test]
