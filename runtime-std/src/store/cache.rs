@@ -96,13 +96,18 @@ impl SessionCache {
         }
     }
 
-    /// The cached session, if the cache is still valid for `epoch`.
-    pub(crate) fn get(&self, epoch: i64, master: &MasterToken) -> Option<SessionRecord> {
+    /// The cached sessions, under one lock, if the cache is still valid
+    /// for `epoch` (else nothing: every session is read from the file).
+    pub(crate) fn get_many<'a>(
+        &self,
+        epoch: i64,
+        masters: impl Iterator<Item = Option<&'a MasterToken>>,
+    ) -> Vec<Option<SessionRecord>> {
         let state = self.lock();
         if state.epoch != Some(epoch) {
-            return None;
+            return Vec::new();
         }
-        state.sessions.get(master).cloned()
+        masters.map(|m| m.and_then(|m| state.sessions.get(m).cloned())).collect()
     }
 
     /// Keeps a session read from the file at counter `epoch`, if the cache

@@ -174,10 +174,11 @@ impl SqliteStore {
 
     /// Answers an engine lookup.
     pub fn read(&self, lookup: &Lookup) -> Result<Snapshot, StoreError> {
-        self.read_in(lookup, View::Bypass)
+        self.read_in(lookup, View::Bypass, None)
     }
 
-    fn read_in(&self, lookup: &Lookup, view: View) -> Result<Snapshot, StoreError> {
+    /// `cached`: the lookup's session as the cache had it, if it did.
+    fn read_in(&self, lookup: &Lookup, view: View, cached: Option<SessionRecord>) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
         if let Some(email) = &lookup.user {
             snapshot.user = self.user(email)?;
@@ -186,17 +187,15 @@ impl SqliteStore {
             snapshot.passcode = passcode(&self.passcodes, key)?;
         }
         if let Some(master) = &lookup.session {
-            snapshot.session = match (view, &self.cache) {
-                (View::Valid(epoch), Some(cache)) => match cache.get(epoch, master) {
-                    Some(hit) => Some(hit),
-                    None => {
-                        let read = self.session(master)?;
-                        if let Some(session) = &read {
-                            cache.fill(epoch, session);
-                        }
-                        read
+            snapshot.session = match (cached, view, &self.cache) {
+                (Some(hit), _, _) => Some(hit),
+                (None, View::Valid(epoch), Some(cache)) => {
+                    let read = self.session(master)?;
+                    if let Some(session) = &read {
+                        cache.fill(epoch, session);
                     }
-                },
+                    read
+                }
                 _ => self.session(master)?,
             };
         }
@@ -222,7 +221,14 @@ impl SqliteStore {
             Some(cache) if !self.creds.is_autocommit() => cache.view(session_epoch(&self.creds)),
             _ => View::Bypass,
         };
-        let results = lookups.into_iter().map(|lookup| self.read_in(lookup, view)).collect();
+        let lookups: Vec<&Lookup> = lookups.into_iter().collect();
+        // One lock for the batch's hits.
+        let mut hits = match (view, &self.cache) {
+            (View::Valid(epoch), Some(cache)) => cache.get_many(epoch, lookups.iter().map(|l| l.session.as_ref())),
+            _ => Vec::new(),
+        }
+        .into_iter();
+        let results = lookups.iter().map(|lookup| self.read_in(lookup, view, hits.next().flatten())).collect();
         for conn in began {
             // Nothing was written: ending the transaction only drops the
             // read lock.
