@@ -107,7 +107,11 @@ impl SessionCache {
         if state.epoch != Some(epoch) {
             return Vec::new();
         }
-        masters.map(|m| m.and_then(|m| state.sessions.get(m).cloned())).collect()
+        // Find them all first, then copy: the probes do not depend on one
+        // another, so their cache misses overlap instead of queueing behind
+        // each copy's allocation.
+        let found: Vec<Option<&SessionRecord>> = masters.map(|m| m.and_then(|m| state.sessions.get(m))).collect();
+        found.into_iter().map(|s| s.cloned()).collect()
     }
 
     /// Keeps a session read from the file at counter `epoch`, if the cache
