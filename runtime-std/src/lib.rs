@@ -1,5 +1,6 @@
 //! The blocking side of tokenizer-auth: the executors that carry out the
-//! engine's effects against the real world, and (later) the threaded server.
+//! engine's effects against the real world, the worker pools both servers
+//! use, and the threaded server.
 //!
 //! The engine (`tokenizer-auth-engine`) decides everything and does no IO;
 //! it asks for effects. This crate runs them:
@@ -13,10 +14,16 @@
 //!   files;
 //! - [`executor::Executor`]: one of each, turning an
 //!   [`Effect`](tokenizer_auth_engine::Effect) into an
-//!   [`EffectResult`](tokenizer_auth_engine::EffectResult).
+//!   [`EffectResult`](tokenizer_auth_engine::EffectResult);
+//! - [`pool::EffectPool`]: the servers' worker threads: store readers that
+//!   answer what is queued from one read transaction, one writer per file
+//!   that commits what is queued as one group (one `fsync`), hashers and
+//!   mailers; the readers share a [`store::SessionCache`], coherent with
+//!   the file through a counter its triggers bump on every session change;
+//! - [`server`]: the threaded runtime (`serve --runtime std`).
 //!
-//! Every call here blocks; the mio runtime runs them on worker threads so
-//! its event loop never waits on a disk, a hash or a relay.
+//! Every call here blocks; the servers run them on worker threads so that
+//! no thread serving sockets waits on a disk, a hash or a relay.
 
 pub mod executor;
 pub mod mail;
