@@ -6,6 +6,8 @@
 //!   temporary folder.
 //! - [`real`]: engine worlds whose effects run against the real SQLite
 //!   store, argon2id hasher and outbox.
+//! - [`crash`]: what the crash-safety child and its test agree on.
 
+pub mod crash;
 pub mod real;
 pub mod smtp;

@@ -5,8 +5,14 @@
 //! rotated by a renewal that had started), and no reported passcode could
 //! log in again.
 //!
-//! `CRASH_ROUNDS` sets the number of rounds (default 200);
-//! `scripts/crash-soak.sh` runs many more.
+//! A second test kills the child while it commits groups of rotations with
+//! `SqliteStore::write_group`, as a server's writer does: every group is
+//! found whole or not at all, the last group reported is there (or the one
+//! after it, committed but not yet reported), and a batch that conflicted
+//! inside a group left nothing.
+//!
+//! `CRASH_ROUNDS` sets the number of rounds (default 200; the group test
+//! runs a quarter as many); `scripts/crash-soak.sh` runs many more.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -19,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension};
 use tokenizer_auth_engine::{BaseToken, Mac, MasterToken, Secret, StoredPasscode};
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::SqliteStore;
+use tokenizer_auth_tests::crash::{GROUP, group_master};
 
 const EMAIL: &str = "crash@example.com";
 const PASSWORD: &str = "crash-test-password";
@@ -169,4 +176,71 @@ fn kill_9_at_random_moments_loses_nothing_a_client_was_told() {
     }
     eprintln!("crash test: {reported} reports over {rounds} rounds, {} sessions", chains.len());
     assert!(passcodes.len() as u32 >= rounds / 4, "too few logins completed to test anything: {}", passcodes.len());
+}
+
+#[test]
+fn kill_9_during_group_commits_leaves_every_group_whole_or_absent() {
+    let rounds: u32 = std::env::var("CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200) / 4;
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("group crash test: {rounds} rounds, schedule seed {seed}");
+    let mut schedule = Schedule(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    SqliteStore::open(dir).unwrap();
+    let mut groups_reported = 0u64;
+    for round in 0..rounds {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crash_child"))
+            .arg(dir)
+            .arg(round.to_string())
+            .arg("groups")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut last = None;
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
+                let g: u32 = line.trim().strip_prefix("GROUP ").and_then(|g| g.parse().ok()).expect("a GROUP report");
+                last = Some(g);
+                line.clear();
+            }
+            last
+        });
+        std::thread::sleep(Duration::from_micros(2_000 + schedule.next() % 60_000));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let last = reader.join().unwrap();
+        groups_reported += last.map_or(0, |g| u64::from(g) + 1);
+
+        let creds = Connection::open(dir.join("op_creds.db")).unwrap();
+        let verdict: String = creds.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        assert_eq!(verdict, "ok", "round {round}");
+        let exists = |g: u32, j: u32| {
+            let master = group_master(round, g, j).to_hex();
+            creds
+                .query_row("SELECT 1 FROM sessions WHERE master = ?1", [master], |_| Ok(()))
+                .optional()
+                .unwrap()
+                .is_some()
+        };
+        let present = |g: u32| (0..GROUP).filter(|&j| exists(g, j)).count() as u32;
+        let upto = last.map_or(0, |g| g + 1);
+        let whole: Vec<u32> = (0..=upto).filter(|&g| present(g) == GROUP).collect();
+        for g in 0..=upto {
+            assert!(present(g) == 0 || present(g) == GROUP, "round {round}: group {g} is partly there");
+            assert!(!exists(g, GROUP + 2), "round {round}: the conflicting batch of group {g} left a session");
+        }
+        match last {
+            // The reported group is there, or its successor committed
+            // without its report.
+            Some(g) => assert!(whole == [g] || whole == [g + 1], "round {round}: last report {g}, whole {whole:?}"),
+            None => assert!(whole.is_empty() || whole == [0], "round {round}: no report, whole {whole:?}"),
+        }
+        assert!(!exists(upto + 1, 0), "round {round}: a group two past the last report");
+    }
+    eprintln!("group crash test: {groups_reported} groups reported over {rounds} rounds");
+    assert!(groups_reported >= u64::from(rounds), "too few groups committed to test anything: {groups_reported}");
 }

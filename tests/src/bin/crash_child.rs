@@ -9,6 +9,13 @@
 //! ```
 //!
 //! Usage: `crash_child DATA_DIR ROUND`. It runs until it is killed.
+//!
+//! `crash_child DATA_DIR ROUND groups` exercises group commit instead: it
+//! commits groups of rotations with `SqliteStore::write_group`, as a
+//! server's writer does, and reports `GROUP <g>` once group `g` is
+//! committed. Group `g` rotates the 16 sessions of group `g - 1` to 16 new
+//! ones (each a batch with its expectation) and holds one batch whose
+//! expectation fails and which must leave nothing behind.
 
 use std::cell::RefCell;
 use std::io::Write;
@@ -17,11 +24,15 @@ use std::rc::Rc;
 
 use chrono::TimeDelta;
 use tokenizer_auth_engine::testkit::World;
-use tokenizer_auth_engine::{Config, Effect, EffectResult, LOGIN_PREFIX, Limits, Listener, Window};
+use tokenizer_auth_engine::{
+    Config, CredsBatch, CredsExpectation, CredsOp, Effect, EffectResult, LOGIN_PREFIX, Limits, Listener, SessionRecord,
+    Window, WriteBatch,
+};
 use tokenizer_auth_runtime_std::executor::Executor;
 use tokenizer_auth_runtime_std::mail::{MailConfig, Mailer};
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::SqliteStore;
+use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
+use tokenizer_auth_tests::crash::{GROUP, group_master};
 
 /// The account every round logs in to.
 pub const EMAIL: &str = "crash@example.com";
@@ -32,6 +43,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let dir = std::path::PathBuf::from(args.next().expect("DATA_DIR"));
     let round: u32 = args.next().expect("ROUND").parse().expect("ROUND is a number");
+    if args.next().as_deref() == Some("groups") {
+        groups(&dir, round);
+    }
 
     // Cheap argon2 parameters: this test is about crashes, not hashing cost.
     let hasher = Hasher::new(Cost::TEST_ONLY).expect("hasher");
@@ -87,4 +101,56 @@ fn main() {
         writeln!(out, "RENEWED {mac} {renewed}").and_then(|()| out.flush()).expect("report");
         world.hang_up(c);
     }
+}
+
+fn groups(dir: &std::path::Path, round: u32) -> ! {
+    let mut store = SqliteStore::open(dir).expect("store");
+    let mac = tokenizer_auth_engine::Mac::parse("02:00:00:00:00:01").expect("mac");
+    let expiry = |g: u32| chrono::DateTime::UNIX_EPOCH + TimeDelta::seconds(i64::from(g) + 1);
+    let session = |g: u32, j: u32| SessionRecord {
+        master: group_master(round, g, j),
+        email: EMAIL.to_owned(),
+        mac,
+        started_at: chrono::DateTime::UNIX_EPOCH,
+        expires_at: expiry(g),
+    };
+    let mut out = std::io::stdout().lock();
+    for g in 0u32.. {
+        let mut batches: Vec<WriteBatch> = (0..GROUP)
+            .map(|j| {
+                let (expect, mut ops) = match g {
+                    0 => (None, Vec::new()),
+                    _ => (
+                        Some(CredsExpectation::Session {
+                            master: group_master(round, g - 1, j),
+                            expires_at: expiry(g - 1),
+                        }),
+                        vec![CredsOp::DeleteSession(group_master(round, g - 1, j))],
+                    ),
+                };
+                ops.push(CredsOp::PutSession(session(g, j)));
+                WriteBatch::Creds(CredsBatch { expect, ops })
+            })
+            .collect();
+        // Expects a session that never exists: it conflicts, and its put
+        // must never be seen.
+        batches.insert(
+            (g % GROUP) as usize,
+            WriteBatch::Creds(CredsBatch {
+                expect: Some(CredsExpectation::Session {
+                    master: group_master(round, g, GROUP + 1),
+                    expires_at: expiry(g),
+                }),
+                ops: vec![CredsOp::PutSession(session(g, GROUP + 2))],
+            }),
+        );
+        let refs: Vec<&WriteBatch> = batches.iter().collect();
+        let results = store.write_group(&refs);
+        for (k, result) in results.into_iter().enumerate() {
+            let want = if k == (g % GROUP) as usize { Commit::Conflict } else { Commit::Applied };
+            assert_eq!(result.expect("group commit"), want, "group {g}, batch {k}");
+        }
+        writeln!(out, "GROUP {g}").and_then(|()| out.flush()).expect("report");
+    }
+    unreachable!("u32 groups")
 }
