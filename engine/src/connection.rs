@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::Listener;
 use crate::codec::reply::Reply;
 use crate::config::Config;
-use crate::token::PeerDigests;
+use crate::token::Peer;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -25,9 +25,8 @@ pub(crate) enum Phase {
 pub(crate) struct Connection {
     /// Tells this connection from an earlier one with the same id.
     pub(crate) epoch: u64,
-    pub(crate) peer: IpAddr,
-    /// The peer's part of every master token derived on this connection.
-    pub(crate) digests: PeerDigests,
+    /// Its IP, with its part of the master tokens derived on it.
+    pub(crate) peer: Peer,
     pub(crate) listener: Listener,
     pub(crate) phase: Phase,
     /// Received bytes not yet taken as requests.
@@ -54,8 +53,7 @@ impl Connection {
     pub(crate) fn new(epoch: u64, peer: IpAddr, listener: Listener, now: DateTime<Utc>) -> Connection {
         Connection {
             epoch,
-            peer,
-            digests: PeerDigests::new(peer),
+            peer: Peer::new(peer),
             listener,
             phase: Phase::Open,
             inbuf: Vec::new(),

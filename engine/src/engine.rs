@@ -376,7 +376,7 @@ impl Engine {
     fn take_lines(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let buf = mem::take(&mut conn.inbuf);
-        let (epoch, peer) = (conn.epoch, conn.peer);
+        let (epoch, peer) = (conn.epoch, conn.peer.ip());
         let mut consumed = 0;
         let mut too_long = false;
         while self.conns.get(&id).is_some_and(|c| c.in_flight() < self.config.max_pipeline) {
@@ -420,7 +420,7 @@ impl Engine {
         conn.legacy_started = true;
         conn.phase = Phase::Draining;
         let buf = mem::take(&mut conn.inbuf);
-        let (epoch, peer, listener) = (conn.epoch, conn.peer, conn.listener);
+        let (epoch, peer, listener) = (conn.epoch, conn.peer.ip(), conn.listener);
         self.start_request(id, epoch, peer, legacy::request(&buf), listener);
         self.pump(id);
     }
@@ -431,7 +431,7 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let seq = conn.open_slot();
         let step = match (Request::parse(line), listener) {
-            (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.digests),
+            (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.peer),
             (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
                 flow::passcode_request::start(&r, peer)
             }

@@ -42,26 +42,19 @@ pub(crate) fn run_store(store: &mut SqliteStore, effect: &Effect) -> EffectResul
 /// from one read transaction, each run of consecutive writes is committed
 /// as one group. Runs keep their order, so a read after a write sees it.
 pub(crate) fn run_store_group(store: &mut SqliteStore, effects: &[&Effect]) -> Vec<EffectResult> {
-    // 0: a read, 1: a write, 2: not a store effect (fails).
-    let class = |e: &&Effect| match e {
-        Effect::Read(_) => 0,
-        Effect::Write(_) => 1,
-        _ => 2,
-    };
     let mut results = Vec::with_capacity(effects.len());
     let mut rest = effects;
     while let Some(first) = rest.first() {
-        let kind = class(first);
-        let run = rest.iter().take_while(|e| class(e) == kind).count();
-        let (now, later) = rest.split_at(run);
+        let kind = std::mem::discriminant(*first);
+        let (now, later) = rest.split_at(rest.iter().take_while(|e| std::mem::discriminant(**e) == kind).count());
         rest = later;
-        match kind {
-            0 => {
+        match first {
+            Effect::Read(_) => {
                 let lookups = now.iter().filter_map(|e| if let Effect::Read(l) = e { Some(l) } else { None });
                 let snapshots = store.read_many(lookups);
                 results.extend(snapshots.into_iter().map(|r| settle(r.map(|s| EffectResult::Read(Box::new(s))))));
             }
-            1 => {
+            Effect::Write(_) => {
                 let batches: Vec<&WriteBatch> =
                     now.iter().filter_map(|e| if let Effect::Write(b) = e { Some(b) } else { None }).collect();
                 results.extend(store.write_group(&batches).into_iter().map(|r| {
@@ -71,7 +64,8 @@ pub(crate) fn run_store_group(store: &mut SqliteStore, effects: &[&Effect]) -> V
                     }))
                 }));
             }
-            _ => results.extend(std::iter::repeat_n(EffectResult::Failed, run)),
+            // Not a store effect: it has no business here.
+            _ => results.extend(std::iter::repeat_n(EffectResult::Failed, now.len())),
         }
     }
     results

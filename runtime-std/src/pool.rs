@@ -99,43 +99,41 @@ fn spawn<S: Send + 'static>(
 }
 
 impl EffectPool {
-    /// Starts the workers. Each store worker opens its own connections to
-    /// the files (opened once here first, so a bad data folder fails now).
+    /// Starts the workers. Each store worker has its own connections to
+    /// the files, which are opened and migrated once here first (so a bad
+    /// data folder fails now).
     pub fn start(settings: &Settings, hasher: &Hasher, done: Done) -> Result<EffectPool, StoreError> {
-        SqliteStore::open(&settings.data_dir)?;
+        // One cache for every store connection of this process; its rules
+        // are in `store::cache`.
+        let store = SqliteStore::open(&settings.data_dir)?;
+        let store = match settings.session_cache {
+            0 => store,
+            bound => store.with_cache(Arc::new(SessionCache::new(bound))),
+        };
         let mailer = Mailer::new(&settings.mail).map_err(|e| StoreError::new(e.to_string()))?;
         let (reads, reads_rx) = unbounded();
         let (creds_writes, creds_rx) = unbounded();
         let (passcode_writes, passcodes_rx) = unbounded();
         let (hash, hash_rx) = unbounded();
         let (mail, mail_rx) = unbounded();
-        let dir = settings.data_dir.clone();
         let io = |e: std::io::Error| StoreError::new(format!("cannot start a worker: {e}"));
-        // One cache for every store connection of this process; its rules
-        // are in `store::cache`.
-        let cache = (settings.session_cache > 0).then(|| Arc::new(SessionCache::new(settings.session_cache)));
-        let open = || {
-            let store = SqliteStore::open(&dir).ok()?;
-            Some(match &cache {
-                Some(cache) => store.with_cache(cache.clone()),
-                None => store,
-            })
-        };
+        let open = || store.attach().ok();
         let run_store = |store: &mut Option<SqliteStore>, effects: &[&Effect]| match store {
             Some(store) => run_store_group(store, effects),
             None => vec![EffectResult::Failed; effects.len()],
         };
         let mut threads = Vec::new();
-        if let Some(store) = cache.as_ref().and(open()) {
-            threads
-                .push(std::thread::Builder::new().name("store-warm".into()).spawn(move || warm(&store)).map_err(io)?);
-        }
         for (name, count, group, jobs) in [
             ("store-read", settings.workers.store, READ_GROUP, &reads_rx),
             ("store-write-creds", 1, WRITE_GROUP, &creds_rx),
             ("store-write-passcodes", 1, WRITE_GROUP, &passcodes_rx),
         ] {
             threads.extend(spawn(name, count, group, jobs, &done, open, run_store).map_err(io)?);
+        }
+        // The first store's connections go on to fill the cache.
+        if settings.session_cache > 0 {
+            threads
+                .push(std::thread::Builder::new().name("store-warm".into()).spawn(move || warm(&store)).map_err(io)?);
         }
         threads.extend(
             spawn("hash", settings.workers.hash, 1, &hash_rx, &done, || hasher.clone(), one_by_one(run_hash))

@@ -57,6 +57,34 @@ fn master(token: &str, mac: &str) -> String {
     MasterToken::derive(&BaseToken::parse(token.as_bytes()).unwrap(), Mac::parse(mac).unwrap(), ip).to_hex()
 }
 
+/// Runs the child on `dir` for `round` (with `extra` arguments), kills it
+/// with SIGKILL at the schedule's next moment, and returns the lines it
+/// reported in full: a report cut by the kill was never made.
+fn run_child(dir: &Path, round: u32, extra: &[&str], schedule: &mut Schedule) -> Vec<String> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crash_child"))
+        .arg(dir)
+        .arg(round.to_string())
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
+            lines.push(std::mem::take(&mut line));
+        }
+        lines
+    });
+    std::thread::sleep(Duration::from_micros(2_000 + schedule.next() % 60_000));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
 /// Checks the files after a kill: both pass `integrity_check`, and every
 /// chain and passcode in `chains` and `passcodes` is as reported.
 fn check(dir: &Path, chains: &BTreeMap<String, Chain>, passcodes: &[(String, String)], round: u32) {
@@ -118,30 +146,10 @@ fn kill_9_at_random_moments_loses_nothing_a_client_was_told() {
     let mut passcodes: Vec<(String, String)> = Vec::new();
     let mut reported = 0usize;
     for round in 0..rounds {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crash_child"))
-            .arg(dir)
-            .arg(round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut lines = Vec::new();
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            // Only whole lines count: a report cut by the kill was never made.
-            while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
-                lines.push(std::mem::take(&mut line));
-            }
-            lines
-        });
-        std::thread::sleep(Duration::from_micros(2_000 + schedule.next() % 60_000));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        let reports = run_child(dir, round, &[], &mut schedule);
         let passcodes_before = passcodes.len();
         let mut round_macs = std::collections::BTreeSet::new();
-        for line in reader.join().unwrap() {
+        for line in reports {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words[..] {
                 ["LOGIN", mac, passcode, token] => {
@@ -189,30 +197,10 @@ fn kill_9_during_group_commits_leaves_every_group_whole_or_absent() {
     SqliteStore::open(dir).unwrap();
     let mut groups_reported = 0u64;
     for round in 0..rounds {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_crash_child"))
-            .arg(dir)
-            .arg(round.to_string())
-            .arg("groups")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut last = None;
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).unwrap_or(0) > 0 && line.ends_with('\n') {
-                let g: u32 = line.trim().strip_prefix("GROUP ").and_then(|g| g.parse().ok()).expect("a GROUP report");
-                last = Some(g);
-                line.clear();
-            }
-            last
-        });
-        std::thread::sleep(Duration::from_micros(2_000 + schedule.next() % 60_000));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let last = reader.join().unwrap();
+        let reports = run_child(dir, round, &["groups"], &mut schedule);
+        let group = |line: &String| line.trim().strip_prefix("GROUP ")?.parse::<u32>().ok();
+        let groups: Vec<u32> = reports.iter().map(|line| group(line).expect("a GROUP report")).collect();
+        let last = groups.last().copied();
         groups_reported += last.map_or(0, |g| u64::from(g) + 1);
 
         let creds = Connection::open(dir.join("op_creds.db")).unwrap();

@@ -134,10 +134,8 @@ fn passcode_key() -> PasscodeKey {
     PasscodeKey { email: EMAIL.into(), mac: Mac::parse(MAC).unwrap(), ip: local() }
 }
 
-#[test]
-fn one_passcode_is_consumed_once_across_fifty_connections() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().to_owned();
+/// A batch storing a fresh passcode, and one consuming it as read.
+fn passcode_put_and_consume() -> (WriteBatch, WriteBatch) {
     let code = StoredPasscode::from_column("ABC123");
     let record = PasscodeRecord {
         key: passcode_key(),
@@ -147,12 +145,19 @@ fn one_passcode_is_consumed_once_across_fifty_connections() {
         attempts: 0,
     };
     let put = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Put(record)] });
-    assert_eq!(SqliteStore::open(&dir).unwrap().write(&put).unwrap(), Commit::Applied);
-
     let consume = WriteBatch::Passcodes(PasscodesBatch {
         expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts: 0 }),
         ops: vec![PasscodesOp::Delete(passcode_key())],
     });
+    (put, consume)
+}
+
+#[test]
+fn one_passcode_is_consumed_once_across_fifty_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let (put, consume) = passcode_put_and_consume();
+    assert_eq!(SqliteStore::open(&dir).unwrap().write(&put).unwrap(), Commit::Applied);
     let barrier = Arc::new(Barrier::new(50));
     let threads: Vec<_> = (0..50)
         .map(|_| {
@@ -265,23 +270,16 @@ fn session(master: MasterToken, expires_in: TimeDelta) -> SessionRecord {
     }
 }
 
+/// A credentials batch with no expectation.
+fn unconditional(op: CredsOp) -> WriteBatch {
+    WriteBatch::Creds(CredsBatch { expect: None, ops: vec![op] })
+}
+
 #[test]
 fn a_group_commits_in_order_and_undoes_only_the_batches_that_conflict() {
     let tmp = tempfile::tempdir().unwrap();
     let mut store = SqliteStore::open(tmp.path()).unwrap();
-    let code = StoredPasscode::from_column("ABC123");
-    let record = PasscodeRecord {
-        key: passcode_key(),
-        phone: PHONE.into(),
-        code: code.clone(),
-        expires_at: epoch() + TimeDelta::minutes(3),
-        attempts: 0,
-    };
-    let put = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Put(record)] });
-    let consume = WriteBatch::Passcodes(PasscodesBatch {
-        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts: 0 }),
-        ops: vec![PasscodesOp::Delete(passcode_key())],
-    });
+    let (put, consume) = passcode_put_and_consume();
     let (a, b) = (MasterToken::from_bytes([1; 32]), MasterToken::from_bytes([2; 32]));
     let start = WriteBatch::Creds(CredsBatch {
         expect: None,
@@ -329,8 +327,8 @@ fn the_session_cache_never_answers_what_the_file_no_longer_holds() {
         let lookup = Lookup { session: Some(master), ..Lookup::default() };
         reader.read_many([&lookup]).pop().unwrap().unwrap().session
     };
-    let put = |s: SessionRecord| WriteBatch::Creds(CredsBatch { expect: None, ops: vec![CredsOp::PutSession(s)] });
-    let delete = |m| WriteBatch::Creds(CredsBatch { expect: None, ops: vec![CredsOp::DeleteSession(m)] });
+    let put = |s: SessionRecord| unconditional(CredsOp::PutSession(s));
+    let delete = |m| unconditional(CredsOp::DeleteSession(m));
 
     assert_eq!(read(a), None, "unknown sessions are not cached");
     assert!(cache.is_empty());
@@ -396,7 +394,7 @@ fn the_session_cache_ends_as_the_file_whatever_the_interleaving() {
                 } else {
                     CredsOp::PutSession(session(master, TimeDelta::seconds((x % 1000) as i64)))
                 };
-                store.write(&WriteBatch::Creds(CredsBatch { expect: None, ops: vec![op] })).unwrap();
+                store.write(&unconditional(op)).unwrap();
             }
         })
     };
@@ -441,7 +439,7 @@ fn warming_fills_the_cache_up_to_its_bound_and_the_rest_is_read_from_the_file() 
     let masters: Vec<MasterToken> = (1..=3u8).map(|i| MasterToken::from_bytes([i; 32])).collect();
     for (i, m) in masters.iter().enumerate() {
         let op = CredsOp::PutSession(session(*m, TimeDelta::minutes(i as i64 + 1)));
-        plain.write(&WriteBatch::Creds(CredsBatch { expect: None, ops: vec![op] })).unwrap();
+        plain.write(&unconditional(op)).unwrap();
     }
     let cache = Arc::new(SessionCache::new(2));
     let store = SqliteStore::open(tmp.path()).unwrap().with_cache(cache.clone());
@@ -453,8 +451,6 @@ fn warming_fills_the_cache_up_to_its_bound_and_the_rest_is_read_from_the_file() 
     assert_eq!(read, want, "cached or not, every session is found");
     assert_eq!(cache.len(), 2, "a full cache does not grow");
     // Once warm, a write by another connection still empties it.
-    plain
-        .write(&WriteBatch::Creds(CredsBatch { expect: None, ops: vec![CredsOp::DeleteSession(masters[0])] }))
-        .unwrap();
+    plain.write(&unconditional(CredsOp::DeleteSession(masters[0]))).unwrap();
     assert_eq!(store.read_many(&lookups[..1]).pop().unwrap().unwrap().session, None);
 }

@@ -152,6 +152,19 @@ impl SqliteStore {
         Ok(store)
     }
 
+    /// Another pair of connections to files that [`SqliteStore::open`]
+    /// already brought to the current version in this process: no
+    /// migration and no checkpoint, which a server's workers would
+    /// otherwise each repeat at start.
+    pub(crate) fn attach(&self) -> Result<SqliteStore, StoreError> {
+        Ok(SqliteStore {
+            creds: open_file(&self.dir.join(CREDS_FILE))?,
+            passcodes: open_file(&self.dir.join(PASSCODES_FILE))?,
+            dir: self.dir.clone(),
+            cache: self.cache.clone(),
+        })
+    }
+
     /// Shares `cache` for session lookups, with every other store that
     /// shares it (all of them in one process, one file).
     pub fn with_cache(mut self, cache: Arc<SessionCache>) -> SqliteStore {
@@ -213,8 +226,7 @@ impl SqliteStore {
     pub fn read_many<'a>(&self, lookups: impl IntoIterator<Item = &'a Lookup>) -> Vec<Result<Snapshot, StoreError>> {
         // A deferred BEGIN takes no lock until a statement reads the file;
         // if it fails, each lookup runs in a transaction of its own.
-        let began: Vec<&Connection> =
-            [&self.creds, &self.passcodes].into_iter().filter(|c| c.execute_batch("BEGIN").is_ok()).collect();
+        let began: Vec<&Connection> = [&self.creds, &self.passcodes].into_iter().filter(|c| run(c, "BEGIN")).collect();
         // The cache is used only when the counter and the sessions are read
         // in the same transaction (the same snapshot).
         let view = match &self.cache {
@@ -233,7 +245,7 @@ impl SqliteStore {
             // Nothing was written: ending the transaction only drops the
             // read lock.
             if !conn.is_autocommit() {
-                let _ = conn.execute_batch("ROLLBACK");
+                run(conn, "ROLLBACK");
             }
         }
         results
@@ -340,7 +352,13 @@ type SessionOps<B> = fn(&B) -> &[CredsOp];
 /// The counter that every change to `sessions` bumps (migration 2); `None`
 /// if it cannot be read, and then the cache is not used.
 fn session_epoch(conn: &Connection) -> Option<i64> {
-    conn.query_row("SELECT n FROM session_epoch", [], |r| r.get(0)).ok()
+    conn.prepare_cached("SELECT n FROM session_epoch").and_then(|mut s| s.query_row([], |r| r.get(0))).ok()
+}
+
+/// Runs a statement without parameters or rows (`BEGIN`, `ROLLBACK`),
+/// prepared once per connection: readers run these for every batch.
+fn run(conn: &Connection, sql: &str) -> bool {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).is_ok()
 }
 
 /// One transaction for `items` (all on `conn`'s file); see
