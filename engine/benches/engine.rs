@@ -169,6 +169,11 @@ impl TokenDriver {
             i += 1;
         }
         self.reads.clear();
+        // The socket takes the replies, as a runtime reports after its
+        // write.
+        let bytes = self.received.len();
+        self.engine.handle(self.now, &mut self.rng, Input::Sent { conn: self.conn, bytes });
+        self.drain();
     }
 }
 
@@ -282,12 +287,20 @@ impl LoginDriver {
     /// Drains the outputs, then fires the connection timers that are due.
     fn drain(&mut self) {
         loop {
+            let mut taken = 0;
             while let Some(output) = self.engine.poll_output() {
                 match output {
-                    Output::Transmit { bytes, .. } => self.received.extend_from_slice(&bytes),
+                    Output::Transmit { bytes, .. } => {
+                        taken += bytes.len();
+                        self.received.extend_from_slice(&bytes);
+                    }
                     Output::Perform { id, effect } => self.pending.push_back((id, effect)),
-                    Output::Close { conn } => panic!("connection {conn:?} closed during a login"),
+                    other => panic!("unexpected output during a login: {other:?}"),
                 }
+            }
+            if taken > 0 {
+                self.engine.handle(self.now, &mut self.rng, Input::Sent { conn: self.conn, bytes: taken });
+                continue;
             }
             match self.engine.poll_timeout() {
                 Some(at) if at <= self.now => self.engine.handle(self.now, &mut self.rng, Input::Timeout),

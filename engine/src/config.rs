@@ -1,5 +1,5 @@
 //! Everything the engine decides with that an operator may tune. Defaults
-//! follow SPEC section 2 and 3; `docs/PROTOCOL.md` lists them.
+//! are listed in `docs/PROTOCOL.md` ("Defaults").
 
 use chrono::TimeDelta;
 
@@ -30,6 +30,19 @@ pub struct Config {
     pub legacy_wait: TimeDelta,
     /// Open connections; one more is told `too_many_connections` and closed.
     pub max_connections: usize,
+    /// Bytes owed to one peer (encoded, not yet taken by its socket) past
+    /// which the engine takes no more requests from it.
+    pub max_backlog: usize,
+    /// A peer that takes none of the bytes owed to it for this long is
+    /// dropped.
+    pub write_timeout: TimeDelta,
+    /// How long a connection whose write side is shut still reads (and
+    /// discards) what arrives before it closes, so its last reply is not
+    /// destroyed by a reset.
+    pub close_linger: TimeDelta,
+    /// After [`crate::Input::Shutdown`], how long requests in flight may
+    /// take to finish and their replies to go out.
+    pub shutdown_grace: TimeDelta,
     /// Requests in flight on one connection before the engine stops taking
     /// more lines from it (the runtime then stops reading the socket).
     pub max_pipeline: usize,
@@ -74,6 +87,9 @@ impl Config {
             ("idle_timeout", self.idle_timeout),
             ("partial_line_timeout", self.partial_line_timeout),
             ("legacy_wait", self.legacy_wait),
+            ("write_timeout", self.write_timeout),
+            ("close_linger", self.close_linger),
+            ("shutdown_grace", self.shutdown_grace),
         ];
         for (name, d) in durations {
             if d < TimeDelta::zero() || d > MAX_DURATION {
@@ -98,6 +114,10 @@ impl Default for Config {
             partial_line_timeout: TimeDelta::seconds(10),
             legacy_wait: TimeDelta::milliseconds(200),
             max_connections: 10_000,
+            max_backlog: 64 * 1024,
+            write_timeout: TimeDelta::seconds(10),
+            close_linger: TimeDelta::seconds(2),
+            shutdown_grace: TimeDelta::seconds(10),
             max_pipeline: 64,
             max_password_checks: 32,
             dummy_password: PasswordHash::Phc(DEFAULT_DUMMY_PASSWORD.to_owned()),

@@ -15,7 +15,7 @@ use crate::codec::native::{Frame, next_frame};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::Request;
 use crate::config::Config;
-use crate::connection::{Connection, Phase};
+use crate::connection::{Connection, Due, Phase};
 use crate::device::normalize_ip;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::flow::{self, Ctx, Flow, Step};
@@ -57,11 +57,25 @@ pub enum Input<'a> {
         bytes: &'a [u8],
     },
     /// The client will send nothing more: it closed (or half-closed) its
-    /// side, or the socket failed. Replies still owed are sent before the
-    /// engine asks to close.
+    /// side. Replies still owed are sent before the engine closes.
     Closed {
         /// Which connection.
         conn: ConnId,
+    },
+    /// The socket failed (a reset, a failed write): nothing more goes in
+    /// or out. The engine drops what it owes and closes.
+    Failed {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// The connection's socket took `bytes` more of what was transmitted.
+    /// Until it does, those bytes count against `max_backlog`, and a peer
+    /// that takes none for `write_timeout` is dropped.
+    Sent {
+        /// Which connection.
+        conn: ConnId,
+        /// How many bytes the socket took.
+        bytes: usize,
     },
     /// An effect finished.
     Completed {
@@ -72,6 +86,10 @@ pub enum Input<'a> {
     },
     /// The deadline from [`Engine::poll_timeout`] has passed.
     Timeout,
+    /// Stop: take no new connection or request, finish the requests in
+    /// flight and send their replies, for at most `shutdown_grace`; then
+    /// close what is left and say [`Output::Stopped`].
+    Shutdown,
 }
 
 /// Something the runtime must do.
@@ -84,8 +102,16 @@ pub enum Output {
         /// What to write.
         bytes: Vec<u8>,
     },
-    /// Finish writing what was transmitted before, then close the
-    /// connection.
+    /// Everything owed was transmitted and taken: shut the write side of
+    /// the connection. Keep reading while [`Engine::wants_input`] says so
+    /// and feeding what arrives (it is discarded) until [`Output::Close`].
+    HalfClose {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// Close the connection now, dropping whatever of its bytes is not yet
+    /// written. The engine has forgotten it; this is the only way it
+    /// forgets one.
     Close {
         /// Which connection.
         conn: ConnId,
@@ -98,6 +124,9 @@ pub enum Output {
         /// What to do.
         effect: Effect,
     },
+    /// After [`Input::Shutdown`]: every connection is closed and nothing is
+    /// in flight (or the grace ran out). Said once; the runtime may stop.
+    Stopped,
 }
 
 /// What the runtime may buffer for a connection that ignores
@@ -146,8 +175,21 @@ struct Origin {
 
 enum Queued {
     Transmit(ConnId, u64),
+    HalfClose(ConnId, u64),
     Close(ConnId, u64),
     Perform(EffectId, Effect),
+    Stopped,
+}
+
+/// Where the engine is in a shutdown.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Shutdown {
+    /// Serving.
+    No,
+    /// Draining until this instant.
+    Until(DateTime<Utc>),
+    /// [`Output::Stopped`] is queued or out.
+    Done,
 }
 
 /// The protocol engine. See the crate docs for how to drive it.
@@ -161,6 +203,9 @@ pub struct Engine {
     next_effect: u64,
     next_epoch: u64,
     password_checks: usize,
+    /// Connections in [`Phase::Lingering`].
+    lingering: usize,
+    shutdown: Shutdown,
     capture: Option<Recorder>,
 }
 
@@ -177,6 +222,8 @@ impl Engine {
             next_effect: 0,
             next_epoch: 0,
             password_checks: 0,
+            lingering: 0,
+            shutdown: Shutdown::No,
             capture: None,
         }
     }
@@ -186,15 +233,26 @@ impl Engine {
         &self.config
     }
 
-    /// Open connections.
+    /// Connections being served: open, or finishing their replies. Those
+    /// lingering after their last reply are not counted (here or against
+    /// `max_connections`): each goes within `close_linger`.
     pub fn connections(&self) -> usize {
-        self.conns.len()
+        self.conns.len() - self.lingering
     }
 
-    /// Whether the engine holds this connection (it forgets one when it
-    /// asks to close it, or when its peer closed with nothing owed).
-    pub fn has_connection(&self, conn: ConnId) -> bool {
+    /// Whether the engine holds this connection and has not yet asked to
+    /// close it (for the test kit's models; a runtime learns it from
+    /// [`Output::Close`]).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn has_connection(&self, conn: ConnId) -> bool {
         self.conns.get(&conn).is_some_and(|c| c.phase != Phase::Closed)
+    }
+
+    /// Bytes a connection owes its peer: encoded, and not yet taken by its
+    /// socket (for the test kit's models).
+    #[cfg(feature = "testkit")]
+    pub(crate) fn unsent(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, Connection::unsent)
     }
 
     /// Effects asked for and not yet completed.
@@ -235,9 +293,13 @@ impl Engine {
             Input::Opened { conn, peer, listener } => self.open(conn, peer, listener),
             Input::Received { conn, bytes } => self.receive(conn, bytes),
             Input::Closed { conn } => self.peer_closed(conn),
+            Input::Failed { conn } => self.close_now(conn),
+            Input::Sent { conn, bytes } => self.sent(conn, bytes),
             Input::Completed { id, result } => self.complete(rng, id, result),
             Input::Timeout => self.expire(),
+            Input::Shutdown => self.begin_shutdown(),
         }
+        self.check_stopped();
     }
 
     /// The next thing to do, if any. Drain it after every
@@ -261,8 +323,15 @@ impl Engine {
                     if let Some(c) = self.conns.get_mut(&conn).filter(|c| c.epoch == epoch) {
                         c.transmit_queued = false;
                         if !c.outbuf.is_empty() {
-                            return Some(Output::Transmit { conn, bytes: mem::take(&mut c.outbuf) });
+                            let bytes = mem::take(&mut c.outbuf);
+                            c.unacked += bytes.len();
+                            return Some(Output::Transmit { conn, bytes });
                         }
+                    }
+                }
+                Queued::HalfClose(conn, epoch) => {
+                    if self.conns.get(&conn).is_some_and(|c| c.epoch == epoch && c.phase != Phase::Closed) {
+                        return Some(Output::HalfClose { conn });
                     }
                 }
                 Queued::Close(conn, epoch) => {
@@ -271,6 +340,7 @@ impl Engine {
                         return Some(Output::Close { conn });
                     }
                 }
+                Queued::Stopped => return Some(Output::Stopped),
             }
         }
         None
@@ -279,31 +349,46 @@ impl Engine {
     /// When to call [`Engine::handle`] with [`Input::Timeout`] next. A
     /// wake-up with nothing due is harmless.
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
-        self.timers.next()
+        match (self.timers.next(), self.shutdown) {
+            (Some(at), Shutdown::Until(end)) => Some(at.min(end)),
+            (at, Shutdown::Until(end)) => at.or(Some(end)),
+            (at, _) => at,
+        }
     }
 
     /// Whether the runtime should read more from this connection. While it
-    /// is `false` (a pipelining client is far ahead of its replies, or the
-    /// connection is closing) the runtime leaves the socket unread; check
-    /// again after draining outputs.
+    /// is `false` (a pipelining client is far ahead of its replies, its
+    /// peer leaves `max_backlog` bytes untaken, or the connection is
+    /// closing) the runtime leaves the socket unread; check again after
+    /// draining outputs.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| {
-            c.phase == Phase::Open
-                && match c.listener {
-                    Listener::Native => {
-                        // One byte past the line limit: a CR whose LF is still to come.
-                        c.in_flight() < self.config.max_pipeline
-                            && c.inbuf.len() <= self.config.max_line.saturating_add(1)
-                    }
-                    Listener::LegacyPasscode | Listener::LegacyLogin => !c.legacy_started,
+        self.conns.get(&conn).is_some_and(|c| match c.phase {
+            // Read only to be discarded, so the close is not a reset.
+            Phase::Lingering(_) => true,
+            Phase::Draining | Phase::Closed => false,
+            Phase::Open => match c.listener {
+                Listener::Native => {
+                    // One byte past the line limit: a CR whose LF is still to come.
+                    c.in_flight() < self.config.max_pipeline
+                        && c.unsent() < self.config.max_backlog.max(1)
+                        && c.inbuf.len() <= self.config.max_line.saturating_add(1)
                 }
+                Listener::LegacyPasscode | Listener::LegacyLogin => !c.legacy_started,
+            },
         })
     }
 
     fn open(&mut self, id: ConnId, peer: IpAddr, listener: Listener) {
-        let full = self.conns.len() >= self.config.max_connections;
+        let full = self.connections() >= self.config.max_connections;
         self.next_epoch += 1;
         let mut conn = Connection::new(self.next_epoch, normalize_ip(peer), listener, self.now);
+        if self.shutdown != Shutdown::No {
+            // Accepted just before the listeners closed: nothing is served.
+            conn.phase = Phase::Closed;
+            self.queue.push_back(Queued::Close(id, conn.epoch));
+            self.conns.insert(id, conn);
+            return;
+        }
         if full {
             let seq = conn.open_slot();
             conn.fill(seq, Reply::Error(ErrorCode::TooManyConnections));
@@ -316,6 +401,8 @@ impl Engine {
     fn receive(&mut self, id: ConnId, bytes: &[u8]) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.phase != Phase::Open {
+            // Lingering input is discarded; a runtime that reads past
+            // `wants_input` elsewhere loses what it read.
             return;
         }
         conn.last_active = self.now;
@@ -331,6 +418,9 @@ impl Engine {
                 if conn.legacy_started {
                     return;
                 }
+                if bytes.is_empty() {
+                    return;
+                }
                 let room = legacy::MAX_REQUEST - conn.inbuf.len().min(legacy::MAX_REQUEST);
                 conn.inbuf.extend_from_slice(&bytes[..bytes.len().min(room)]);
                 conn.partial_since.get_or_insert(self.now);
@@ -343,29 +433,36 @@ impl Engine {
         self.pump(id);
     }
 
-    /// Takes what requests it can from a native connection's buffer, writes
-    /// out the replies that are ready, closes a drained connection, and
-    /// re-arms its deadline.
+    /// Takes what requests it can from a native connection's buffer,
+    /// encodes the replies that are ready (within `max_backlog`), moves the
+    /// connection on in its life once it owes nothing, and re-arms its
+    /// deadline. Every change of a connection ends here.
     fn pump(&mut self, id: ConnId) {
+        let (now, max_backlog) = (self.now, self.config.max_backlog);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         // Replies that are ready leave first, making room in the pipeline
         // for the lines still waiting.
-        conn.flush();
+        conn.flush(now, max_backlog);
         if conn.listener == Listener::Native && conn.phase == Phase::Open && !conn.inbuf.is_empty() {
             self.take_lines(id);
         }
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        conn.flush();
+        conn.flush(now, max_backlog);
         if !conn.outbuf.is_empty() && !conn.transmit_queued {
             conn.transmit_queued = true;
             self.queue.push_back(Queued::Transmit(id, conn.epoch));
         }
-        if conn.phase == Phase::Draining && conn.in_flight() == 0 {
-            conn.phase = Phase::Closed;
-            self.queue.push_back(Queued::Close(id, conn.epoch));
-            return;
+        if conn.phase == Phase::Draining && conn.owes_nothing() {
+            if conn.peer_done {
+                conn.phase = Phase::Closed;
+                self.queue.push_back(Queued::Close(id, conn.epoch));
+                return;
+            }
+            conn.phase = Phase::Lingering(now + self.config.close_linger);
+            self.lingering += 1;
+            self.queue.push_back(Queued::HalfClose(id, conn.epoch));
         }
-        if let Some(at) = conn.deadline(&self.config)
+        if let Some((at, _)) = conn.deadline(&self.config)
             && conn.timer_at.is_none_or(|t| at < t)
         {
             conn.timer_at = Some(at);
@@ -384,10 +481,12 @@ impl Engine {
                 Frame::Line { line, consumed: n } => {
                     consumed += n;
                     self.start_request(id, epoch, peer, line, Listener::Native);
-                    // Replies decided at once leave the pipeline now, so a
-                    // burst of them cannot fill it and stall the rest.
+                    // Replies decided at once leave the pipeline now (while
+                    // the backlog has room), so a burst of them cannot fill
+                    // it and stall the rest.
+                    let (now, max_backlog) = (self.now, self.config.max_backlog);
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.flush();
+                        conn.flush(now, max_backlog);
                     }
                 }
                 Frame::Incomplete => break,
@@ -490,36 +589,57 @@ impl Engine {
 
     /// The peer will send nothing more. Replies still owed go out first
     /// (a client may half-close after its last request), then the
-    /// connection closes; with nothing owed it is forgotten at once.
+    /// connection closes.
     fn peer_closed(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.in_flight() == 0 {
-            self.conns.remove(&id);
-            return;
-        }
-        if conn.phase == Phase::Open {
-            conn.phase = Phase::Draining;
-            conn.inbuf = Vec::new();
-            conn.partial_since = None;
+        conn.peer_done = true;
+        match conn.phase {
+            Phase::Closed => {}
+            // Nothing more will come to discard.
+            Phase::Lingering(_) => self.close_now(id),
+            Phase::Open | Phase::Draining => {
+                conn.stop_reading();
+                self.pump(id);
+            }
         }
     }
 
-    /// Closes a connection at once, dropping replies not yet out.
-    fn close_now(&mut self, id: ConnId) {
+    /// The peer's socket took `bytes` more.
+    fn sent(&mut self, id: ConnId, bytes: usize) {
+        let now = self.now;
         let Some(conn) = self.conns.get_mut(&id) else { return };
         if conn.phase == Phase::Closed {
             return;
         }
-        conn.abandon();
-        if !conn.outbuf.is_empty() && !conn.transmit_queued {
-            conn.transmit_queued = true;
-            self.queue.push_back(Queued::Transmit(id, conn.epoch));
+        conn.taken(bytes, now);
+        self.pump(id);
+    }
+
+    /// Closes a connection at once, dropping replies and bytes not yet out.
+    fn close_now(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else { return };
+        match conn.phase {
+            Phase::Closed => return,
+            Phase::Lingering(_) => self.lingering -= 1,
+            Phase::Open | Phase::Draining => {}
         }
+        conn.abandon();
         self.queue.push_back(Queued::Close(id, conn.epoch));
     }
 
     fn expire(&mut self) {
         let now = self.now;
+        if let Shutdown::Until(end) = self.shutdown
+            && end <= now
+        {
+            // The grace is over: what is left is dropped.
+            let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+            for id in ids {
+                self.close_now(id);
+            }
+            self.tasks.clear();
+            self.password_checks = 0;
+        }
         while let Some((at, id, epoch)) = self.timers.pop_due(now) {
             let Some(conn) = self.conns.get_mut(&id) else { continue };
             if conn.epoch != epoch || conn.timer_at != Some(at) {
@@ -527,19 +647,45 @@ impl Engine {
             }
             conn.timer_at = None;
             match conn.deadline(&self.config) {
-                Some(due) if due <= now => {
-                    let legacy_pending =
-                        conn.listener != Listener::Native && !conn.legacy_started && !conn.inbuf.is_empty();
-                    if legacy_pending {
-                        // The rest of the request never came: serve what did.
-                        self.start_legacy(id);
-                    } else {
-                        self.close_now(id);
+                Some((due, why)) if due <= now => match why {
+                    Due::WriteStall | Due::Linger => self.close_now(id),
+                    Due::LegacyServe => self.start_legacy(id),
+                    Due::Quiet => {
+                        conn.stop_reading();
+                        self.pump(id);
                     }
-                }
+                },
                 Some(_) => self.pump(id),
                 None => {}
             }
+        }
+    }
+
+    /// Takes no more connections or requests; see [`Input::Shutdown`].
+    fn begin_shutdown(&mut self) {
+        if self.shutdown != Shutdown::No {
+            return;
+        }
+        self.shutdown = Shutdown::Until(self.now + self.config.shutdown_grace);
+        let mut ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        // Deterministic order: the map's is not part of the contract.
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.stop_reading();
+                self.pump(id);
+            }
+        }
+    }
+
+    /// Says [`Output::Stopped`] once a shutdown has nothing left to do.
+    fn check_stopped(&mut self) {
+        if matches!(self.shutdown, Shutdown::Until(_))
+            && self.tasks.is_empty()
+            && self.conns.values().all(|c| c.phase == Phase::Closed)
+        {
+            self.shutdown = Shutdown::Done;
+            self.queue.push_back(Queued::Stopped);
         }
     }
 }

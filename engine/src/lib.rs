@@ -35,24 +35,41 @@
 //!    taken as the latest seen.
 //! 2. After every `handle`, drain [`Engine::poll_output`] until it returns
 //!    `None`, and act on each output in order:
-//!    - [`Output::Transmit`]: write all the bytes to the connection, in order
-//!      with earlier transmits (never half a write).
-//!    - [`Output::Close`]: finish writing what was transmitted, then close.
-//!      The engine has forgotten the connection; reporting
-//!      [`Input::Closed`] for it is unnecessary and harmless.
+//!    - [`Output::Transmit`]: write the bytes to the connection, in order
+//!      with earlier transmits (never half a write: what the socket does
+//!      not take now waits for it), and report what the socket took with
+//!      [`Input::Sent`]. Until then the bytes count against
+//!      `max_backlog`, and a peer that takes none for `write_timeout` is
+//!      closed.
+//!    - [`Output::HalfClose`]: everything owed was taken; shut the write
+//!      side, and go on reading while [`Engine::wants_input`] says so (the
+//!      engine discards what comes) until the close.
+//!    - [`Output::Close`]: drop the connection now, with whatever of its
+//!      bytes is not yet written. The engine has forgotten it; every
+//!      connection it forgets gets exactly one `Close`, whatever the cause,
+//!      so a runtime never needs to ask whether a connection still exists.
 //!    - [`Output::Perform`]: carry out the effect, then report its result
 //!      with [`Input::Completed`], exactly once, at any later time and in any
 //!      order relative to other effects. A write is reported
 //!      [`EffectResult::Committed`] only once it is durable.
+//!    - [`Output::Stopped`]: after [`Input::Shutdown`], nothing is left;
+//!      the runtime may return.
 //! 3. Then ask [`Engine::poll_timeout`], and call `handle` with
 //!    [`Input::Timeout`] once that instant has passed. Early or spurious
 //!    timeouts are harmless.
 //! 4. Read from a connection only while [`Engine::wants_input`] is true,
-//!    at most 64 KiB at a time; report end of input (or a failed socket)
-//!    with [`Input::Closed`]. Outputs for a connection the runtime has
-//!    already dropped are ignored.
+//!    at most 64 KiB at a time; report end of input with [`Input::Closed`]
+//!    and a failed socket with [`Input::Failed`]. Outputs for a connection
+//!    the runtime has already dropped are ignored.
 //! 5. A [`ConnId`] is unique among open connections and may be reused once
-//!    the connection is closed.
+//!    the engine closed the connection.
+//! 6. To stop, close the listeners and feed [`Input::Shutdown`]; go on
+//!    driving the engine until [`Output::Stopped`].
+//!
+//! The connection policy (how much a peer may leave unread, when a silent
+//! peer is dropped, how a close lingers, how a shutdown drains) is the
+//! engine's, so every runtime applies the same one: `docs/SECURITY.md`,
+//! "Connections".
 //!
 //! Bytes from the network never make the engine panic; a panic is a bug in
 //! the engine. A runtime that makes a protocol decision is a bug in the

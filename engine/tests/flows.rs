@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use chrono::TimeDelta;
 use tokenizer_auth_engine::testkit::{Completion, World, test_hash};
 use tokenizer_auth_engine::{
-    Config, ConnId, Effect, ErrorCode, LOGIN_PREFIX, Listener, PasswordHash, Secret, StoredPasscode, UserRecord, Window,
+    Config, ConnId, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Output, PasswordHash, Secret, StoredPasscode,
+    UserRecord, Window,
 };
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
@@ -228,7 +229,12 @@ fn an_overlong_line_is_answered_then_closed() {
     let c = w.connect(Listener::Native, local());
     w.send(c, &vec![b'a'; 5000]);
     assert_eq!(w.take_received(c), b"error|line_too_long\n");
-    assert!(w.is_closed(c));
+    assert!(w.is_half_closed(c), "the write side is shut once the reply is out");
+    assert!(!w.engine.wants_input(c) || !w.is_closed(c), "what still comes is read and discarded");
+    w.send(c, b"more that nobody reads\n");
+    assert!(w.take_received(c).is_empty());
+    w.advance(Config::default().close_linger);
+    assert!(w.is_closed(c), "closed after the linger");
     assert_eq!(w.engine.connections(), 0);
 }
 
@@ -337,8 +343,8 @@ fn too_many_connections_are_told_so_and_closed() {
     let _b = w.connect(Listener::Native, local());
     let c = w.connect(Listener::Native, local());
     assert_eq!(w.take_received(c), b"error|too_many_connections\n");
-    assert!(w.is_closed(c));
-    assert!(!w.is_closed(a));
+    assert!(w.is_finished(c));
+    assert!(!w.is_finished(a));
 }
 
 #[test]
@@ -348,12 +354,13 @@ fn idle_connections_and_stalled_lines_time_out() {
     let stalled = w.connect(Listener::Native, local());
     w.send(stalled, b"require_passcode|aa:bb");
     w.advance(TimeDelta::seconds(9));
-    assert!(!w.is_closed(stalled));
+    assert!(!w.is_finished(stalled));
     w.advance(TimeDelta::seconds(1));
-    assert!(w.is_closed(stalled), "a partial line gets 10 s");
-    assert!(!w.is_closed(idle));
+    assert!(w.is_finished(stalled), "a partial line gets 10 s");
+    assert!(!w.is_finished(idle));
     w.advance(TimeDelta::seconds(50));
-    assert!(w.is_closed(idle), "an idle connection gets 60 s");
+    assert!(w.is_finished(idle), "an idle connection gets 60 s");
+    w.advance(Config::default().close_linger);
     assert_eq!(w.engine.connections(), 0);
 }
 
@@ -397,7 +404,7 @@ fn legacy_clients_get_one_pickled_reply_per_connection() {
     w.send(c, format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}").as_bytes());
     w.settle();
     assert_eq!(unpickle(&w.take_received(c)), "Passcode is sent");
-    assert!(w.is_closed(c));
+    assert!(w.is_finished(c));
 
     let code = w.passcode_for(EMAIL).unwrap();
     let c = w.connect(Listener::LegacyLogin, local());
@@ -405,7 +412,7 @@ fn legacy_clients_get_one_pickled_reply_per_connection() {
     w.settle();
     let reply = unpickle(&w.take_received(c));
     assert!(reply.starts_with(LOGIN_PREFIX), "{reply}");
-    assert!(w.is_closed(c));
+    assert!(w.is_finished(c));
 }
 
 #[test]
@@ -427,10 +434,10 @@ fn legacy_requests_that_never_complete_get_false() {
     w.advance(TimeDelta::milliseconds(200));
     w.settle();
     assert_eq!(unpickle(&w.take_received(c)), "False");
-    assert!(w.is_closed(c));
+    assert!(w.is_finished(c));
     let silent = w.connect(Listener::LegacyLogin, local());
     w.advance(TimeDelta::seconds(10));
-    assert!(w.is_closed(silent));
+    assert!(w.is_finished(silent));
     assert!(w.take_received(silent).is_empty());
 }
 
@@ -511,5 +518,79 @@ fn a_client_that_half_closes_still_gets_its_replies() {
     w.settle();
     assert_eq!(w.take_received(c), b"unauthorized\n");
     assert!(w.is_closed(c));
+    assert_eq!(w.engine.connections(), 0);
+}
+
+#[test]
+fn a_peer_that_takes_nothing_is_dropped_after_the_write_timeout() {
+    let mut w = world_with(Config { max_backlog: 1024, ..Config::default() });
+    let c = w.connect(Listener::Native, local());
+    w.stop_reading(c);
+    w.send(c, "x\n".repeat(2000).as_bytes());
+    assert!(w.unsent(c) >= 1024);
+    assert!(!w.engine.wants_input(c), "no input is wanted past max_backlog");
+    w.advance(TimeDelta::seconds(9));
+    w.read_some(c, 16);
+    w.advance(TimeDelta::seconds(9));
+    assert!(!w.is_closed(c), "taking bytes restarts the write timeout");
+    w.advance(TimeDelta::seconds(1));
+    assert!(w.is_closed(c), "10 s with nothing taken");
+    assert!(!w.is_half_closed(c), "dropped, not finished");
+    assert_eq!(w.engine.connections(), 0);
+}
+
+#[test]
+fn a_reader_that_catches_up_is_served_in_full() {
+    let mut w = world_with(Config { max_backlog: 100, ..Config::default() });
+    let c = w.connect(Listener::Native, local());
+    w.stop_reading(c);
+    w.send(c, "x\n".repeat(500).as_bytes());
+    assert!(!w.engine.wants_input(c));
+    w.resume_reading(c);
+    assert!(w.engine.wants_input(c), "input is wanted again once the peer took the backlog");
+    assert_eq!(w.take_received(c), "error|malformed\n".repeat(500).as_bytes());
+}
+
+#[test]
+fn shutdown_finishes_what_is_in_flight_then_stops() {
+    let mut w = world();
+    let busy = w.connect(Listener::Native, local());
+    let idle = w.connect(Listener::Native, local());
+    w.send(busy, format!("{}\n", token_line(&"ab".repeat(32), MAC)).as_bytes());
+    assert_eq!(w.pending().len(), 1);
+    w.input(Input::Shutdown);
+    assert!(w.is_half_closed(idle), "an idle connection is finished at once");
+    assert!(!w.engine.wants_input(busy));
+    let late = w.connect(Listener::Native, local());
+    assert!(w.is_closed(late), "a connection accepted after the shutdown is closed unserved");
+    assert!(!w.outputs.contains(&Output::Stopped));
+    w.settle();
+    assert_eq!(w.take_received(busy), b"unauthorized\n");
+    w.advance(Config::default().close_linger);
+    assert_eq!(w.outputs.iter().filter(|o| **o == Output::Stopped).count(), 1);
+    assert_eq!(w.engine.connections(), 0);
+}
+
+#[test]
+fn shutdown_gives_up_after_its_grace() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    w.send(c, format!("{}\n", token_line(&"ab".repeat(32), MAC)).as_bytes());
+    w.input(Input::Shutdown);
+    w.advance(Config::default().shutdown_grace);
+    assert!(w.is_closed(c), "the grace is over: dropped");
+    assert_eq!(w.outputs.last(), Some(&Output::Stopped));
+}
+
+#[test]
+fn every_forgotten_connection_is_closed_explicitly() {
+    let mut w = world();
+    let quiet = w.connect(Listener::Native, local());
+    w.hang_up(quiet);
+    let failed = w.connect(Listener::Native, local());
+    w.input(Input::Failed { conn: failed });
+    for conn in [quiet, failed] {
+        assert_eq!(w.outputs.iter().filter(|o| **o == Output::Close { conn }).count(), 1);
+    }
     assert_eq!(w.engine.connections(), 0);
 }

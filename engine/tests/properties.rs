@@ -325,18 +325,24 @@ fn outputs_for(w: &World, conn: ConnId) -> Vec<&Output> {
     w.outputs
         .iter()
         .filter(|o| match o {
-            Output::Transmit { conn: c, .. } | Output::Close { conn: c } => *c == conn,
-            Output::Perform { .. } => false,
+            Output::Transmit { conn: c, .. } | Output::HalfClose { conn: c } | Output::Close { conn: c } => *c == conn,
+            Output::Perform { .. } | Output::Stopped => false,
         })
         .collect()
 }
 
-/// The connection was closed once, and nothing was sent on it afterwards.
+/// The connection's write side was shut once everything was sent, then it
+/// was closed once, and nothing was sent on it afterwards.
 fn closed_last(w: &World, conn: ConnId) -> Result<(), TestCaseError> {
     let outputs = outputs_for(w, conn);
     let closes = outputs.iter().filter(|o| matches!(o, Output::Close { .. })).count();
     prop_assert_eq!(closes, 1, "closed {} times", closes);
     prop_assert!(matches!(outputs.last(), Some(Output::Close { .. })), "output after the close");
+    let half = outputs.iter().position(|o| matches!(o, Output::HalfClose { .. }));
+    let last_transmit = outputs.iter().rposition(|o| matches!(o, Output::Transmit { .. }));
+    if let (Some(half), Some(last)) = (half, last_transmit) {
+        prop_assert!(last < half, "a transmit after the half-close");
+    }
     Ok(())
 }
 
@@ -444,6 +450,9 @@ proptest! {
         }
         if model.too_long {
             prop_assert_eq!(replies.last().copied(), Some("error|line_too_long"));
+            prop_assert!(w.is_half_closed(conn), "the write side is shut after the last reply");
+            let linger = w.engine.config().close_linger;
+            w.advance(linger);
             prop_assert!(w.is_closed(conn));
             closed_last(&w, conn)?;
             prop_assert_eq!(w.engine.connections(), 0);
@@ -531,13 +540,16 @@ proptest! {
                 buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
                 if legacy::is_whole(&buf) {
                     served = Some(buf.clone());
-                    prop_assert!(!w.engine.wants_input(conn));
+                    // Nothing more is taken as the request; once the reply is
+                    // out, input is read only to be discarded.
+                    prop_assert!(!w.engine.wants_input(conn) || w.is_half_closed(conn));
                 }
             }
         }
         w.settle();
         w.advance(wait);
         w.settle();
+        w.advance(w.engine.config().close_linger);
 
         prop_assert!(w.is_closed(conn), "a legacy connection left open");
         prop_assert_eq!(w.engine.connections(), 0);
@@ -1314,4 +1326,95 @@ proptest! {
         let reply = native(&mut w, ip, &format!("{right}{fresh}"));
         prop_assert!(is_login(&reply), "still locked once the lockout passed: {:?}", reply);
     }
+}
+
+// ---------------------------------------------------------------------------
+// Connection policy: what a connection may owe a peer that reads nothing
+// ---------------------------------------------------------------------------
+
+/// The longest reply encoding: a login reply pickled for a legacy client.
+const LONGEST_REPLY: usize = 134;
+
+#[derive(Clone, Debug)]
+enum Flood {
+    /// Lines that are not requests, answered at once.
+    Malformed(u16),
+    /// Wrong logins.
+    Logins(u8),
+    /// Token checks of unknown tokens.
+    Checks(u8),
+    /// Effects complete.
+    Step(u8),
+    /// The client reads this many bytes.
+    Read(u16),
+    /// The clock moves on (less than the write timeout).
+    Wait(u16),
+}
+
+fn flood() -> impl Strategy<Value = Flood> {
+    prop_oneof![
+        3 => (1u16..2000).prop_map(Flood::Malformed),
+        2 => (1u8..40).prop_map(Flood::Logins),
+        2 => (1u8..40).prop_map(Flood::Checks),
+        3 => any::<u8>().prop_map(Flood::Step),
+        1 => any::<u16>().prop_map(Flood::Read),
+        1 => (0u16..5000).prop_map(Flood::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: CASES / 4, ..proptest_config() })]
+
+    /// A client that reads little or nothing while it floods malformed
+    /// lines, failing logins and token checks: what its connection owes
+    /// never exceeds `max_backlog` plus one reply, the engine stops wanting
+    /// its input at the bound, and a client beside it keeps being answered.
+    #[test]
+    fn unsent_output_never_exceeds_the_backlog_plus_one_reply(
+        max_backlog in 1usize..4096,
+        floods in vec(flood(), 1..40),
+        seed in any::<u64>(),
+    ) {
+        let config = Config { max_backlog, ..Config::default() };
+        let mut w = World::new(config, seed);
+        w.store.add_user(EMAIL, PHONE, PASSWORD);
+        w.complete_in(Completion::Shuffled(seed));
+        let deaf = w.connect(Listener::Native, ip4(1));
+        let good = w.connect(Listener::Native, ip4(2));
+        w.stop_reading(deaf);
+        let unknown = token_line(&"cd".repeat(32), MAC);
+        let wrong = login_line(MAC, EMAIL, PHONE, "wrong", "AAAAAA");
+        for step in &floods {
+            let lines = match step {
+                Flood::Malformed(n) => "x\n".repeat(usize::from(*n)),
+                Flood::Logins(n) => format!("{wrong}\n").repeat(usize::from(*n)),
+                Flood::Checks(n) => format!("{unknown}\n").repeat(usize::from(*n)),
+                _ => String::new(),
+            };
+            // The runtime reads only while the engine wants input.
+            if !lines.is_empty() && w.engine.wants_input(deaf) {
+                w.send(deaf, lines.as_bytes());
+            }
+            match step {
+                Flood::Step(n) => (0..*n).for_each(|_| { w.step(); }),
+                Flood::Read(n) => w.read_some(deaf, usize::from(*n)),
+                Flood::Wait(ms) => w.advance(ms_delta(*ms)),
+                _ => {}
+            }
+            let owed = w.unsent(deaf);
+            prop_assert!(owed < max_backlog + LONGEST_REPLY, "owes {} bytes, max_backlog {}", owed, max_backlog);
+            if owed >= max_backlog {
+                prop_assert!(!w.engine.wants_input(deaf), "input wanted while {} bytes are owed", owed);
+            }
+            if !w.is_finished(good) {
+                w.send(good, format!("{unknown}\n").as_bytes());
+                w.settle();
+                prop_assert_eq!(w.take_received(good), b"unauthorized\n".to_vec());
+            }
+        }
+    }
+}
+
+fn ms_delta(ms: u16) -> TimeDelta {
+    TimeDelta::milliseconds(i64::from(ms))
 }

@@ -15,15 +15,18 @@
 //! and workers wake the loop only when it is not already due to look at
 //! their results.
 //!
-//! On SIGINT or SIGTERM the loop stops accepting and reading, lets the
-//! requests in flight finish and their replies go out (for at most
-//! [`DRAIN_LIMIT`]), then returns.
+//! Connection policy (how much a peer may leave unread, when a silent one
+//! is dropped, how a close lingers, how shutdown drains) is the engine's:
+//! the loop reports what each socket took with [`Input::Sent`] and does
+//! what the outputs say. On SIGINT or SIGTERM it closes the listeners and
+//! feeds [`Input::Shutdown`]; it returns when the engine says
+//! [`Output::Stopped`].
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, unbounded};
 use mio::net::{TcpListener, TcpStream};
@@ -31,14 +34,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
+use socket2::SockRef;
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
 use tokenizer_auth_runtime_std::password::Hasher;
 use tokenizer_auth_runtime_std::pool::EffectPool;
 use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, now, os_rng};
 use tokenizer_auth_runtime_std::settings::Settings;
-
-/// The longest a shutdown waits for requests in flight.
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+use tokenizer_auth_runtime_std::socket;
 
 /// The most read from a socket at a time (the engine's contract).
 const READ_CHUNK: usize = 64 * 1024;
@@ -57,21 +59,14 @@ struct Conn {
     stream: TcpStream,
     /// Bytes the engine transmitted that the socket has not taken yet.
     out: Vec<u8>,
-    /// The engine asked to close once `out` is written.
-    closing: bool,
     /// Reading stopped because the engine wanted no input; retried at the
     /// end of each loop turn.
     paused: bool,
+    /// The peer ended its side (or reading failed): nothing more to read.
+    read_done: bool,
     /// Listed in `EventLoop::unflushed`.
     unflushed: bool,
-    /// All written and the write side shut: what still arrives is read and
-    /// discarded until this instant, so closing with unread input does not
-    /// reset the connection before the client has read its last reply.
-    lingering_until: Option<Instant>,
 }
-
-/// How long a closed connection keeps discarding input.
-const LINGER: Duration = Duration::from_secs(2);
 
 /// The event loop and everything it owns.
 struct EventLoop {
@@ -86,15 +81,15 @@ struct EventLoop {
     /// the results, so one wake-up serves every result sent before it.
     wake_pending: Arc<AtomicBool>,
     buf: Vec<u8>,
-    /// Connections with bytes to write or a close to carry out, flushed at
-    /// the end of the loop turn.
+    /// Connections with bytes to write, flushed at the end of the loop
+    /// turn.
     unflushed: Vec<usize>,
     /// Connections that may be paused (a superset: entries are checked).
     paused: Vec<usize>,
-    /// Set once a signal asked for shutdown.
-    draining_since: Option<Instant>,
-    /// Connections lingering after their close, with their deadline.
-    lingering: Vec<(usize, Instant)>,
+    /// A signal asked for shutdown (the listeners are closed).
+    shutting_down: bool,
+    /// The engine said [`Output::Stopped`].
+    stopped: bool,
     /// `serve --capture`: where the engine's records go.
     capture: Option<CaptureFile>,
 }
@@ -154,8 +149,8 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
         buf: vec![0; READ_CHUNK],
         unflushed: Vec::new(),
         paused: Vec::new(),
-        draining_since: None,
-        lingering: Vec::new(),
+        shutting_down: false,
+        stopped: false,
         capture,
     };
     let outcome = event_loop.run(&mut signals);
@@ -185,7 +180,7 @@ impl EventLoop {
                     WAKER => {}
                     SIGNALS => {
                         if signals.pending().next().is_some() {
-                            self.begin_drain();
+                            self.shut_down();
                         }
                     }
                     Token(t) => {
@@ -200,35 +195,34 @@ impl EventLoop {
                 }
             }
             self.take_results();
-            self.end_lingering();
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
             }
-            if self.draining_since.is_none() {
-                self.resume_paused();
-            }
             self.flush_all();
-            if let Some(since) = self.draining_since {
-                let idle = self.engine.effects_in_flight() == 0 && self.conns.iter().all(|(_, c)| c.out.is_empty());
-                if idle || since.elapsed() >= DRAIN_LIMIT {
-                    return Ok(());
-                }
+            // What the sockets took may have made room for more input.
+            self.resume_paused();
+            self.flush_all();
+            if self.stopped {
+                return Ok(());
             }
         }
     }
 
-    /// How long to wait for events: until the engine's next deadline.
+    /// How long to wait for events: until the engine's next deadline, or
+    /// not at all while a paused connection is wanted again (its socket
+    /// may hold input that no new event will announce).
     fn poll_timeout(&self) -> Option<Duration> {
-        let until_deadline = self.engine.poll_timeout().map(|at| {
+        let resumable = self
+            .paused
+            .iter()
+            .any(|&key| self.conns.get(key).is_some_and(|c| c.paused) && self.engine.wants_input(conn_id(key)));
+        if resumable {
+            return Some(Duration::ZERO);
+        }
+        self.engine.poll_timeout().map(|at| {
             // Round up, so the wake-up is never just before the deadline.
             (at - now()).to_std().map_or(Duration::ZERO, |d| d + Duration::from_millis(1))
-        });
-        // Draining and lingering are checked on a short beat.
-        let beat = (self.draining_since.is_some() || !self.lingering.is_empty()).then_some(Duration::from_millis(50));
-        match (until_deadline, beat) {
-            (Some(d), Some(b)) => Some(d.min(b)),
-            (d, b) => d.or(b),
-        }
+        })
     }
 
     /// Feeds one input to the engine, then carries out what it asks.
@@ -237,8 +231,8 @@ impl EventLoop {
         self.dispatch();
     }
 
-    /// Carries out the engine's outputs; bytes and closes wait for the end
-    /// of the loop turn.
+    /// Carries out the engine's outputs; bytes wait for the end of the
+    /// loop turn.
     fn dispatch(&mut self) {
         while let Some(output) = self.engine.poll_output() {
             match output {
@@ -249,14 +243,16 @@ impl EventLoop {
                         mark_unflushed(&mut self.unflushed, key, c);
                     }
                 }
-                Output::Close { conn } => {
-                    let key = conn_key(conn);
-                    if let Some(c) = self.conns.get_mut(key) {
-                        c.closing = true;
-                        mark_unflushed(&mut self.unflushed, key, c);
+                Output::HalfClose { conn } => {
+                    if let Some(c) = self.conns.get(conn_key(conn)) {
+                        // Fails only if the peer is gone, which the next
+                        // read reports.
+                        let _ = c.stream.shutdown(std::net::Shutdown::Write);
                     }
                 }
+                Output::Close { conn } => self.drop_conn(conn_key(conn)),
                 Output::Perform { id, effect } => self.pool.submit(id, effect),
+                Output::Stopped => self.stopped = true,
             }
         }
         if let Some(capture) = &mut self.capture {
@@ -264,8 +260,8 @@ impl EventLoop {
         }
     }
 
-    /// Writes out every connection that has something queued. A failed
-    /// write closes its connection in the engine, which may queue more.
+    /// Writes out every connection that has something queued. What a
+    /// socket took is reported, which may queue more.
     fn flush_all(&mut self) {
         while let Some(key) = self.unflushed.pop() {
             if let Some(c) = self.conns.get_mut(key) {
@@ -305,15 +301,11 @@ impl EventLoop {
                         tracing::warn!(error = %e, "cannot watch a connection");
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
-                    entry.insert(Conn {
-                        stream,
-                        out: Vec::new(),
-                        closing: false,
-                        paused: false,
-                        unflushed: false,
-                        lingering_until: None,
-                    });
+                    let max_backlog = self.engine.config().max_backlog;
+                    if let Err(e) = socket::configure(SockRef::from(&stream), max_backlog, None) {
+                        tracing::debug!(error = %e, "cannot set up a connection's socket");
+                    }
+                    entry.insert(Conn { stream, out: Vec::new(), paused: false, read_done: false, unflushed: false });
                     self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
                     // Data may have arrived with the connection.
                     self.read(key);
@@ -331,29 +323,25 @@ impl EventLoop {
     }
 
     fn read(&mut self, key: usize) {
-        if self.conns.get(key).is_some_and(|c| c.lingering_until.is_some()) {
-            self.discard(key);
-            return;
-        }
-        while self.draining_since.is_none() {
+        loop {
             let Some(conn) = self.conns.get_mut(key) else { return };
-            if conn.closing {
+            if conn.read_done {
                 return;
             }
             if !self.engine.wants_input(conn_id(key)) {
-                conn.paused = true;
-                self.paused.push(key);
+                if !conn.paused {
+                    conn.paused = true;
+                    self.paused.push(key);
+                }
                 return;
             }
             conn.paused = false;
             match conn.stream.read(&mut self.buf) {
                 Ok(0) => {
                     // The peer is done sending: the engine finishes what it
-                    // owes, then asks to close.
-                    conn.paused = true;
-                    self.paused.push(key);
-                    self.engine.handle(now(), &mut self.rng, Input::Closed { conn: conn_id(key) });
-                    self.dispatch_and_forget_if_done(key);
+                    // owes, then closes.
+                    conn.read_done = true;
+                    self.handle(Input::Closed { conn: conn_id(key) });
                     return;
                 }
                 Ok(n) => {
@@ -367,26 +355,15 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.drop_conn(key);
-                    self.handle(Input::Closed { conn: conn_id(key) });
+                    conn.read_done = true;
+                    self.handle(Input::Failed { conn: conn_id(key) });
                     return;
                 }
             }
         }
     }
 
-    /// After the peer closed: a connection the engine owes nothing is
-    /// already forgotten there (no close will come), so its socket goes now;
-    /// otherwise the engine asks to close once its replies are out.
-    fn dispatch_and_forget_if_done(&mut self, key: usize) {
-        self.dispatch();
-        if !self.engine.has_connection(conn_id(key)) && self.conns.get(key).is_some_and(|c| !c.closing) {
-            self.drop_conn(key);
-        }
-    }
-
-    /// Writes what is queued; closes the socket once it is all out and the
-    /// engine asked to close.
+    /// Writes what is queued and reports what the socket took.
     fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         let mut written = 0;
@@ -404,46 +381,9 @@ impl EventLoop {
         };
         conn.out.drain(..written);
         if failed {
-            // The peer is gone: nothing more can reach it.
-            self.drop_conn(key);
-            self.handle(Input::Closed { conn: conn_id(key) });
-        } else if conn.closing && conn.out.is_empty() && conn.lingering_until.is_none() {
-            // Everything is out: end the write side and linger.
-            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-            let until = Instant::now() + LINGER;
-            conn.lingering_until = Some(until);
-            self.lingering.push((key, until));
-            self.discard(key);
-        }
-    }
-
-    /// Reads and drops what a closed connection still sends; the socket goes
-    /// at its end of input, on an error, or when the linger time is up.
-    fn discard(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
-        loop {
-            match conn.stream.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        self.drop_conn(key);
-    }
-
-    fn end_lingering(&mut self) {
-        if self.lingering.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let (due, waiting): (Vec<_>, Vec<_>) = self.lingering.drain(..).partition(|(_, until)| *until <= now);
-        self.lingering = waiting;
-        for (key, until) in due {
-            if self.conns.get(key).is_some_and(|c| c.lingering_until == Some(until)) {
-                self.drop_conn(key);
-            }
+            self.handle(Input::Failed { conn: conn_id(key) });
+        } else if written > 0 {
+            self.handle(Input::Sent { conn: conn_id(key), bytes: written });
         }
     }
 
@@ -463,16 +403,17 @@ impl EventLoop {
         }
     }
 
-    /// Stops accepting and reading; requests in flight finish.
-    fn begin_drain(&mut self) {
-        if self.draining_since.is_some() {
+    /// Stops accepting; the engine finishes what is in flight.
+    fn shut_down(&mut self) {
+        if self.shutting_down {
             return;
         }
+        self.shutting_down = true;
         tracing::info!("shutting down: finishing the requests in flight");
         for (_, listener) in &mut self.listeners {
             let _ = self.poll.registry().deregister(listener);
         }
-        self.draining_since = Some(Instant::now());
+        self.handle(Input::Shutdown);
     }
 }
 

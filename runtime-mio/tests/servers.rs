@@ -178,7 +178,97 @@ fn a_session_revoked_by_the_admin_command_is_unauthorized_at_once(runtime: &str)
     assert_eq!(c.ask(&token_line(&token)), "authorized");
 }
 
+/// The server's resident memory in bytes.
+fn resident(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// A client that never reads floods malformed lines, failing logins and
+/// token checks (docs/SECURITY.md, "Connections"): the server stops reading
+/// it once `max_backlog` bytes wait, its memory stays flat, it drops the
+/// client `write_timeout` after the client stopped taking bytes, and a
+/// client beside it is answered quickly throughout.
+fn a_client_that_never_reads_is_bounded_and_dropped(runtime: &str) {
+    let server = Server::start(runtime, &[]);
+    let token = server.login();
+    let mut good = server.connect();
+    assert_eq!(good.ask(&token_line(&token)), "authorized");
+    // Every hashing worker holds its argon2 working memory once it has
+    // verified a password: in the baseline, not in the growth.
+    let wrong = format!("{MAC}|{EMAIL}|{PHONE}|wrong password|AAAAAA");
+    let mut warm: Vec<Client> = (0..8).map(|_| server.connect()).collect();
+    for c in &mut warm {
+        c.send(format!("{wrong}\n").as_bytes());
+    }
+    for c in &mut warm {
+        c.line();
+    }
+    let before = resident(&server);
+
+    let flood = TcpStream::connect(server.native).unwrap();
+    // Short write timeouts: the flooder notices at once when the server
+    // stops taking its bytes, and when the server drops it.
+    flood.set_write_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut chunk = String::new();
+    for i in 0..300 {
+        match i % 3 {
+            0 => chunk.push_str("x\n"),
+            1 => chunk.push_str(&format!("{wrong}\n")),
+            _ => chunk.push_str(&format!("{}\n", token_line(&"cd".repeat(32)))),
+        }
+    }
+    let flooder = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut sent = 0usize;
+        let mut stream = &flood;
+        while started.elapsed() < Duration::from_secs(25) {
+            match stream.write(chunk.as_bytes()) {
+                Ok(n) if n > 0 => {
+                    sent += n;
+                    last_progress = Instant::now();
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                // Reset or broken pipe: the server dropped the connection.
+                _ => return Some((last_progress, Instant::now(), sent)),
+            }
+        }
+        None
+    });
+
+    let mut latencies = Vec::new();
+    let mut peak = before;
+    while !flooder.is_finished() {
+        let asked = Instant::now();
+        assert_eq!(good.ask(&token_line(&token)), "authorized");
+        latencies.push(asked.elapsed());
+        peak = peak.max(resident(&server));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (stalled_at, dropped_at, sent) = flooder.join().unwrap().expect("the server never dropped the flooder");
+    let grew = peak.saturating_sub(before);
+    assert!(grew < 32 << 20, "resident memory grew by {} MiB ({sent} bytes flooded)", grew >> 20);
+    let waited = dropped_at - stalled_at;
+    assert!(waited <= Duration::from_secs(11), "dropped {waited:?} after the flooder stalled (write_timeout 10 s)");
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "{runtime}: {sent} bytes flooded; resident memory +{} KiB; dropped {waited:?} after the stall; \
+         well-behaved p99 {p99:?} over {} checks",
+        grew >> 10,
+        latencies.len()
+    );
+    assert!(p99 < Duration::from_millis(50), "p99 of the well-behaved client {p99:?} ({} checks)", latencies.len());
+}
+
 both_runtimes!(
+    a_client_that_never_reads_is_bounded_and_dropped,
     a_session_revoked_by_the_admin_command_is_unauthorized_at_once,
     full_flow,
     expiry_and_renewal,

@@ -32,4 +32,5 @@ pub mod pool;
 pub mod serve;
 pub mod server;
 pub mod settings;
+pub mod socket;
 pub mod store;

@@ -18,8 +18,9 @@
 //! - one acceptor per listener, which spawns a thread per connection;
 //! - a connection thread reads (at most [`READ_CHUNK`] bytes at a time,
 //!   only while [`Engine::wants_input`] says so), feeds the engine, writes
-//!   the replies its input produced, and takes over the writes other
-//!   threads could not finish at once (see below);
+//!   the replies its input produced, takes over the writes other threads
+//!   could not finish at once (see below), and ends when the engine closes
+//!   the connection;
 //! - the effect pool's workers feed [`Input::Completed`] from its callback;
 //! - a timer thread sleeps until [`Engine::poll_timeout`] and feeds
 //!   [`Input::Timeout`]; a `handle` that makes the deadline earlier wakes it;
@@ -48,19 +49,17 @@
 //! of the queue and marks it stalled; from then on only the connection's
 //! own thread writes it (as soon as its blocked read returns: within a
 //! second at worst, a delay only a client that is not reading sees),
-//! blocking for up to [`WRITE_TIMEOUT`] and not reading meanwhile, which is
-//! the backpressure. A client that still reads nothing is closed then, and
-//! reported with [`Input::Closed`]. So a client that stops reading never
-//! holds an effect worker, and with it every other client's requests. The
-//! connection thread also stops reading while more than [`MAX_BACKLOG`]
-//! bytes wait to be written, so a client that sends without reading cannot
-//! make the runtime buffer without bound.
+//! blocking for up to [`OWNER_WRITE_SLICE`] at a time. So a client that
+//! stops reading never holds an effect worker, and with it every other
+//! client's requests.
 //!
-//! After the engine closes a connection, its thread keeps reading (and
-//! discarding) for up to [`LINGER`] before the socket is dropped: closing
-//! a socket with unread input makes the kernel send a reset, which can
-//! destroy the last reply (`error|line_too_long`, say) before the client
-//! reads it.
+//! Every write reports what the socket took with [`Input::Sent`]; the
+//! policy is the engine's (`docs/SECURITY.md`, "Connections"): it stops
+//! wanting input past `max_backlog` unsent bytes, and closes a peer that
+//! takes nothing for `write_timeout`, which shuts the socket down under
+//! the blocked writer. A [`Output::HalfClose`] shuts the write side; the
+//! thread keeps reading (the engine discards what comes) until the engine's
+//! [`Output::Close`], then drops the socket.
 //!
 //! # Shutdown
 //!
@@ -69,14 +68,11 @@
 //!
 //! 1. wakes each acceptor by connecting to its listener; an acceptor that
 //!    sees the stop flag drops what it accepted and ends, closing its port;
-//! 2. shuts down the read side of every open connection, so no new request
-//!    is read (a connection thread that sees the stop flag ends without
-//!    telling the engine: the connection stays open for its replies);
-//! 3. waits until the engine has no effect in flight and every queued byte
-//!    is written (writing stalled queues itself, their threads being gone),
-//!    for at most [`DRAIN_CAP`];
-//! 4. stops the timer, shuts every connection down, stops the effect pool
-//!    (it finishes what is queued) and waits a moment for the threads to end.
+//! 2. feeds [`Input::Shutdown`] and waits for [`Output::Stopped`]: the
+//!    engine takes no more requests, finishes those in flight and closes
+//!    every connection, within its `shutdown_grace`;
+//! 3. stops the timer and the effect pool (it finishes what is queued) and
+//!    waits a moment for the threads to end.
 //!
 //! Then [`serve()`] returns `Ok(())`, and the process exits 0.
 
@@ -98,6 +94,8 @@ use crate::password::Hasher;
 use crate::pool::{Done, EffectPool};
 use crate::serve::{self, CaptureFile, Listeners, ServeError};
 use crate::settings::Settings;
+use crate::socket;
+use socket2::SockRef;
 
 /// Stack of a connection thread. It reads into a heap buffer and calls the
 /// engine; nothing deep runs on it.
@@ -108,27 +106,17 @@ pub const CONNECTION_STACK: usize = 128 * 1024;
 /// connections cheap while still taking a pipelined burst in one call.
 pub const READ_CHUNK: usize = 16 * 1024;
 
-/// How long a connection's own thread waits for a client to take a reply
-/// (each write call may wait this long again until this much has passed).
-/// A client that reads nothing for this long is closed.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one blocking write by a connection's own thread may wait on a
+/// full send buffer before it reports progress and tries again. (When the
+/// peer takes nothing at all, the engine closes it after `write_timeout`.)
+pub const OWNER_WRITE_SLICE: Duration = Duration::from_secs(1);
 
 /// How long an effect worker or the timer waits on a full send buffer
 /// before it leaves the rest of the write to the connection's own thread.
 pub const WORKER_PATIENCE: Duration = Duration::from_millis(2);
 
-/// Bytes waiting to be written past which a connection is not read.
-pub const MAX_BACKLOG: usize = 64 * 1024;
-
-/// How long a connection closed by the engine is still read (and the input
-/// discarded), so that its last reply is not lost to a reset.
-pub const LINGER: Duration = Duration::from_secs(2);
-
-/// The longest the shutdown waits for requests in flight.
-pub const DRAIN_CAP: Duration = Duration::from_secs(10);
-
-/// A blocked read wakes this often to look at the stop flag, in case the
-/// shutdown's own wake-up (shutting the read side) did not reach it.
+/// A blocked read wakes this often, so a stalled queue or a change of
+/// [`Engine::wants_input`] is looked at even without a wake-up.
 const READ_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection thread that may not read re-checks this often, in case a
@@ -322,10 +310,11 @@ struct Shared {
     core: Mutex<Core>,
     /// Paired with `core`: the timer thread sleeps on it.
     timer_wake: Condvar,
+    /// Paired with `core`: the shutdown waits on it for `stopped`.
+    stopped_wake: Condvar,
     stop: Stop,
-    /// Every socket whose thread still runs, including those the engine
-    /// has closed and that linger: the shutdown must wake them all.
-    sockets: Mutex<HashMap<ConnId, Arc<Conn>>>,
+    /// The engine's `max_backlog`, for each accepted socket's send buffer.
+    max_backlog: usize,
     next_conn: AtomicU64,
     threads: Mutex<usize>,
     threads_done: Condvar,
@@ -343,6 +332,8 @@ struct Core {
     /// The deadline the timer thread sleeps until (`None`: no deadline).
     timer_at: Option<DateTime<Utc>>,
     timer_stopped: bool,
+    /// The engine said [`Output::Stopped`].
+    stopped: bool,
     /// `serve --capture`: where the engine's records go, in engine order
     /// (written under the engine lock).
     capture: Option<CaptureFile>,
@@ -361,31 +352,18 @@ struct Conn {
 struct Outbound {
     /// Bytes not yet taken by a writer, in the engine's order.
     queue: Vec<u8>,
-    /// Bytes a writer is writing now.
-    in_write: usize,
     /// A thread is writing (it takes what is queued before it stops).
     writing: bool,
-    /// The engine closed the connection: shut it down once the queue is out.
-    close: bool,
-    /// The write side is shut down (or failed); nothing more goes out.
-    shut: bool,
+    /// The engine closed the connection: nothing more goes out, and its
+    /// thread ends.
+    closed: bool,
     /// A write found the send buffer full: only the connection's own thread
-    /// (or the shutdown) writes from now on, until the queue is out.
+    /// writes from now on, until the queue is out.
     stalled: bool,
     /// The socket's write timeout now (setting it costs a system call).
     send_timeout: Option<Duration>,
     /// Counts changes, so a waiting reader cannot miss a wake-up.
     generation: u64,
-}
-
-impl Outbound {
-    fn backlog(&self) -> usize {
-        self.queue.len() + self.in_write
-    }
-
-    fn idle(&self) -> bool {
-        self.queue.is_empty() && !self.writing
-    }
 }
 
 /// Connections whose queues changed under the engine lock and must be
@@ -398,9 +376,8 @@ enum Writer {
     /// An effect worker, the timer, or another connection's thread: it must
     /// not wait on this client.
     Other,
-    /// The connection's own thread (or the shutdown): it may wait this long
-    /// for each write.
-    Owner(Duration),
+    /// The connection's own thread: it may wait [`OWNER_WRITE_SLICE`].
+    Owner,
 }
 
 /// Ends a tracked thread's life in the count, however the thread ends.
@@ -415,6 +392,7 @@ impl Drop for ThreadGuard {
 
 impl Shared {
     fn new(engine: Engine, stop: Stop) -> Shared {
+        let max_backlog = engine.config().max_backlog;
         Shared {
             core: Mutex::new(Core {
                 engine,
@@ -423,11 +401,13 @@ impl Shared {
                 pool: None,
                 timer_at: None,
                 timer_stopped: false,
+                stopped: false,
                 capture: None,
             }),
             timer_wake: Condvar::new(),
+            stopped_wake: Condvar::new(),
             stop,
-            sockets: Mutex::new(HashMap::new()),
+            max_backlog,
             next_conn: AtomicU64::new(0),
             threads: Mutex::new(0),
             threads_done: Condvar::new(),
@@ -482,29 +462,23 @@ impl Shared {
     /// Feeds one input, then writes out what it produced. `owner` is the
     /// connection whose own thread this is, if any.
     fn feed(&self, owner: Option<ConnId>, input: Input<'_>) {
-        let touched = {
-            let mut core = self.core();
-            let core = &mut *core;
-            let closed = if let Input::Closed { conn } = input { Some(conn) } else { None };
-            core.engine.handle(serve::now(), &mut core.rng, input);
-            let touched = self.dispatch(core);
-            // A client that half-closed is still owed its replies: the
-            // engine asks to close once they are out. One owed nothing is
-            // forgotten by the engine at once, and so here.
-            if let Some(conn) = closed
-                && !core.engine.has_connection(conn)
-            {
-                core.conns.remove(&conn);
-            }
-            touched
-        };
-        self.write_out(owner, &touched);
+        let touched = self.handle(input);
+        self.write_out(owner, touched);
+    }
+
+    /// Feeds one input under the engine lock; returns the connections whose
+    /// queues it filled.
+    fn handle(&self, input: Input<'_>) -> Touched {
+        let mut core = self.core();
+        let core = &mut *core;
+        core.engine.handle(serve::now(), &mut core.rng, input);
+        self.dispatch(core)
     }
 
     /// Drains the engine's outputs, in order, under the engine lock: bytes
-    /// and closes go onto connection queues (written by the caller once the
-    /// lock is released), effects to the pool. Then wakes the timer if the
-    /// deadline moved earlier.
+    /// go onto connection queues (written by the caller once the lock is
+    /// released), closes shut sockets down, effects go to the pool. Then
+    /// wakes the timer if the deadline moved earlier.
     fn dispatch(&self, core: &mut Core) -> Touched {
         let mut touched = Touched::new();
         while let Some(output) = core.engine.poll_output() {
@@ -512,29 +486,43 @@ impl Shared {
                 Output::Transmit { conn, bytes } => {
                     if let Some(c) = core.conns.get(&conn) {
                         let mut out = lock(&c.out);
-                        if !out.shut {
-                            out.queue.extend_from_slice(&bytes);
-                        }
+                        out.queue.extend_from_slice(&bytes);
                         out.generation += 1;
                         drop(out);
                         note(&mut touched, c);
                     }
                 }
+                Output::HalfClose { conn } => {
+                    if let Some(c) = core.conns.get(&conn) {
+                        // Everything was written (the engine counted it
+                        // taken). Fails only if the peer is gone, which the
+                        // next read reports.
+                        let _ = c.stream.shutdown(Shutdown::Write);
+                    }
+                }
                 Output::Close { conn } => {
                     if let Some(c) = core.conns.remove(&conn) {
                         let mut out = lock(&c.out);
-                        out.close = true;
+                        out.closed = true;
+                        out.queue = Vec::new();
                         out.generation += 1;
                         drop(out);
-                        note(&mut touched, &c);
+                        // Wakes the connection's thread from a blocked read
+                        // or write; it ends and drops the socket.
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                        c.changed.notify_all();
                     }
                 }
                 Output::Perform { id, effect } => match &core.pool {
                     Some(pool) => pool.submit(id, effect),
-                    // Only after the drain's cap ran out: the server is
-                    // going away and nobody waits for the reply.
+                    // Only after the shutdown: the server is going away and
+                    // nobody waits for the reply.
                     None => tracing::warn!(?id, "effect dropped: the effect workers have stopped"),
                 },
+                Output::Stopped => {
+                    core.stopped = true;
+                    self.stopped_wake.notify_all();
+                }
             }
         }
         if let Some(capture) = &mut core.capture {
@@ -549,44 +537,51 @@ impl Shared {
         touched
     }
 
-    fn write_out(&self, owner: Option<ConnId>, touched: &[Arc<Conn>]) {
-        for conn in touched {
-            let writer = if owner == Some(conn.id) { Writer::Owner(WRITE_TIMEOUT) } else { Writer::Other };
-            self.write_queue(conn, writer);
+    /// Writes out the touched connections, and reports to the engine what
+    /// each socket took (which may fill queues again).
+    fn write_out(&self, owner: Option<ConnId>, touched: Touched) {
+        let mut work = touched;
+        while let Some(conn) = work.pop() {
+            let writer = if owner == Some(conn.id) { Writer::Owner } else { Writer::Other };
+            let more = self.write_queue(&conn, writer);
+            for c in more {
+                note(&mut work, &c);
+            }
         }
     }
 
     /// Writes a connection's queue out, unless another thread is already
     /// doing so (it will take these bytes too) or the queue is stalled and
-    /// this is not the owner (see the file's docs). Shuts the write side
-    /// down once a closed connection's queue is out.
-    fn write_queue(&self, conn: &Conn, writer: Writer) {
+    /// this is not the owner (see the file's docs). Reports what the socket
+    /// took, or that it failed; returns the connections that report
+    /// touched.
+    fn write_queue(&self, conn: &Conn, writer: Writer) -> Touched {
         let mut out = lock(&conn.out);
-        if out.writing || (out.stalled && writer == Writer::Other) {
-            return;
+        if out.writing || out.closed || (out.stalled && writer == Writer::Other) {
+            return Touched::new();
         }
+        let patience = match writer {
+            Writer::Other => WORKER_PATIENCE,
+            Writer::Owner => OWNER_WRITE_SLICE,
+        };
+        let mut taken = 0;
         let mut failed = false;
-        while !out.queue.is_empty() && !out.shut {
+        while !out.queue.is_empty() && !out.closed {
             let bytes = std::mem::take(&mut out.queue);
-            let patience = match writer {
-                Writer::Other => WORKER_PATIENCE,
-                Writer::Owner(patience) => patience,
-            };
             let mut send_timeout = out.send_timeout;
-            out.in_write = bytes.len();
             out.writing = true;
             drop(out);
             let (sent, result) = send(&conn.stream, &bytes, patience, &mut send_timeout);
+            taken += sent;
             out = lock(&conn.out);
             out.writing = false;
-            out.in_write = 0;
             out.send_timeout = send_timeout;
             out.generation += 1;
             match result {
                 Ok(()) => {}
-                Err(e) if writer == Writer::Other && timed_out(&e) => {
-                    // The rest goes back in front of what came meanwhile,
-                    // for the owner to write.
+                Err(e) if timed_out(&e) => {
+                    // The rest goes back in front of what came meanwhile;
+                    // from another thread, for the owner to write.
                     let mut rest = bytes[sent..].to_vec();
                     rest.extend_from_slice(&out.queue);
                     out.queue = rest;
@@ -594,44 +589,36 @@ impl Shared {
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!(conn = conn.id.0, error = %e, "write failed; closing the connection");
-                    out.shut = true;
+                    tracing::debug!(conn = conn.id.0, error = %e, "write failed");
                     out.queue = Vec::new();
                     failed = true;
+                    break;
                 }
             }
         }
         if out.queue.is_empty() {
             out.stalled = false;
         }
-        let shutdown = if failed {
-            Some(Shutdown::Both)
-        } else if out.close && !out.shut && out.queue.is_empty() {
-            out.shut = true;
-            Some(Shutdown::Write)
-        } else {
-            None
-        };
         drop(out);
         conn.changed.notify_all();
-        if let Some(how) = shutdown {
-            // Fails only if the peer is already gone, which is the aim.
-            let _ = conn.stream.shutdown(how);
-        }
         if failed {
-            self.feed(None, Input::Closed { conn: conn.id });
+            self.handle(Input::Failed { conn: conn.id })
+        } else if taken > 0 {
+            self.handle(Input::Sent { conn: conn.id, bytes: taken })
+        } else {
+            Touched::new()
         }
     }
 
     /// Writes a stalled queue, if this connection has one, as its owner.
     /// Returns whether it did.
-    fn write_stalled(&self, conn: &Conn, patience: Duration) -> bool {
+    fn write_stalled(&self, conn: &Arc<Conn>) -> bool {
         let stalled = {
             let out = lock(&conn.out);
-            out.stalled && !out.writing
+            out.stalled && !out.writing && !out.closed
         };
         if stalled {
-            self.write_queue(conn, Writer::Owner(patience));
+            self.write_out(Some(conn.id), vec![Arc::clone(conn)]);
         }
         stalled
     }
@@ -667,125 +654,66 @@ impl Shared {
         }
     }
 
-    /// A connection's thread: opens it in the engine, reads it, and lingers
-    /// once the engine closed it.
+    /// A connection's thread: opens it in the engine and serves it until
+    /// the engine closes it.
     fn connection(&self, stream: TcpStream, peer: SocketAddr, listener: Listener, id: ConnId) {
-        // Replies are small and each one is awaited by the client. (The write
-        // timeout is set by each writer, see `send`.)
-        let configured = stream.set_nodelay(true).and_then(|()| stream.set_read_timeout(Some(READ_TIMEOUT)));
-        if let Err(e) = configured {
+        // (The write timeout is set by each writer, see `send`.)
+        if let Err(e) = socket::configure(SockRef::from(&stream), self.max_backlog, Some(READ_TIMEOUT)) {
             tracing::debug!(conn = id.0, error = %e, "cannot set up the socket");
             return;
         }
         let conn = Arc::new(Conn { id, stream, out: Mutex::default(), changed: Condvar::new() });
-        {
-            let mut sockets = lock(&self.sockets);
-            // Checked under the lock the shutdown takes to shut the read side
-            // of every socket: a connection is either seen there, or never
-            // served.
-            if self.stop.is_stopped() {
-                return;
-            }
-            sockets.insert(id, Arc::clone(&conn));
-        }
-        self.serve_connection(&conn, peer, listener);
-        lock(&self.sockets).remove(&id);
-    }
-
-    fn serve_connection(&self, conn: &Arc<Conn>, peer: SocketAddr, listener: Listener) {
-        let id = conn.id;
         let touched = {
             let mut core = self.core();
             let core = &mut *core;
-            core.conns.insert(id, Arc::clone(conn));
+            core.conns.insert(id, Arc::clone(&conn));
             core.engine.handle(serve::now(), &mut core.rng, Input::Opened { conn: id, peer: peer.ip(), listener });
             self.dispatch(core)
         };
         tracing::debug!(conn = id.0, peer = %peer.ip(), ?listener, "connection opened");
-        self.write_out(Some(id), &touched);
-        if self.read(conn) {
-            self.linger(conn);
-        }
+        self.write_out(Some(id), touched);
+        self.serve_connection(&conn);
     }
 
-    /// Reads the connection while the engine wants input. Returns whether
-    /// the engine closed it (then the caller lingers); on EOF or an error it
-    /// reports [`Input::Closed`]; on shutdown it returns and leaves the
-    /// connection to the shutdown.
-    fn read(&self, conn: &Conn) -> bool {
+    /// Reads the connection while the engine wants input, and writes what
+    /// stalled, until the engine closes it.
+    fn serve_connection(&self, conn: &Arc<Conn>) {
         let mut buf = vec![0u8; READ_CHUNK];
+        // The peer ended its side: nothing more to read, only to wait for
+        // the engine's close.
+        let mut read_done = false;
         loop {
-            if self.stop.is_stopped() {
-                return false;
-            }
-            if self.write_stalled(conn, WRITE_TIMEOUT) {
+            if self.write_stalled(conn) {
                 continue;
             }
-            let seen = {
+            let generation = {
                 let out = lock(&conn.out);
-                if out.close || out.shut {
-                    return out.close;
+                if out.closed {
+                    return;
                 }
-                (out.generation, out.backlog() <= MAX_BACKLOG)
+                out.generation
             };
-            let wanted = seen.1 && self.core().engine.wants_input(conn.id);
-            if !wanted {
+            if read_done || !self.core().engine.wants_input(conn.id) {
                 let out = lock(&conn.out);
-                if out.generation == seen.0 {
+                if out.generation == generation {
                     let _ = conn.changed.wait_timeout(out, RECHECK);
                 }
                 continue;
             }
             match (&conn.stream).read(&mut buf) {
-                // The shutdown shut the read side: not the client's doing.
-                _ if self.stop.is_stopped() => return false,
                 Ok(0) => {
-                    tracing::debug!(conn = conn.id.0, "connection closed by the client");
+                    read_done = true;
                     self.feed(Some(conn.id), Input::Closed { conn: conn.id });
-                    return false;
                 }
                 Ok(n) => self.feed(Some(conn.id), Input::Received { conn: conn.id, bytes: &buf[..n] }),
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
                 Err(e) => {
                     tracing::debug!(conn = conn.id.0, error = %e, "read failed");
-                    self.feed(Some(conn.id), Input::Closed { conn: conn.id });
-                    return false;
+                    read_done = true;
+                    self.feed(Some(conn.id), Input::Failed { conn: conn.id });
                 }
             }
         }
-    }
-
-    /// Reads and discards what the client still sends after the engine
-    /// closed the connection, until it closes too or [`LINGER`] passes, so
-    /// that the final reply is not destroyed by a reset.
-    fn linger(&self, conn: &Conn) {
-        let until = Instant::now() + LINGER;
-        // The write side is shut once the queue is out; wait for that first
-        // (writing it, if it stalled).
-        loop {
-            if self.write_stalled(conn, WRITE_TIMEOUT) {
-                continue;
-            }
-            let out = lock(&conn.out);
-            if out.shut || self.stop.is_stopped() || Instant::now() >= until {
-                break;
-            }
-            let _ = conn.changed.wait_timeout(out, RECHECK);
-        }
-        let mut buf = [0u8; 4096];
-        while !self.stop.is_stopped() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || conn.stream.set_read_timeout(Some(left.min(READ_TIMEOUT))).is_err() {
-                break;
-            }
-            match (&conn.stream).read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-                Err(_) => break,
-            }
-        }
-        let _ = conn.stream.shutdown(Shutdown::Both);
     }
 
     /// The timer thread: feeds [`Input::Timeout`] whenever the engine's
@@ -806,7 +734,7 @@ impl Shared {
                         self.dispatch(core)
                     };
                     drop(core);
-                    self.write_out(None, &touched);
+                    self.write_out(None, touched);
                     core = self.core();
                 }
                 next => {
@@ -828,46 +756,19 @@ impl Shared {
             }
         }
 
-        // No new request is read from here on; replies still go out.
-        let sockets: Vec<Arc<Conn>> = lock(&self.sockets).values().cloned().collect();
-        for conn in &sockets {
-            let _ = conn.stream.shutdown(Shutdown::Read);
-            conn.changed.notify_all();
-        }
-
-        let started = Instant::now();
-        loop {
-            let in_flight = self.core().engine.effects_in_flight();
-            let open = self.open_connections();
-            for conn in &open {
-                // Their threads have stopped; within the cap, the shutdown
-                // is their owner.
-                let left = DRAIN_CAP.saturating_sub(started.elapsed());
-                self.write_stalled(conn, left.clamp(WORKER_PATIENCE, WRITE_TIMEOUT));
-            }
-            let unwritten = open.iter().any(|c| !lock(&c.out).idle());
-            if in_flight == 0 && !unwritten {
-                break;
-            }
-            if started.elapsed() >= DRAIN_CAP {
-                tracing::warn!(in_flight, "stopping with requests still in flight");
-                break;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-
-        let (open, pool) = {
+        self.feed(None, Input::Shutdown);
+        let pool = {
             let mut core = self.core();
+            // The timer feeds the engine's deadlines, its grace among them;
+            // the cap only guards against a timer that never ran.
+            let cap = Instant::now() + core.engine.config().shutdown_grace.to_std().unwrap_or_default() + THREADS_CAP;
+            while !core.stopped && Instant::now() < cap {
+                core = self.stopped_wake.wait_timeout(core, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+            }
             core.timer_stopped = true;
             self.timer_wake.notify_all();
-            let open: Vec<Arc<Conn>> = core.conns.drain().map(|(_, c)| c).collect();
-            (open, core.pool.take())
+            core.pool.take()
         };
-        for conn in open.iter().chain(&sockets) {
-            let _ = conn.stream.shutdown(Shutdown::Both);
-            conn.changed.notify_all();
-        }
-        drop((open, sockets));
         if let Some(pool) = pool {
             pool.shutdown();
         }
@@ -886,10 +787,6 @@ impl Shared {
             threads = self.threads_done.wait_timeout(threads, left).unwrap_or_else(PoisonError::into_inner).0;
         }
         tracing::info!("stopped");
-    }
-
-    fn open_connections(&self) -> Vec<Arc<Conn>> {
-        self.core().conns.values().cloned().collect()
     }
 }
 

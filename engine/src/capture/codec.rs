@@ -54,6 +54,20 @@ pub enum Event {
     },
     /// [`crate::Input::Timeout`].
     Timeout,
+    /// [`crate::Input::Failed`].
+    Failed {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// [`crate::Input::Sent`].
+    Sent {
+        /// Which connection.
+        conn: ConnId,
+        /// How many bytes the socket took.
+        bytes: u64,
+    },
+    /// [`crate::Input::Shutdown`].
+    Shutdown,
 }
 
 /// An output as recorded and compared.
@@ -65,6 +79,10 @@ pub enum Recorded {
     Close(ConnId),
     /// An effect, as its `Debug` text (secrets show as `[redacted]`).
     Perform(EffectId, String),
+    /// A half-close.
+    HalfClose(ConnId),
+    /// The end of a shutdown.
+    Stopped,
 }
 
 impl Recorded {
@@ -74,6 +92,8 @@ impl Recorded {
             Output::Transmit { conn, bytes } => Recorded::Transmit(*conn, bytes.clone()),
             Output::Close { conn } => Recorded::Close(*conn),
             Output::Perform { id, effect } => Recorded::Perform(*id, format!("{effect:?}")),
+            Output::HalfClose { conn } => Recorded::HalfClose(*conn),
+            Output::Stopped => Recorded::Stopped,
         }
     }
 }
@@ -197,6 +217,10 @@ pub(crate) fn config(w: &mut Writer, c: &Config) {
     delta(w, c.partial_line_timeout);
     delta(w, c.legacy_wait);
     usize_(w, c.max_connections);
+    usize_(w, c.max_backlog);
+    delta(w, c.write_timeout);
+    delta(w, c.close_linger);
+    delta(w, c.shutdown_grace);
     usize_(w, c.max_pipeline);
     usize_(w, c.max_password_checks);
     password(w, &c.dummy_password);
@@ -222,6 +246,10 @@ pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
         partial_line_timeout: read_delta(r)?,
         legacy_wait: read_delta(r)?,
         max_connections: read_usize(r)?,
+        max_backlog: read_usize(r)?,
+        write_timeout: read_delta(r)?,
+        close_linger: read_delta(r)?,
+        shutdown_grace: read_delta(r)?,
         max_pipeline: read_usize(r)?,
         max_password_checks: read_usize(r)?,
         dummy_password: read_password(r)?,
@@ -385,6 +413,16 @@ pub(crate) fn event(w: &mut Writer, e: &Event) {
             result(w, res);
         }
         Event::Timeout => w.u8(4),
+        Event::Failed { conn } => {
+            w.u8(5);
+            w.u64(conn.0);
+        }
+        Event::Sent { conn, bytes } => {
+            w.u8(6);
+            w.u64(conn.0);
+            w.u64(*bytes);
+        }
+        Event::Shutdown => w.u8(7),
     }
 }
 
@@ -395,6 +433,9 @@ pub(crate) fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
         2 => Event::Closed { conn: ConnId(r.u64()?) },
         3 => Event::Completed { id: EffectId(r.u64()?), result: read_result(r)? },
         4 => Event::Timeout,
+        5 => Event::Failed { conn: ConnId(r.u64()?) },
+        6 => Event::Sent { conn: ConnId(r.u64()?), bytes: r.u64()? },
+        7 => Event::Shutdown,
         _ => return Err(DecodeError::Invalid("input")),
     })
 }
@@ -415,6 +456,11 @@ pub(crate) fn recorded(w: &mut Writer, o: &Recorded) {
             w.u64(id.0);
             w.str(text);
         }
+        Recorded::HalfClose(conn) => {
+            w.u8(3);
+            w.u64(conn.0);
+        }
+        Recorded::Stopped => w.u8(4),
     }
 }
 
@@ -423,6 +469,8 @@ pub(crate) fn read_recorded(r: &mut Reader<'_>) -> Result<Recorded, DecodeError>
         0 => Recorded::Transmit(ConnId(r.u64()?), r.bytes()?.to_vec()),
         1 => Recorded::Close(ConnId(r.u64()?)),
         2 => Recorded::Perform(EffectId(r.u64()?), r.string()?),
+        3 => Recorded::HalfClose(ConnId(r.u64()?)),
+        4 => Recorded::Stopped,
         _ => return Err(DecodeError::Invalid("output")),
     })
 }

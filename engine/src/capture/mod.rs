@@ -13,7 +13,7 @@
 //! recorded randomness: a capture is sensitive, and runtimes write it with
 //! mode 0600.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
 //! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
@@ -27,9 +27,14 @@
 //!         | 2 u64:conn                       Closed
 //!         | 3 u64:effect result              Completed
 //!         | 4                                Timeout
+//!         | 5 u64:conn                       Failed
+//!         | 6 u64:conn u64:bytes             Sent
+//!         | 7                                Shutdown
 //! output  = 0 u64:conn bytes                 Transmit
 //!         | 1 u64:conn                       Close
 //!         | 2 u64:effect bytes:debug-text    Perform
+//!         | 3 u64:conn                       HalfClose
+//!         | 4                                Stopped
 //! ```
 //!
 //! The file is append-only: records are written whole, one after another,
@@ -56,7 +61,7 @@ use wire::{Reader, Writer};
 /// The first bytes of every capture.
 pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
 /// The format version this engine writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What an engine keeps while it records.
 #[derive(Default)]
@@ -93,6 +98,9 @@ impl Recorder {
             Input::Closed { conn } => Event::Closed { conn: *conn },
             Input::Completed { id, result } => Event::Completed { id: *id, result: result.clone() },
             Input::Timeout => Event::Timeout,
+            Input::Failed { conn } => Event::Failed { conn: *conn },
+            Input::Sent { conn, bytes } => Event::Sent { conn: *conn, bytes: *bytes as u64 },
+            Input::Shutdown => Event::Shutdown,
         };
         let mut w = Writer::default();
         codec::time(&mut w, now);
@@ -190,6 +198,8 @@ fn show(recorded: Option<&Recorded>) -> String {
         }
         Some(Recorded::Close(conn)) => format!("Close {{ conn: {} }}", conn.0),
         Some(Recorded::Perform(id, text)) => format!("Perform {{ id: {}, effect: {text} }}", id.0),
+        Some(Recorded::HalfClose(conn)) => format!("HalfClose {{ conn: {} }}", conn.0),
+        Some(Recorded::Stopped) => "Stopped".to_owned(),
     }
 }
 
@@ -253,6 +263,11 @@ impl<'a> Replay<'a> {
             Event::Closed { conn } => Input::Closed { conn: *conn },
             Event::Completed { id, result } => Input::Completed { id: *id, result: result.clone() },
             Event::Timeout => Input::Timeout,
+            Event::Failed { conn } => Input::Failed { conn: *conn },
+            Event::Sent { conn, bytes } => {
+                Input::Sent { conn: *conn, bytes: usize::try_from(*bytes).unwrap_or(usize::MAX) }
+            }
+            Event::Shutdown => Input::Shutdown,
         };
         self.engine.handle(now, &mut rng, input);
         let mut actual = Vec::new();

@@ -183,6 +183,7 @@ pub fn legacy_framing(data: &[u8]) {
     w.settle();
     w.advance(Config::default().partial_line_timeout + TimeDelta::seconds(1));
     w.settle();
+    w.advance(Config::default().close_linger);
     assert!(w.is_closed(conn), "a legacy connection was not closed");
     assert_eq!(w.engine.connections(), 0);
     assert_eq!(w.engine.effects_in_flight(), 0);
@@ -238,6 +239,10 @@ const MAX_ACTIONS: usize = 4096;
 const MAX_SETTLE: usize = 4096;
 /// The most a runtime reads from a socket at once (the driving contract).
 const READ_SIZE: usize = 64 * 1024;
+/// The longest reply encoding: a login reply pickled for a legacy client
+/// (a native one is 119 bytes). What a connection owes may pass
+/// `max_backlog` by less than this.
+const LONGEST_REPLY: usize = 134;
 
 /// A stored password as the scripts' store holds it.
 #[derive(Clone, Copy)]
@@ -296,6 +301,7 @@ struct Knobs {
     max_pipeline: u8,
     max_password_checks: u8,
     max_line: u8,
+    max_backlog: u8,
     unlimited_age: bool,
 }
 
@@ -328,6 +334,9 @@ impl Knobs {
             legacy_wait: TimeDelta::milliseconds(200),
             max_connections: 1 + usize::from(self.max_connections) % SLOTS,
             max_pipeline: 1 + usize::from(self.max_pipeline) % 8,
+            // From one byte (every reply waits for the last to be taken)
+            // to a few replies.
+            max_backlog: 1 + usize::from(self.max_backlog) * 4,
             max_password_checks: usize::from(self.max_password_checks) % 5,
             ..Config::default()
         }
@@ -359,7 +368,7 @@ enum Action {
     /// 255, 2 KiB to 256 KiB (always 1 KiB from a script's fifth flood on:
     /// big floods are slow, so they are rare).
     Flood { slot: u8, pattern: Chunk, kib: u8, force: bool },
-    /// A client hangs up (or its socket fails).
+    /// A client hangs up.
     HangUp { slot: u8 },
     /// The clock moves forward by milliseconds.
     Advance { ms: u16 },
@@ -381,6 +390,14 @@ enum Action {
     Stray { id: u64, outcome: Outcome },
     /// A second result for an effect already reported.
     Replay { pick: u8, outcome: Outcome },
+    /// A client's socket fails.
+    Fail { slot: u8 },
+    /// A client stops reading: its socket takes nothing more.
+    Deafen { slot: u8 },
+    /// A client reads up to this many bytes of what was sent to it.
+    Read { slot: u8, bytes: u16 },
+    /// The server is asked to stop.
+    Shutdown,
 }
 
 #[derive(Arbitrary, Clone, Copy, PartialEq, Eq, Debug)]
@@ -589,6 +606,11 @@ struct Slot {
     /// A reply after which nothing more may come (too many connections,
     /// line too long).
     last_reply: bool,
+    /// The client reads nothing; `unread` bytes wait in its socket.
+    deaf: bool,
+    unread: usize,
+    /// The engine shut the write side.
+    half_closed: bool,
 }
 
 /// An effect the engine asked for and the runtime has not reported.
@@ -658,6 +680,10 @@ struct Run {
     legacy_opened: usize,
     verifications: usize,
     floods: usize,
+    /// Bytes the sockets of reading clients took, to report as `Sent`.
+    taken: Vec<(ConnId, usize)>,
+    shutdown: bool,
+    stopped: bool,
     report: Report,
 }
 
@@ -706,6 +732,9 @@ impl Run {
             legacy_opened: 0,
             verifications: 0,
             floods: 0,
+            taken: Vec::new(),
+            shutdown: false,
+            stopped: false,
             report: Report::default(),
         }
     }
@@ -744,6 +773,21 @@ impl Run {
                     s.hung_up = true;
                 }
                 self.input(Input::Closed { conn: ConnId(slot as u64) }, Resumed::default());
+            }
+            Action::Fail { slot } => {
+                let slot = usize::from(*slot) % SLOTS;
+                let s = &mut self.slots[slot];
+                s.socket.clear();
+                if s.opened && !s.closed {
+                    s.hung_up = true;
+                }
+                self.input(Input::Failed { conn: ConnId(slot as u64) }, Resumed::default());
+            }
+            Action::Deafen { slot } => self.slots[usize::from(*slot) % SLOTS].deaf = true,
+            Action::Read { slot, bytes } => self.read_replies(usize::from(*slot) % SLOTS, usize::from(*bytes)),
+            Action::Shutdown => {
+                self.shutdown = true;
+                self.input(Input::Shutdown, Resumed::default());
             }
             Action::Advance { ms } => self.now += TimeDelta::milliseconds(i64::from(*ms)),
             Action::AdvanceLong { minutes } => self.now += TimeDelta::minutes(i64::from(*minutes)),
@@ -791,6 +835,10 @@ impl Run {
     /// After the script: everything completes, every deadline passes, and
     /// then the engine must hold nothing.
     fn finish(&mut self) {
+        for slot in 0..SLOTS {
+            self.slots[slot].deaf = false;
+            self.read_replies(slot, usize::MAX);
+        }
         for _ in 0..8 {
             // Each request makes a handful of effects, and a script feeds at
             // most a few MiB of requests.
@@ -806,6 +854,17 @@ impl Run {
         assert_eq!(self.engine.effects_in_flight(), 0, "effects still in flight after everything settled");
         assert_eq!(self.engine.connections(), 0, "connections left after every deadline passed");
         assert_eq!(self.engine.poll_timeout().filter(|&at| at <= self.engine_now), None, "a deadline left in the past");
+        assert_eq!(self.stopped, self.shutdown, "a shutdown that never said it stopped");
+    }
+
+    /// The client reads up to `bytes` of what waits in its socket.
+    fn read_replies(&mut self, slot: usize, bytes: usize) {
+        let s = &mut self.slots[slot];
+        let n = s.unread.min(bytes);
+        if n > 0 && s.opened && !s.closed {
+            s.unread -= n;
+            self.input(Input::Sent { conn: Run::conn(slot), bytes: n }, Resumed::default());
+        }
     }
 
     fn conn(slot: usize) -> ConnId {
@@ -1028,6 +1087,10 @@ impl Run {
         while let Some(output) = self.engine.poll_output() {
             self.output(output, resumed);
         }
+        // The sockets of reading clients take what was sent at once.
+        for (conn, bytes) in std::mem::take(&mut self.taken) {
+            self.input(Input::Sent { conn, bytes }, Resumed::default());
+        }
         self.check_bounds();
     }
 
@@ -1048,9 +1111,15 @@ impl Run {
             self.config.max_connections
         );
         for (slot, s) in self.slots.iter().enumerate() {
-            if s.listener.is_some_and(|l| l != Listener::Native) && s.replies > 0 {
-                assert!(s.closed, "legacy connection {slot} answered but not closed");
+            if s.listener.is_some_and(|l| l != Listener::Native) && s.replies > 0 && s.unread == 0 {
+                assert!(s.closed || s.half_closed, "legacy connection {slot} answered but not shut");
             }
+            let unsent = self.engine.unsent(Run::conn(slot));
+            assert!(
+                unsent < self.config.max_backlog.max(1) + LONGEST_REPLY,
+                "connection {slot} owes {unsent} bytes, max_backlog {}",
+                self.config.max_backlog
+            );
         }
     }
 
@@ -1064,7 +1133,7 @@ impl Run {
             let conn = Run::conn(slot);
             // A connection told it is done (line too long, too many
             // connections) has nothing owed here, so it is closed already.
-            if self.engine.has_connection(conn) && !s.hung_up {
+            if self.engine.has_connection(conn) && !s.hung_up && s.unread == 0 {
                 assert!(
                     self.engine.wants_input(conn),
                     "connection {slot} stalled: open, nothing in flight, no input wanted"
@@ -1078,6 +1147,12 @@ impl Run {
             Output::Transmit { conn, bytes } => {
                 let slot = self.live_slot(conn, "a transmit");
                 assert!(!bytes.is_empty(), "an empty transmit");
+                assert!(!self.slots[slot].half_closed, "a transmit after the write side was shut");
+                if self.slots[slot].deaf {
+                    self.slots[slot].unread += bytes.len();
+                } else {
+                    self.taken.push((conn, bytes.len()));
+                }
                 self.slots[slot].received.extend_from_slice(&bytes);
                 if self.slots[slot].listener == Some(Listener::Native) {
                     assert_eq!(bytes.last(), Some(&b'\n'), "a native transmit that does not end a line");
@@ -1086,10 +1161,26 @@ impl Run {
                     self.legacy_reply(slot);
                 }
             }
+            Output::HalfClose { conn } => {
+                let slot = self.live_slot(conn, "a half-close");
+                let s = &mut self.slots[slot];
+                assert!(!s.half_closed, "a second half-close");
+                assert_eq!(s.unread, 0, "a half-close before the client took every byte");
+                s.half_closed = true;
+            }
             Output::Close { conn } => {
                 let slot = self.live_slot(conn, "a close");
-                self.slots[slot].closed = true;
+                let s = &mut self.slots[slot];
+                s.closed = true;
+                s.unread = 0;
+                self.taken.retain(|(c, _)| *c != conn);
                 self.report.closes += 1;
+            }
+            Output::Stopped => {
+                assert!(self.shutdown, "stopped without a shutdown");
+                assert!(!self.stopped, "stopped twice");
+                assert_eq!(self.engine.connections(), 0, "stopped with connections open");
+                self.stopped = true;
             }
             Output::Perform { id, effect } => {
                 assert_eq!(id, EffectId(self.next_effect), "effect ids must be fresh");
@@ -1496,7 +1587,7 @@ impl Encode for Chunk {
 
 impl Encode for Knobs {
     fn encode(&self, out: &mut Vec<u8>) {
-        for b in [self.max_connections, self.max_pipeline, self.max_password_checks, self.max_line] {
+        for b in [self.max_connections, self.max_pipeline, self.max_password_checks, self.max_line, self.max_backlog] {
             b.encode(out);
         }
         self.unlimited_age.encode(out);
@@ -1607,7 +1698,7 @@ impl Encode for RequestPick {
 
 impl Encode for Action {
     fn encode(&self, out: &mut Vec<u8>) {
-        const N: u64 = 15;
+        const N: u64 = 19;
         match self {
             Action::Open { slot, peer, listener } => {
                 variant(out, 0, N);
@@ -1671,6 +1762,20 @@ impl Encode for Action {
                 pick.encode(out);
                 outcome.encode(out);
             }
+            Action::Fail { slot } => {
+                variant(out, 15, N);
+                slot.encode(out);
+            }
+            Action::Deafen { slot } => {
+                variant(out, 16, N);
+                slot.encode(out);
+            }
+            Action::Read { slot, bytes } => {
+                variant(out, 17, N);
+                slot.encode(out);
+                bytes.encode(out);
+            }
+            Action::Shutdown => variant(out, 18, N),
         }
     }
 }
@@ -1691,8 +1796,14 @@ impl Encode for Script {
 /// written from (the encoder no longer matches `arbitrary`).
 pub fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
     use Action::*;
-    let knobs =
-        Knobs { max_connections: 7, max_pipeline: 7, max_password_checks: 4, max_line: 192, unlimited_age: false };
+    let knobs = Knobs {
+        max_connections: 7,
+        max_pipeline: 7,
+        max_password_checks: 4,
+        max_line: 192,
+        max_backlog: 255,
+        unlimited_age: false,
+    };
     let ada_passcode = |slot| Request {
         slot,
         request: RequestPick::Passcode { mac: 0, user: 0, password: 0, phone: 0 },
@@ -1803,7 +1914,14 @@ pub fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
     ];
     seeds.push(("seed-hostile-results", Script { knobs, actions: hostile }));
 
-    let busy = Knobs { max_connections: 1, max_pipeline: 1, max_password_checks: 1, max_line: 0, unlimited_age: true };
+    let busy = Knobs {
+        max_connections: 1,
+        max_pipeline: 1,
+        max_password_checks: 1,
+        max_line: 0,
+        max_backlog: 255,
+        unlimited_age: true,
+    };
     let crowd = vec![
         open(0, 0, ListenerPick::Native),
         open(1, 1, ListenerPick::Native),
@@ -1816,6 +1934,31 @@ pub fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Timeout,
     ];
     seeds.push(("seed-limits", Script { knobs: busy, actions: crowd }));
+
+    // A client that reads nothing floods malformed lines and token checks
+    // against a small backlog, beside one that reads; then reads a little,
+    // stalls past the write timeout, and the server shuts down.
+    let tight = Knobs { max_backlog: 8, ..knobs };
+    let deaf = vec![
+        open(0, 0, ListenerPick::Native),
+        open(1, 1, ListenerPick::Native),
+        Deafen { slot: 0 },
+        Flood { slot: 0, pattern: Chunk(b"x\n".to_vec()), kib: 0, force: false },
+        token_check(0, TokenPick::Random([7; 32])),
+        Settle,
+        token_check(1, TokenPick::Random([9; 32])),
+        Settle,
+        Read { slot: 0, bytes: 100 },
+        Flood { slot: 0, pattern: Chunk(b"x\n".to_vec()), kib: 0, force: true },
+        Advance { ms: 11_000 },
+        Timeout,
+        open(2, 2, ListenerPick::LegacyLogin),
+        Shutdown,
+        open(3, 3, ListenerPick::Native),
+        Settle,
+        ToDeadline,
+    ];
+    seeds.push(("seed-deaf-client", Script { knobs: tight, actions: deaf }));
 
     seeds
         .into_iter()

@@ -55,6 +55,10 @@ pub struct World {
     order_rng: TestRng,
     pending: Vec<(EffectId, Effect)>,
     received: BTreeMap<ConnId, Vec<u8>>,
+    /// Connections whose client reads nothing, with the bytes its socket
+    /// has not taken.
+    not_reading: BTreeMap<ConnId, usize>,
+    half_closed: BTreeSet<ConnId>,
     closed: BTreeSet<ConnId>,
     next_conn: u64,
 }
@@ -82,6 +86,8 @@ impl World {
             order_rng: TestRng::new(seed ^ 0x5eed),
             pending: Vec::new(),
             received: BTreeMap::new(),
+            not_reading: BTreeMap::new(),
+            half_closed: BTreeSet::new(),
             closed: BTreeSet::new(),
             next_conn: 0,
         }
@@ -108,17 +114,35 @@ impl World {
 
     fn drain(&mut self) {
         loop {
+            // What the sockets of reading clients take, reported once the
+            // outputs of the call are drained.
+            let mut taken = Vec::new();
             while let Some(output) = self.engine.poll_output() {
                 match &output {
                     Output::Transmit { conn, bytes } => {
+                        match self.not_reading.get_mut(conn) {
+                            Some(unread) => *unread += bytes.len(),
+                            None => taken.push((*conn, bytes.len())),
+                        }
                         self.received.entry(*conn).or_default().extend_from_slice(bytes);
+                    }
+                    Output::HalfClose { conn } => {
+                        self.half_closed.insert(*conn);
                     }
                     Output::Close { conn } => {
                         self.closed.insert(*conn);
+                        self.not_reading.remove(conn);
                     }
                     Output::Perform { id, effect } => self.pending.push((*id, effect.clone())),
+                    Output::Stopped => {}
                 }
                 self.outputs.push(output);
+            }
+            if !taken.is_empty() {
+                for (conn, bytes) in taken {
+                    self.engine.handle(self.now, &mut self.rng, Input::Sent { conn, bytes });
+                }
+                continue;
             }
             match self.engine.poll_timeout() {
                 Some(at) if at <= self.now => self.engine.handle(self.now, &mut self.rng, Input::Timeout),
@@ -144,6 +168,46 @@ impl World {
     pub fn hang_up(&mut self, conn: ConnId) {
         self.input(Input::Closed { conn });
         self.closed.insert(conn);
+    }
+
+    /// The client stops reading: its socket takes nothing from now on.
+    pub fn stop_reading(&mut self, conn: ConnId) {
+        self.not_reading.entry(conn).or_insert(0);
+    }
+
+    /// The client reads again: its socket takes what waited.
+    pub fn resume_reading(&mut self, conn: ConnId) {
+        if let Some(unread) = self.not_reading.remove(&conn)
+            && unread > 0
+        {
+            self.input(Input::Sent { conn, bytes: unread });
+        }
+    }
+
+    /// A client that is not reading takes up to `bytes` of what waits.
+    pub fn read_some(&mut self, conn: ConnId, bytes: usize) {
+        let Some(unread) = self.not_reading.get_mut(&conn) else { return };
+        let n = (*unread).min(bytes);
+        if n > 0 {
+            *unread -= n;
+            self.input(Input::Sent { conn, bytes: n });
+        }
+    }
+
+    /// The engine asked to shut the write side of the connection.
+    pub fn is_half_closed(&self, conn: ConnId) -> bool {
+        self.half_closed.contains(&conn)
+    }
+
+    /// The engine sends nothing more on the connection: it shut the write
+    /// side (and lingers before the close), or closed it.
+    pub fn is_finished(&self, conn: ConnId) -> bool {
+        self.is_half_closed(conn) || self.is_closed(conn)
+    }
+
+    /// Bytes the connection owes its client: encoded, not yet taken.
+    pub fn unsent(&self, conn: ConnId) -> usize {
+        self.engine.unsent(conn)
     }
 
     /// Moves the clock forward, firing whatever comes due.
@@ -215,7 +279,7 @@ impl World {
         self.received.remove(&conn).unwrap_or_default()
     }
 
-    /// Whether the engine closed (or the client hung up) the connection.
+    /// Whether the engine closed the connection (or the client hung up).
     pub fn is_closed(&self, conn: ConnId) -> bool {
         self.closed.contains(&conn)
     }
