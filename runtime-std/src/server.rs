@@ -109,7 +109,7 @@ pub const READ_CHUNK: usize = 16 * 1024;
 /// How long one blocking write by a connection's own thread may wait on a
 /// full send buffer before it reports progress and tries again. (When the
 /// peer takes nothing at all, the engine closes it after `write_timeout`.)
-pub const OWNER_WRITE_SLICE: Duration = Duration::from_secs(1);
+pub const OWNER_WRITE_SLICE: Duration = Duration::from_millis(100);
 
 /// How long an effect worker or the timer waits on a full send buffer
 /// before it leaves the rest of the write to the connection's own thread.
