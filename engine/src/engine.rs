@@ -19,6 +19,7 @@ use crate::connection::{Connection, Phase};
 use crate::device::normalize_ip;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::flow::{self, Ctx, Flow, Step};
+use crate::notice::Notice;
 use crate::timers::Timers;
 
 /// Names a connection. Chosen by the runtime; unique among open
@@ -161,6 +162,7 @@ pub struct Engine {
     next_effect: u64,
     next_epoch: u64,
     password_checks: usize,
+    notices: VecDeque<Notice>,
     capture: Option<Recorder>,
 }
 
@@ -177,6 +179,7 @@ impl Engine {
             next_effect: 0,
             next_epoch: 0,
             password_checks: 0,
+            notices: VecDeque::new(),
             capture: None,
         }
     }
@@ -274,6 +277,13 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// The next notice for the operator, if any: log it. Drain it after
+    /// every [`Engine::handle`], like the outputs (notices left undrained
+    /// only take memory).
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
     }
 
     /// When to call [`Engine::handle`] with [`Input::Timeout`] next. A
@@ -433,9 +443,11 @@ impl Engine {
         let step = match (Request::parse(line), listener) {
             (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.peer),
             (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
-                flow::passcode_request::start(&r, peer)
+                flow::passcode_request::start(&r, peer, &self.config.limits)
             }
-            (Ok(Request::Login(r)), Listener::Native | Listener::LegacyLogin) => flow::login::start(&r, peer),
+            (Ok(Request::Login(r)), Listener::Native | Listener::LegacyLogin) => {
+                flow::login::start(&r, peer, &self.config.limits)
+            }
             (Ok(_), _) => Step::Done(Reply::False),
             (Err(_), _) => Step::Done(Reply::Error(ErrorCode::Malformed)),
         };
@@ -463,9 +475,11 @@ impl Engine {
             config: &self.config,
             password_checks: self.password_checks,
             detached: Vec::new(),
+            notices: Vec::new(),
         };
         let step = task.flow.resume(&mut ctx, result);
         let detached = mem::take(&mut ctx.detached);
+        self.notices.extend(ctx.notices);
         match step {
             Step::Await(flow, effect) => self.register(task.origin, flow, effect),
             Step::Done(reply) => {

@@ -34,7 +34,7 @@ use slab::Slab;
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
 use tokenizer_auth_runtime_std::password::Hasher;
 use tokenizer_auth_runtime_std::pool::EffectPool;
-use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, now, os_rng};
+use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, log_notices, now, os_rng};
 use tokenizer_auth_runtime_std::settings::Settings;
 
 /// The longest a shutdown waits for requests in flight.
@@ -259,6 +259,7 @@ impl EventLoop {
                 Output::Perform { id, effect } => self.pool.submit(id, effect),
             }
         }
+        log_notices(&mut self.engine);
         if let Some(capture) = &mut self.capture {
             capture.append(&mut self.engine);
         }

@@ -537,6 +537,7 @@ impl Shared {
                 },
             }
         }
+        crate::serve::log_notices(&mut core.engine);
         if let Some(capture) = &mut core.capture {
             capture.append(&mut core.engine);
         }

@@ -146,7 +146,7 @@ fn passcode_put_and_consume() -> (WriteBatch, WriteBatch) {
     };
     let put = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Put(record)] });
     let consume = WriteBatch::Passcodes(PasscodesBatch {
-        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts: 0 }),
+        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts_below: None }),
         ops: vec![PasscodesOp::Delete(passcode_key())],
     });
     (put, consume)

@@ -13,7 +13,7 @@
 //! recorded randomness: a capture is sensitive, and runtimes write it with
 //! mode 0600.
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
 //! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
@@ -56,7 +56,7 @@ use wire::{Reader, Writer};
 /// The first bytes of every capture.
 pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
 /// The format version this engine writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What an engine keeps while it records.
 #[derive(Default)]
