@@ -28,6 +28,7 @@
 mod admin;
 mod cache;
 mod columns;
+mod counters;
 mod schema;
 
 use std::fmt;
