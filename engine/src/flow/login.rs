@@ -97,14 +97,7 @@ impl LoginFlow {
     pub(crate) fn resume<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, result: EffectResult) -> Step {
         match (self, result) {
             (LoginFlow::Lookup(attempt), EffectResult::Read(snapshot)) => reserve(ctx, attempt, *snapshot),
-            (LoginFlow::Reserve(state), EffectResult::Committed) => {
-                if !ctx.password_capacity() {
-                    return Step::Done(Reply::Error(ErrorCode::Busy));
-                }
-                let user = state.snapshot.user.as_ref();
-                let verify = credentials::verification(ctx.config, user, &state.attempt.password);
-                Step::Await(Flow::Login(LoginFlow::Verify(state)), verify)
-            }
+            (LoginFlow::Reserve(state), EffectResult::Committed) => verify(ctx, state),
             // A bound was reached, or the passcode changed, since the read:
             // read again, to refuse by the limit or try again.
             (LoginFlow::Reserve(state), EffectResult::Conflict) => {
@@ -151,9 +144,23 @@ fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsh
         PasscodeExpectation { key: key.clone(), code: record.code.clone(), attempts_below: Some(policy.max_guesses) }
     });
     let guess = expect.is_some();
+    let state = Box::new(Reserved { attempt, snapshot, at: ctx.now, guess });
+    if ops.is_empty() {
+        // Every limit is off and there is no passcode to guess: nothing to
+        // count.
+        return verify(ctx, state);
+    }
     let batch = PasscodesBatch { expect, ops };
-    let state = Reserved { attempt, snapshot, at: ctx.now, guess };
-    Step::Await(Flow::Login(LoginFlow::Reserve(Box::new(state))), Effect::Write(WriteBatch::Passcodes(batch)))
+    Step::Await(Flow::Login(LoginFlow::Reserve(state)), Effect::Write(WriteBatch::Passcodes(batch)))
+}
+
+/// Asks for the one password verification, once the attempt is counted.
+fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> Step {
+    if !ctx.password_capacity() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    let verify = credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.attempt.password);
+    Step::Await(Flow::Login(LoginFlow::Verify(state)), verify)
 }
 
 fn consumption(record: &PasscodeRecord) -> PasscodeExpectation {

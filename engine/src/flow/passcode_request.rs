@@ -86,6 +86,15 @@ fn write(ops: Vec<PasscodesOp>) -> Effect {
     Effect::Write(WriteBatch::Passcodes(PasscodesBatch { expect: None, ops }))
 }
 
+/// Asks for the one password verification, once the request is counted.
+fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<(Claim, Snapshot)>) -> Step {
+    if !ctx.password_capacity() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    let verify = credentials::verification(ctx.config, state.1.user.as_ref(), &state.0.password);
+    Step::Await(Flow::Passcode(PasscodeFlow::Verify(state)), verify)
+}
+
 /// The failure a request whose credentials held gives back.
 fn refunds(limits: &Limits, claim: &Claim) -> impl Iterator<Item = PasscodesOp> {
     limits.failure_refunds(&claim.email, claim.ip, claim.reserved_at, true).into_iter().map(PasscodesOp::Refund)
@@ -105,16 +114,15 @@ impl PasscodeFlow {
                 }
                 claim.reserved_at = ctx.now;
                 let reservations = limits.passcode_request_reservations(&claim.email, claim.ip, ctx.now);
-                let ops = reservations.into_iter().map(PasscodesOp::Reserve).collect();
-                Step::Await(Flow::Passcode(PasscodeFlow::Reserve(Box::new((claim, *snapshot)))), write(ops))
-            }
-            (PasscodeFlow::Reserve(state), EffectResult::Committed) => {
-                if !ctx.password_capacity() {
-                    return Step::Done(Reply::Error(ErrorCode::Busy));
+                let state = Box::new((claim, *snapshot));
+                if reservations.is_empty() {
+                    // Every limit is off: nothing to count.
+                    return verify(ctx, state);
                 }
-                let verify = credentials::verification(ctx.config, state.1.user.as_ref(), &state.0.password);
-                Step::Await(Flow::Passcode(PasscodeFlow::Verify(state)), verify)
+                let ops = reservations.into_iter().map(PasscodesOp::Reserve).collect();
+                Step::Await(Flow::Passcode(PasscodeFlow::Reserve(state)), write(ops))
             }
+            (PasscodeFlow::Reserve(state), EffectResult::Committed) => verify(ctx, state),
             // A bound was reached since the read: read again, to refuse by
             // the limit (or, if the window rolled over, try again).
             (PasscodeFlow::Reserve(state), EffectResult::Conflict) => {
