@@ -13,7 +13,12 @@
 #   SCENARIOS   which to run, default "a b c d e f"; extras: c-hash2 (c with
 #               two hash workers, one per core of this machine, instead of
 #               the default cores - 1), e-limits (e with the default
-#               brute-force limits)
+#               brute-force limits), c-reserve and e-reserve (c and e with
+#               the brute-force limits on but far out of reach, so that every
+#               request commits its reservation and none is refused)
+#   SERVER_BIN  the server binary to measure, default the one built here
+#               (target/release/tokenizer-auth); to compare with another
+#               build, e.g. one of the branch point
 #   DURATION    measured window per run, default 10s
 #   WARMUP      load before measuring, default 1s
 #   QUIET_LOAD  wait until the 1-minute load average is below this, default 0.5
@@ -32,7 +37,7 @@ mkdir -p "$OUT"
 DATA="$OUT/data"
 
 cargo build --release -p tokenizer-auth-runtime-mio -p tokenizer-auth-bench
-BIN=target/release/tokenizer-auth
+BIN=${SERVER_BIN:-target/release/tokenizer-auth}
 BENCH=target/release/tokenizer-auth-bench
 
 PID=""
@@ -116,7 +121,7 @@ NO_LIMITS=(TOKENIZER_AUTH_FAILURES_PER_IP=0 TOKENIZER_AUTH_FAILURES_PER_EMAIL=0
     echo "settings: DURATION=$DURATION WARMUP=$WARMUP SCENARIOS=\"$SCENARIOS\""
 } | tee "$OUT/machine.txt"
 
-if has a || has c || has c-hash2 || has e || has e-limits || has f; then
+if has a || has c || has c-hash2 || has c-reserve || has e || has e-reserve || has e-limits || has f; then
     "$BENCH" seed --data-dir "$DATA/100k" --tokens "$DATA/100k.tokens" --sessions 100000
 fi
 if has b; then
@@ -170,6 +175,21 @@ fi
 if has e; then
     start_server e mio "$DATA/100k" "${NO_LIMITS[@]}"
     bench e --mode legacy --addr "$LEGACY_LOGIN" -c 32
+    stop_server
+fi
+
+# c-reserve, e-reserve (extra). (c) and (e) with the limits on but out of
+# reach: every verification is first reserved by a committed write.
+FAR_LIMITS=(TOKENIZER_AUTH_FAILURES_PER_IP=1000000000 TOKENIZER_AUTH_FAILURES_PER_EMAIL=1000000000
+    TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES=1000000000)
+if has c-reserve; then
+    start_server c-reserve mio "$DATA/100k" "${FAR_LIMITS[@]}"
+    bench c-reserve --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --logins-per-sec 200
+    stop_server
+fi
+if has e-reserve; then
+    start_server e-reserve mio "$DATA/100k" "${FAR_LIMITS[@]}"
+    bench e-reserve --mode legacy --addr "$LEGACY_LOGIN" -c 32
     stop_server
 fi
 

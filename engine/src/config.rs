@@ -96,6 +96,9 @@ impl Config {
                 return Err(format!("{name} is out of range (0 to 36500 days)"));
             }
         }
+        if l.ipv6_prefix > 128 {
+            return Err("ipv6_limit_prefix is out of range (0 to 128)".to_owned());
+        }
         if self.max_line > MAX_LINE {
             return Err(format!("max_line is out of range (at most {MAX_LINE})"));
         }

@@ -19,6 +19,7 @@ use crate::connection::{Connection, Due, Phase};
 use crate::device::normalize_ip;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::flow::{self, Ctx, Flow, Step};
+use crate::notice::Notice;
 use crate::timers::Timers;
 
 /// Names a connection. Chosen by the runtime; unique among open
@@ -206,6 +207,7 @@ pub struct Engine {
     /// Connections in [`Phase::Lingering`].
     lingering: usize,
     shutdown: Shutdown,
+    notices: VecDeque<Notice>,
     capture: Option<Recorder>,
 }
 
@@ -224,6 +226,7 @@ impl Engine {
             password_checks: 0,
             lingering: 0,
             shutdown: Shutdown::No,
+            notices: VecDeque::new(),
             capture: None,
         }
     }
@@ -344,6 +347,13 @@ impl Engine {
             }
         }
         None
+    }
+
+    /// The next notice for the operator, if any: log it. Drain it after
+    /// every [`Engine::handle`], like the outputs (notices left undrained
+    /// only take memory).
+    pub fn poll_notice(&mut self) -> Option<Notice> {
+        self.notices.pop_front()
     }
 
     /// When to call [`Engine::handle`] with [`Input::Timeout`] next. A
@@ -532,9 +542,11 @@ impl Engine {
         let step = match (Request::parse(line), listener) {
             (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.peer),
             (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
-                flow::passcode_request::start(&r, peer)
+                flow::passcode_request::start(&r, peer, &self.config.limits)
             }
-            (Ok(Request::Login(r)), Listener::Native | Listener::LegacyLogin) => flow::login::start(&r, peer),
+            (Ok(Request::Login(r)), Listener::Native | Listener::LegacyLogin) => {
+                flow::login::start(&r, peer, &self.config.limits)
+            }
             (Ok(_), _) => Step::Done(Reply::False),
             (Err(_), _) => Step::Done(Reply::Error(ErrorCode::Malformed)),
         };
@@ -562,9 +574,11 @@ impl Engine {
             config: &self.config,
             password_checks: self.password_checks,
             detached: Vec::new(),
+            notices: Vec::new(),
         };
         let step = task.flow.resume(&mut ctx, result);
         let detached = mem::take(&mut ctx.detached);
+        self.notices.extend(ctx.notices);
         match step {
             Step::Await(flow, effect) => self.register(task.origin, flow, effect),
             Step::Done(reply) => {

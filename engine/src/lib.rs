@@ -54,6 +54,9 @@
 //!      [`EffectResult::Committed`] only once it is durable.
 //!    - [`Output::Stopped`]: after [`Input::Shutdown`], nothing is left;
 //!      the runtime may return.
+//!
+//!    Then drain [`Engine::poll_notice`] and log each [`Notice`] (a request
+//!    refused by a limit, at `info`).
 //! 3. Then ask [`Engine::poll_timeout`], and call `handle` with
 //!    [`Input::Timeout`] once that instant has passed. Early or spurious
 //!    timeouts are harmless.
@@ -90,6 +93,7 @@ mod flow;
 mod hex;
 mod limits;
 pub mod mail;
+mod notice;
 mod passcode;
 mod password;
 mod random;
@@ -107,7 +111,8 @@ pub use config::{Config, DEFAULT_DUMMY_PASSWORD, MAX_DURATION, MAX_LINE};
 pub use device::{Mac, normalize_ip};
 pub use effect::{Effect, EffectId, EffectResult, Mail};
 pub use engine::{ConnId, Engine, Input, Listener, Output};
-pub use limits::{Bump, Counter, CounterKey, Limits, Window};
+pub use limits::{Bound, Counter, CounterKey, Limits, Refund, Reservation, Window};
+pub use notice::Notice;
 pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
 pub use password::PasswordHash;
 pub use secret::Secret;

@@ -4,9 +4,21 @@
 //! store, so the limits survive a restart.
 //!
 //! Every counter is keyed by the email *as sent*, whether or not an account
-//! exists, so a limit never tells an attacker which emails are real.
+//! exists, so a limit never tells an attacker which emails are real. IPv6
+//! clients are counted by their prefix (`ipv6_limit_prefix`, /64 by
+//! default), the block one subscriber holds; IPv4 clients by their address.
+//!
+//! A bound holds under any concurrency because every attempt *reserves* its
+//! place before its password is checked (`docs/SECURITY.md`, "Brute-force
+//! bounds under concurrency"): a [`Reservation`] is a store-side increment
+//! made only while the counter is below its bound, all of a request's
+//! reservations commit together or not at all, and only then is the
+//! password verified. A success gives back what it reserved afterwards
+//! ([`Refund`], or a reset of the streak). Reading the counters first is
+//! only a shortcut that refuses without a write when a bound is already
+//! reached.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -17,16 +29,30 @@ use crate::store::Snapshot;
 pub enum CounterKey {
     /// Passcode requests for one email.
     PasscodeRequestsByEmail(String),
-    /// Passcode requests from one IP.
+    /// Passcode requests from one IP (an IPv6 client's prefix).
     PasscodeRequestsByIp(IpAddr),
     /// Failed logins (and passcode requests with bad credentials) for one
     /// email.
     FailuresByEmail(String),
-    /// Failed logins (and passcode requests with bad credentials) from one IP.
+    /// Failed logins (and passcode requests with bad credentials) from one IP
+    /// (an IPv6 client's prefix).
     FailuresByIp(IpAddr),
     /// Consecutive failures of one account, across all its passcodes; reset
     /// only by a successful login.
     FailureStreak(String),
+}
+
+impl CounterKey {
+    /// The setting that bounds this counter, as operators know it.
+    pub fn limit_name(&self) -> &'static str {
+        match self {
+            CounterKey::PasscodeRequestsByEmail(_) => "passcode_requests_per_email",
+            CounterKey::PasscodeRequestsByIp(_) => "passcode_requests_per_ip",
+            CounterKey::FailuresByEmail(_) => "failures_per_email",
+            CounterKey::FailuresByIp(_) => "failures_per_ip",
+            CounterKey::FailureStreak(_) => "max_consecutive_failures",
+        }
+    }
 }
 
 /// A stored counter.
@@ -40,29 +66,82 @@ pub struct Counter {
     pub last: DateTime<Utc>,
 }
 
-/// One more event for a counter. The store applies it atomically: if the
-/// stored counter has `since == self.since` its count goes up by one,
-/// otherwise it restarts at one with `since`. Concurrent bumps therefore add
-/// up instead of overwriting each other.
+/// The bound a reservation is made under.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Bound {
+    /// At most `max` events in the window that starts at `since`. A counter
+    /// of another window starts over.
+    Window {
+        /// The start of the current window.
+        since: DateTime<Utc>,
+        /// Events allowed in it.
+        max: u32,
+    },
+    /// At most `max` consecutive failures; a streak at `max` refuses until
+    /// `lockout` after its last event, then starts over.
+    Streak {
+        /// Failures allowed in a row.
+        max: u32,
+        /// How long a full streak refuses.
+        lockout: TimeDelta,
+    },
+}
+
+/// One more event for a counter, counted only while the counter is below
+/// its bound. The store applies it as an increment of the stored count
+/// (`count = count + 1`, never a value computed from an earlier read),
+/// conditional on the bound, in the write transaction; a reservation that
+/// does not fit makes its whole batch a conflict.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub struct Bump {
+pub struct Reservation {
     /// Which counter.
     pub key: CounterKey,
-    /// The window (or streak) the event belongs to.
-    pub since: DateTime<Utc>,
-    /// When it happened.
+    /// Its bound.
+    pub bound: Bound,
+    /// When the event happens.
     pub at: DateTime<Utc>,
 }
 
-impl Bump {
-    /// The counter after this bump, given the stored one.
-    pub fn apply(&self, stored: Option<Counter>) -> Counter {
-        match stored {
-            Some(c) if c.since == self.since => {
-                Counter { since: c.since, count: c.count.saturating_add(1), last: self.at }
+impl Reservation {
+    /// The counter after this reservation, given the stored one, or `None`
+    /// if the bound is reached. The store's conditional increment does the
+    /// same.
+    pub fn apply(&self, stored: Option<Counter>) -> Option<Counter> {
+        let fresh = |since| Counter { since, count: 1, last: self.at };
+        match (self.bound, stored) {
+            (Bound::Window { since, .. }, None) => Some(fresh(since)),
+            (Bound::Window { since, max }, Some(c)) if c.since == since => {
+                (c.count < max).then(|| Counter { count: c.count.saturating_add(1), last: self.at, ..c })
             }
-            _ => Counter { since: self.since, count: 1, last: self.at },
+            (Bound::Window { since, .. }, Some(_)) => Some(fresh(since)),
+            (Bound::Streak { .. }, None) => Some(fresh(self.at)),
+            (Bound::Streak { max, .. }, Some(c)) if c.count < max => {
+                Some(Counter { count: c.count.saturating_add(1), last: self.at, ..c })
+            }
+            (Bound::Streak { lockout, .. }, Some(c)) => (self.at >= c.last + lockout).then(|| fresh(self.at)),
         }
+    }
+}
+
+/// Gives back a place reserved by an attempt that turned out not to be a
+/// failure (or not to need one). The store decrements the count if it is
+/// above zero and, for a window, still counts the window the reservation
+/// was made in.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Refund {
+    /// Which counter.
+    pub key: CounterKey,
+    /// The window the place was reserved in; `None` for the streak.
+    pub since: Option<DateTime<Utc>>,
+}
+
+impl Refund {
+    /// The counter after this refund, given the stored one.
+    pub fn apply(&self, stored: Option<Counter>) -> Option<Counter> {
+        stored.map(|c| match self.since {
+            Some(since) if since != c.since => c,
+            _ => Counter { count: c.count.saturating_sub(1), ..c },
+        })
     }
 }
 
@@ -95,9 +174,19 @@ impl Window {
         self.max != 0 && stored.is_some_and(|c| c.since == self.start(now) && c.count >= self.max)
     }
 
-    /// The bump that counts an event at `now`.
-    pub fn bump(&self, key: CounterKey, now: DateTime<Utc>) -> Bump {
-        Bump { key, since: self.start(now), at: now }
+    /// The reservation that counts an event at `now`; none when the limit
+    /// is off.
+    pub fn reserve(&self, key: CounterKey, now: DateTime<Utc>) -> Option<Reservation> {
+        (self.max != 0).then(|| Reservation {
+            key,
+            bound: Bound::Window { since: self.start(now), max: self.max },
+            at: now,
+        })
+    }
+
+    /// Gives back a place reserved at `reserved_at`.
+    pub fn refund(&self, key: CounterKey, reserved_at: DateTime<Utc>) -> Option<Refund> {
+        (self.max != 0).then(|| Refund { key, since: Some(self.start(reserved_at)) })
     }
 }
 
@@ -116,6 +205,9 @@ pub struct Limits {
     pub max_consecutive_failures: u32,
     /// How long a locked account stays locked after its last failure.
     pub lockout: TimeDelta,
+    /// The per-IP limits count an IPv6 client by its first this many bits
+    /// (0 to 128): one subscriber usually holds a whole /64.
+    pub ipv6_prefix: u8,
 }
 
 impl Default for Limits {
@@ -128,6 +220,7 @@ impl Default for Limits {
             failures_per_ip: Window::new(100, quarter),
             max_consecutive_failures: 100,
             lockout: TimeDelta::hours(1),
+            ipv6_prefix: 64,
         }
     }
 }
@@ -138,81 +231,164 @@ impl Limits {
         streak.is_some_and(|c| c.count >= self.max_consecutive_failures && now < c.last + self.lockout)
     }
 
-    /// The bump that adds a failure to an account's streak. A streak whose
-    /// lockout has passed starts over, so an account gets a fresh allowance
-    /// of failures once its window passes.
-    pub fn streak_bump(&self, email: &str, streak: Option<&Counter>, now: DateTime<Utc>) -> Bump {
-        let since = match streak {
-            Some(c) if c.count < self.max_consecutive_failures => c.since,
-            _ => now,
-        };
-        Bump { key: CounterKey::FailureStreak(email.to_owned()), since, at: now }
+    /// Whether the lockout is on at all (`0` for either setting turns it
+    /// off; the settings spell an unlimited streak as `u32::MAX`).
+    fn lockout_on(&self) -> bool {
+        self.max_consecutive_failures != u32::MAX && self.lockout > TimeDelta::zero()
     }
-}
 
-/// The counters a request's checks read.
-impl Limits {
-    /// Counters a login reads.
-    pub(crate) fn login_counters(email: &str, ip: IpAddr) -> Vec<CounterKey> {
-        vec![
-            CounterKey::FailuresByEmail(email.to_owned()),
-            CounterKey::FailuresByIp(ip),
-            CounterKey::FailureStreak(email.to_owned()),
+    /// The address the per-IP limits count `ip` under: an IPv4 address as
+    /// it is, an IPv6 one as its prefix (the rest of the bits zero).
+    pub fn client(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => {
+                let bits = u32::from(self.ipv6_prefix.min(128));
+                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+
+    /// How a counter's subject is shown to an operator: the email, the
+    /// IPv4 address, or the IPv6 prefix.
+    pub fn subject(&self, key: &CounterKey) -> String {
+        match key {
+            CounterKey::PasscodeRequestsByEmail(email)
+            | CounterKey::FailuresByEmail(email)
+            | CounterKey::FailureStreak(email) => email.clone(),
+            CounterKey::PasscodeRequestsByIp(ip) | CounterKey::FailuresByIp(ip) => match ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => format!("{v6}/{}", self.ipv6_prefix.min(128)),
+            },
+        }
+    }
+
+    /// The failure counters of a credential check from `ip`, with the
+    /// bound of each: per email, per IP, and the account's streak.
+    fn failure_counters(&self, email: &str, ip: IpAddr) -> [(CounterKey, Option<Window>); 3] {
+        let client = self.client(ip);
+        [
+            (CounterKey::FailuresByEmail(email.to_owned()), Some(self.failures_per_email)),
+            (CounterKey::FailuresByIp(client), Some(self.failures_per_ip)),
+            (CounterKey::FailureStreak(email.to_owned()), None),
         ]
+    }
+
+    /// The passcode request counters, with their bounds.
+    fn request_counters(&self, email: &str, ip: IpAddr) -> [(CounterKey, Option<Window>); 2] {
+        [
+            (CounterKey::PasscodeRequestsByEmail(email.to_owned()), Some(self.passcode_requests_per_email)),
+            (CounterKey::PasscodeRequestsByIp(self.client(ip)), Some(self.passcode_requests_per_ip)),
+        ]
+    }
+
+    /// Counters a login reads.
+    pub(crate) fn login_counters(&self, email: &str, ip: IpAddr) -> Vec<CounterKey> {
+        self.failure_counters(email, ip).into_iter().map(|(k, _)| k).collect()
     }
 
     /// Counters a passcode request reads: a passcode request checks the
     /// password too, so it is also bound by the login limits.
-    pub(crate) fn passcode_request_counters(email: &str, ip: IpAddr) -> Vec<CounterKey> {
-        let mut keys = Self::login_counters(email, ip);
-        keys.push(CounterKey::PasscodeRequestsByEmail(email.to_owned()));
-        keys.push(CounterKey::PasscodeRequestsByIp(ip));
-        keys
+    pub(crate) fn passcode_request_counters(&self, email: &str, ip: IpAddr) -> Vec<CounterKey> {
+        let requests = self.request_counters(email, ip).into_iter();
+        self.failure_counters(email, ip).into_iter().chain(requests).map(|(k, _)| k).collect()
     }
 
-    /// Whether a login must be refused before its credentials are looked at.
-    pub(crate) fn refuses_login(&self, snapshot: &Snapshot, email: &str, ip: IpAddr, now: DateTime<Utc>) -> bool {
-        let by_email = snapshot.counter(&CounterKey::FailuresByEmail(email.to_owned()));
-        let by_ip = snapshot.counter(&CounterKey::FailuresByIp(ip));
-        let streak = snapshot.counter(&CounterKey::FailureStreak(email.to_owned()));
-        self.failures_per_email.exhausted(by_email, now)
-            || self.failures_per_ip.exhausted(by_ip, now)
-            || self.locked(streak, now)
+    /// The first counter in `keys` whose bound is reached in `snapshot` at
+    /// `now`: the limit that refuses the request.
+    pub(crate) fn refusal(
+        &self,
+        snapshot: &Snapshot,
+        counters: &[(CounterKey, Option<Window>)],
+        now: DateTime<Utc>,
+    ) -> Option<CounterKey> {
+        counters.iter().find_map(|(key, window)| {
+            let stored = snapshot.counter(key);
+            let reached = match window {
+                Some(w) => w.exhausted(stored, now),
+                None => self.locked(stored, now),
+            };
+            reached.then(|| key.clone())
+        })
     }
 
-    /// Whether a passcode request must be refused before its credentials are
-    /// looked at.
-    pub(crate) fn refuses_passcode_request(
+    /// The limit that refuses a login before its credentials are looked
+    /// at, if one does.
+    pub(crate) fn login_refusal(
         &self,
         snapshot: &Snapshot,
         email: &str,
         ip: IpAddr,
         now: DateTime<Utc>,
-    ) -> bool {
-        let by_email = snapshot.counter(&CounterKey::PasscodeRequestsByEmail(email.to_owned()));
-        let by_ip = snapshot.counter(&CounterKey::PasscodeRequestsByIp(ip));
-        self.passcode_requests_per_email.exhausted(by_email, now)
-            || self.passcode_requests_per_ip.exhausted(by_ip, now)
-            || self.refuses_login(snapshot, email, ip, now)
+    ) -> Option<CounterKey> {
+        self.refusal(snapshot, &self.failure_counters(email, ip), now)
     }
 
-    /// The bumps that count a passcode request.
-    pub(crate) fn passcode_request_bumps(&self, email: &str, ip: IpAddr, now: DateTime<Utc>) -> [Bump; 2] {
-        [
-            self.passcode_requests_per_email.bump(CounterKey::PasscodeRequestsByEmail(email.to_owned()), now),
-            self.passcode_requests_per_ip.bump(CounterKey::PasscodeRequestsByIp(ip), now),
-        ]
+    /// The limit that refuses a passcode request before its credentials
+    /// are looked at, if one does.
+    pub(crate) fn passcode_request_refusal(
+        &self,
+        snapshot: &Snapshot,
+        email: &str,
+        ip: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Option<CounterKey> {
+        let mut counters = self.request_counters(email, ip).to_vec();
+        counters.extend(self.failure_counters(email, ip));
+        self.refusal(snapshot, &counters, now)
     }
 
-    /// The bumps that count a failure: per email, per IP, and the account's
-    /// streak.
-    pub(crate) fn failure_bumps(&self, snapshot: &Snapshot, email: &str, ip: IpAddr, now: DateTime<Utc>) -> [Bump; 3] {
-        let streak = snapshot.counter(&CounterKey::FailureStreak(email.to_owned()));
-        [
-            self.failures_per_email.bump(CounterKey::FailuresByEmail(email.to_owned()), now),
-            self.failures_per_ip.bump(CounterKey::FailuresByIp(ip), now),
-            self.streak_bump(email, streak, now),
-        ]
+    fn reservations(
+        &self,
+        counters: impl IntoIterator<Item = (CounterKey, Option<Window>)>,
+        now: DateTime<Utc>,
+    ) -> Vec<Reservation> {
+        let streak = Bound::Streak { max: self.max_consecutive_failures, lockout: self.lockout };
+        counters
+            .into_iter()
+            .filter_map(|(key, window)| match window {
+                Some(w) => w.reserve(key, now),
+                None => self.lockout_on().then_some(Reservation { key, bound: streak, at: now }),
+            })
+            .collect()
+    }
+
+    /// The places a login reserves before its password is verified: one
+    /// failure on every failure counter.
+    pub(crate) fn login_reservations(&self, email: &str, ip: IpAddr, now: DateTime<Utc>) -> Vec<Reservation> {
+        self.reservations(self.failure_counters(email, ip), now)
+    }
+
+    /// The places a passcode request reserves before its password is
+    /// verified: the request itself, and one failure.
+    pub(crate) fn passcode_request_reservations(
+        &self,
+        email: &str,
+        ip: IpAddr,
+        now: DateTime<Utc>,
+    ) -> Vec<Reservation> {
+        let counters = self.request_counters(email, ip).into_iter().chain(self.failure_counters(email, ip));
+        self.reservations(counters, now)
+    }
+
+    /// What a check whose credentials held gives back of the failure it
+    /// reserved at `reserved_at`: its place in both windows, and, unless
+    /// the streak is reset instead (`with_streak == false`), in the streak.
+    pub(crate) fn failure_refunds(
+        &self,
+        email: &str,
+        ip: IpAddr,
+        reserved_at: DateTime<Utc>,
+        with_streak: bool,
+    ) -> Vec<Refund> {
+        self.failure_counters(email, ip)
+            .into_iter()
+            .filter_map(|(key, window)| match window {
+                Some(w) => w.refund(key, reserved_at),
+                None => (with_streak && self.lockout_on()).then_some(Refund { key, since: None }),
+            })
+            .collect()
     }
 }
 
@@ -225,30 +401,64 @@ mod tests {
     }
 
     #[test]
-    fn windows_count_and_roll_over() {
+    fn windows_count_up_to_their_bound_and_roll_over() {
         let w = Window::new(2, TimeDelta::seconds(60));
         let key = CounterKey::FailuresByEmail("a".into());
         let mut c = None;
         for t in [61, 62] {
             assert!(!w.exhausted(c.as_ref(), at(t)));
-            c = Some(w.bump(key.clone(), at(t)).apply(c));
+            c = w.reserve(key.clone(), at(t)).unwrap().apply(c);
         }
         assert!(w.exhausted(c.as_ref(), at(119)));
+        assert_eq!(w.reserve(key.clone(), at(119)).unwrap().apply(c), None, "a third place in one window");
         assert!(!w.exhausted(c.as_ref(), at(120)));
-        assert!(!Window::new(0, TimeDelta::seconds(60)).exhausted(c.as_ref(), at(62)));
+        assert_eq!(w.reserve(key.clone(), at(120)).unwrap().apply(c).map(|c| c.count), Some(1));
+        assert!(Window::new(0, TimeDelta::seconds(60)).reserve(key, at(62)).is_none());
+    }
+
+    #[test]
+    fn a_refund_gives_back_a_place_in_its_own_window_only() {
+        let w = Window::new(2, TimeDelta::seconds(60));
+        let key = CounterKey::FailuresByEmail("a".into());
+        let c = w.reserve(key.clone(), at(61)).unwrap().apply(None);
+        let c = w.reserve(key.clone(), at(62)).unwrap().apply(c);
+        assert_eq!(w.refund(key.clone(), at(62)).unwrap().apply(c).map(|c| c.count), Some(1));
+        assert_eq!(w.refund(key, at(10)).unwrap().apply(c).map(|c| c.count), Some(2), "another window's refund");
     }
 
     #[test]
     fn streak_locks_and_then_starts_over() {
         let limits = Limits { max_consecutive_failures: 3, lockout: TimeDelta::seconds(10), ..Limits::default() };
+        let streak = |t| Reservation {
+            key: CounterKey::FailureStreak("a".into()),
+            bound: Bound::Streak { max: 3, lockout: limits.lockout },
+            at: at(t),
+        };
         let mut c = None;
         for t in 0..3 {
             assert!(!limits.locked(c.as_ref(), at(t)));
-            c = Some(limits.streak_bump("a", c.as_ref(), at(t)).apply(c));
+            c = streak(t).apply(c);
         }
         assert!(limits.locked(c.as_ref(), at(11)));
+        assert_eq!(streak(11).apply(c), None);
         assert!(!limits.locked(c.as_ref(), at(12)));
-        let after = limits.streak_bump("a", c.as_ref(), at(12)).apply(c);
-        assert_eq!(after.count, 1);
+        assert_eq!(streak(12).apply(c).map(|c| c.count), Some(1));
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_prefix() {
+        let limits = Limits::default();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let inside = [ip("2001:db8:1:2::1"), ip("2001:db8:1:2:ffff:ffff:ffff:ffff")];
+        assert_eq!(limits.client(inside[0]), limits.client(inside[1]));
+        assert_eq!(limits.client(inside[0]), ip("2001:db8:1:2::"));
+        assert_ne!(limits.client(ip("2001:db8:1:3::1")), limits.client(inside[0]));
+        assert_eq!(limits.client(ip("192.0.2.7")), ip("192.0.2.7"), "IPv4 per address");
+        let exact = Limits { ipv6_prefix: 128, ..limits };
+        assert_ne!(exact.client(inside[0]), exact.client(inside[1]));
+        let all = Limits { ipv6_prefix: 0, ..limits };
+        assert_eq!(all.client(inside[0]), ip("::"));
+        let key = CounterKey::FailuresByIp(limits.client(inside[0]));
+        assert_eq!(limits.subject(&key), "2001:db8:1:2::/64");
     }
 }

@@ -161,15 +161,6 @@ impl Default for PasscodePolicy {
     }
 }
 
-/// What a failed login does to the passcode it was made against.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum AfterFailure {
-    /// Count the guess.
-    CountGuess(u32),
-    /// The passcode is spent (expired or out of guesses): remove it.
-    Void,
-}
-
 impl PasscodePolicy {
     /// The record for a passcode issued now.
     pub(crate) fn issue(
@@ -190,14 +181,12 @@ impl PasscodePolicy {
         matches && now < record.expires_at && record.attempts < self.max_guesses
     }
 
-    /// The state a failed login leaves the record in.
-    pub(crate) fn after_failure(&self, record: &PasscodeRecord, now: DateTime<Utc>) -> AfterFailure {
-        let attempts = record.attempts.saturating_add(1);
-        if now >= record.expires_at || attempts >= self.max_guesses {
-            AfterFailure::Void
-        } else {
-            AfterFailure::CountGuess(attempts)
-        }
+    /// Whether a guess against `record` may still be counted at `now`: it
+    /// has not expired and has guesses left. A login reserves its guess
+    /// (one more counted attempt) before it is compared, so at most
+    /// `max_guesses` guesses are ever compared, however many race.
+    pub(crate) fn guessable(&self, record: &PasscodeRecord, now: DateTime<Utc>) -> bool {
+        now < record.expires_at && record.attempts < self.max_guesses
     }
 }
 
@@ -249,10 +238,12 @@ mod tests {
         let mut r = record(StoredPasscode::from_column("Q7ZK2M"));
         assert!(policy.accepts(&r, "Q7ZK2M", now));
         assert!(!policy.accepts(&r, "Q7ZK2M", r.expires_at));
-        assert_eq!(policy.after_failure(&r, now), AfterFailure::CountGuess(1));
+        assert!(policy.guessable(&r, now));
+        assert!(!policy.guessable(&r, r.expires_at));
         r.attempts = 4;
-        assert_eq!(policy.after_failure(&r, now), AfterFailure::Void);
+        assert!(policy.guessable(&r, now));
         r.attempts = 5;
         assert!(!policy.accepts(&r, "Q7ZK2M", now));
+        assert!(!policy.guessable(&r, now));
     }
 }

@@ -12,7 +12,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::device::Mac;
-use crate::limits::{Bump, Counter, CounterKey};
+use crate::limits::{Counter, CounterKey, Refund, Reservation};
 use crate::passcode::{PasscodeKey, PasscodeRecord, StoredPasscode};
 use crate::password::PasswordHash;
 use crate::token::MasterToken;
@@ -96,15 +96,16 @@ pub struct PasscodesBatch {
     pub ops: Vec<PasscodesOp>,
 }
 
-/// "The passcode row is still the one I read."
+/// "The passcode row is still the one I read" (and, for a guess, "it has
+/// a guess left").
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PasscodeExpectation {
     /// Which passcode.
     pub key: PasscodeKey,
     /// Its sealed code as read.
     pub code: StoredPasscode,
-    /// Its guess count as read.
-    pub attempts: u32,
+    /// When set, the guesses counted against it must be fewer than this.
+    pub attempts_below: Option<u32>,
 }
 
 /// One write to the passcodes file.
@@ -114,15 +115,13 @@ pub enum PasscodesOp {
     Put(PasscodeRecord),
     /// Remove the passcode under a key, if any.
     Delete(PasscodeKey),
-    /// Set a passcode's guess count.
-    SetAttempts {
-        /// Which passcode.
-        key: PasscodeKey,
-        /// The new count.
-        attempts: u32,
-    },
-    /// Count an event (see [`Bump::apply`]).
-    Bump(Bump),
+    /// Count one guess against a passcode (`attempts = attempts + 1`).
+    CountGuess(PasscodeKey),
+    /// Count an event if its bound allows (see [`Reservation::apply`]);
+    /// the batch is a conflict otherwise.
+    Reserve(Reservation),
+    /// Give back a reserved place (see [`Refund::apply`]).
+    Refund(Refund),
     /// Remove a counter.
     Reset(CounterKey),
 }

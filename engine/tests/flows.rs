@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use chrono::TimeDelta;
 use tokenizer_auth_engine::testkit::{Completion, World, test_hash};
 use tokenizer_auth_engine::{
-    Config, ConnId, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Output, PasswordHash, Secret, StoredPasscode,
-    UserRecord, Window,
+    Config, ConnId, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Notice, Output, PasswordHash, Secret,
+    StoredPasscode, UserRecord, Window,
 };
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
@@ -334,6 +334,43 @@ fn failed_logins_are_rate_limited_per_ip() {
     assert_eq!(w.request(c, &login_line("someone@else.org", "nope", "AAAAAA")), "error|rate_limited");
     let elsewhere = w.connect(Listener::Native, ip("127.0.0.9"));
     assert_eq!(w.request(elsewhere, &login_line(EMAIL, "nope", "AAAAAA")), "False");
+}
+
+/// An IPv6 client is counted by its /64, the block one subscriber usually
+/// holds: fresh addresses inside it share one count, another /64 has its
+/// own. Each refusal is a notice for the operator, naming the limit and the
+/// prefix.
+#[test]
+fn ipv6_clients_are_rate_limited_per_prefix() {
+    let mut config = Config::default();
+    config.limits.failures_per_ip = Window::new(3, TimeDelta::minutes(15));
+    let mut w = world_with(config);
+    for host in ["2001:db8:0:1::a", "2001:db8:0:1::b", "2001:db8:0:1:ffff:ffff:ffff:fffe"] {
+        let c = w.connect(Listener::Native, ip(host));
+        assert_eq!(w.request(c, &login_line(EMAIL, "nope", "AAAAAA")), "False");
+    }
+    assert!(w.engine.poll_notice().is_none());
+    let inside = w.connect(Listener::Native, ip("2001:db8:0:1:1234::1"));
+    assert_eq!(w.request(inside, &login_line("someone@else.org", "nope", "AAAAAA")), "error|rate_limited");
+    assert_eq!(
+        w.engine.poll_notice(),
+        Some(Notice::Refused {
+            limit: "failures_per_ip",
+            subject: "2001:db8:0:1::/64".into(),
+            peer: ip("2001:db8:0:1:1234::1")
+        })
+    );
+    let outside = w.connect(Listener::Native, ip("2001:db8:0:2::a"));
+    assert_eq!(w.request(outside, &login_line(EMAIL, "nope", "AAAAAA")), "False");
+    // With the prefix at 128, every address is counted on its own.
+    let mut config = Config::default();
+    config.limits.failures_per_ip = Window::new(1, TimeDelta::minutes(15));
+    config.limits.ipv6_prefix = 128;
+    let mut w = world_with(config);
+    for host in ["2001:db8:0:1::a", "2001:db8:0:1::b"] {
+        let c = w.connect(Listener::Native, ip(host));
+        assert_eq!(w.request(c, &login_line(EMAIL, "nope", "AAAAAA")), "False");
+    }
 }
 
 #[test]

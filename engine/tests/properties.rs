@@ -22,7 +22,7 @@ use tokenizer_auth_engine::codec::request::{
 use tokenizer_auth_engine::testkit::fuzz::unpickle;
 use tokenizer_auth_engine::testkit::{Completion, World};
 use tokenizer_auth_engine::{
-    ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Output, Window, normalize_ip,
+    ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Notice, Output, Window, normalize_ip,
 };
 use tokenizer_auth_engine::{Config, PASSCODE_LENGTH};
 
@@ -1410,6 +1410,247 @@ proptest! {
                 w.send(good, format!("{unknown}\n").as_bytes());
                 w.settle();
                 prop_assert_eq!(w.take_received(good), b"unauthorized\n".to_vec());
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 9. Brute-force bounds under concurrency
+// ---------------------------------------------------------------------------
+
+/// The one limit a case sets tight (all others off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tight {
+    FailuresPerEmail,
+    FailuresPerIp,
+    Streak,
+    RequestsPerEmail,
+    RequestsPerIp,
+}
+
+fn tight() -> impl Strategy<Value = Tight> {
+    select(vec![
+        Tight::FailuresPerEmail,
+        Tight::FailuresPerIp,
+        Tight::Streak,
+        Tight::RequestsPerEmail,
+        Tight::RequestsPerIp,
+    ])
+}
+
+/// One attempt of a burst: which request, over which listener, from which
+/// address, whether its password is right, and how many effects complete
+/// before the next one is sent.
+#[derive(Clone, Copy, Debug)]
+struct Shot {
+    passcode_request: bool,
+    legacy: bool,
+    from: u8,
+    right_password: bool,
+    steps: usize,
+}
+
+fn shot() -> impl Strategy<Value = Shot> {
+    (any::<bool>(), any::<bool>(), 0u8..4, any::<bool>(), prop_oneof![Just(0usize), 0usize..5]).prop_map(
+        |(passcode_request, legacy, from, right_password, steps)| Shot {
+            passcode_request,
+            legacy,
+            from,
+            right_password,
+            steps,
+        },
+    )
+}
+
+/// Sends a request on a fresh connection of the listener for its kind.
+fn send_request(w: &mut World, legacy: bool, passcode_request: bool, ip: IpAddr, line: &str) -> (ConnId, Listener) {
+    let listener = match (legacy, passcode_request) {
+        (false, _) => Listener::Native,
+        (true, true) => Listener::LegacyPasscode,
+        (true, false) => Listener::LegacyLogin,
+    };
+    let conn = w.connect(listener, ip);
+    match listener {
+        Listener::Native => w.send(conn, format!("{line}\n").as_bytes()),
+        _ => w.send(conn, line.as_bytes()),
+    }
+    (conn, listener)
+}
+
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    /// A burst of attempts against one tight limit, their effects completed
+    /// in any order: the password verifications are exactly as many as the
+    /// limit allows (never more, and no attempt refused below it), every
+    /// other attempt is refused `rate_limited` with a notice naming the
+    /// limit, over both listeners, from addresses inside one IPv6 /64 or
+    /// one IPv4 address for the per-IP limits.
+    #[test]
+    fn bounds_hold_under_any_interleaving(
+        tight in tight(),
+        bound in 1u32..8,
+        shots in vec(shot(), 1..24),
+        v6 in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let quarter = TimeDelta::minutes(15);
+        let off = Window::new(0, quarter);
+        let on = Window::new(bound, quarter);
+        let mut config = Config { max_password_checks: 1000, ..Config::default() };
+        config.limits = Limits {
+            passcode_requests_per_email: off,
+            passcode_requests_per_ip: off,
+            failures_per_email: off,
+            failures_per_ip: off,
+            max_consecutive_failures: u32::MAX,
+            lockout: TimeDelta::hours(1),
+            ipv6_prefix: 64,
+        };
+        match tight {
+            Tight::FailuresPerEmail => config.limits.failures_per_email = on,
+            Tight::FailuresPerIp => config.limits.failures_per_ip = on,
+            Tight::Streak => config.limits.max_consecutive_failures = bound,
+            Tight::RequestsPerEmail => config.limits.passcode_requests_per_email = on,
+            Tight::RequestsPerIp => config.limits.passcode_requests_per_ip = on,
+        }
+        let per_ip = matches!(tight, Tight::FailuresPerIp | Tight::RequestsPerIp);
+        let requests_only = matches!(tight, Tight::RequestsPerEmail | Tight::RequestsPerIp);
+        let mut w = World::new(config, seed);
+        w.store.add_user(EMAIL, PHONE, PASSWORD);
+        w.complete_in(Completion::Shuffled(seed));
+
+        let mut sent = Vec::new();
+        for (i, s) in shots.iter().enumerate() {
+            // A per-IP limit sees one client (one address, or one /64) and
+            // many emails, known and unknown; the others one email from
+            // many clients.
+            let ip = match (per_ip, v6) {
+                (true, true) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1 + u16::from(s.from))),
+                (true, false) => ip4(7),
+                (false, true) => IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, u16::from(s.from), 0, 0, 0, 1)),
+                (false, false) => ip4(10 + s.from),
+            };
+            let email = if per_ip && i % 2 == 1 { format!("nobody{i}@example.com") } else { EMAIL.to_owned() };
+            let passcode_request = requests_only || s.passcode_request;
+            // The failure limits see wrong passwords only: a right one is
+            // not a failure.
+            let password = if requests_only && s.right_password { PASSWORD } else { "wrong" };
+            let line = if passcode_request {
+                passcode_line(MAC, &email, PHONE, password)
+            } else {
+                login_line(MAC, &email, PHONE, password, "AAAAAA")
+            };
+            sent.push(send_request(&mut w, s.legacy, passcode_request, ip, &line));
+            for _ in 0..s.steps {
+                w.step();
+            }
+        }
+        w.settle();
+
+        let allowed = shots.len().min(bound as usize);
+        prop_assert_eq!(w.verifications, allowed as u64, "verifications under a bound of {}", bound);
+        let mut refused = 0;
+        for &(conn, listener) in &sent {
+            let reply = one_reply(&mut w, conn, listener)?;
+            match reply.as_str() {
+                "Passcode is sent" | "False" => {}
+                // The legacy ports answer every error `False`.
+                _ if listener != Listener::Native => prop_assert_eq!(reply.as_str(), "False"),
+                "error|rate_limited" => refused += 1,
+                other => prop_assert!(false, "unexpected reply {:?}", other),
+            }
+        }
+        let native = sent.iter().filter(|(_, l)| *l == Listener::Native).count();
+        prop_assert!(refused <= native);
+        let mut notices = 0;
+        let name = match tight {
+            Tight::FailuresPerEmail => "failures_per_email",
+            Tight::FailuresPerIp => "failures_per_ip",
+            Tight::Streak => "max_consecutive_failures",
+            Tight::RequestsPerEmail => "passcode_requests_per_email",
+            Tight::RequestsPerIp => "passcode_requests_per_ip",
+        };
+        while let Some(notice) = w.engine.poll_notice() {
+            let Notice::Refused { limit, .. } = notice;
+            prop_assert_eq!(limit, name);
+            notices += 1;
+        }
+        prop_assert_eq!(notices, shots.len() - allowed, "one notice per refusal");
+    }
+
+    /// A burst of logins with the right password against one passcode, its
+    /// effects completed in any order: at most `max_guesses` guesses are
+    /// ever compared (each is counted first), at most one logs in, and a
+    /// passcode that has taken its last guess no longer works.
+    #[test]
+    fn passcode_guesses_hold_under_bursts(
+        wrong in 1usize..14,
+        right_at in proptest::option::of(0usize..14),
+        legacy_mask in any::<u16>(),
+        steps in vec(0usize..4, 14),
+        seed in any::<u64>(),
+    ) {
+        let quarter = TimeDelta::minutes(15);
+        let off = Window::new(0, quarter);
+        let mut config = Config { max_password_checks: 1000, ..Config::default() };
+        config.limits = Limits {
+            passcode_requests_per_email: off,
+            passcode_requests_per_ip: off,
+            failures_per_email: off,
+            failures_per_ip: off,
+            max_consecutive_failures: u32::MAX,
+            ..config.limits
+        };
+        let max_guesses = config.passcode.max_guesses as usize;
+        let mut w = World::new(config, seed);
+        w.store.add_user(EMAIL, PHONE, PASSWORD);
+        let ip = ip4(9);
+        let code = fresh_passcode(&mut w, ip, MAC)?;
+        w.complete_in(Completion::Shuffled(seed));
+
+        let mut guesses: Vec<String> = (0..wrong).map(|i| other_code(&code, seed.rotate_left(i as u32))).collect();
+        if let Some(at) = right_at {
+            guesses.insert(at.min(wrong), code.clone());
+        }
+        let mut sent = Vec::new();
+        for (i, guess) in guesses.iter().enumerate() {
+            let line = login_line(MAC, EMAIL, PHONE, PASSWORD, guess);
+            sent.push(send_request(&mut w, legacy_mask >> i & 1 == 1, false, ip, &line));
+            for _ in 0..steps[i] {
+                w.step();
+            }
+        }
+        w.settle();
+        prop_assert_eq!(w.verifications as usize, 1 + guesses.len(), "one verification per login");
+
+        let mut tokens = 0;
+        for &(conn, listener) in &sent {
+            let reply = one_reply(&mut w, conn, listener)?;
+            if reply.starts_with(LOGIN_PREFIX) {
+                tokens += 1;
+            } else {
+                prop_assert_eq!(reply.as_str(), "False");
+            }
+        }
+        prop_assert!(tokens <= 1);
+        let counted = w.store.passcodes.values().map(|r| r.attempts as usize).next();
+        if tokens == 1 {
+            prop_assert!(counted.is_none(), "a passcode that logged in stays");
+        } else {
+            // Every guess compared was counted first, and no more than the
+            // passcode allows were counted.
+            let counted = counted.unwrap_or(0);
+            prop_assert!(counted <= max_guesses, "{} guesses counted", counted);
+            if right_at.is_none() {
+                prop_assert_eq!(counted, wrong.min(max_guesses));
+            }
+            let again = native(&mut w, ip, &login_line(MAC, EMAIL, PHONE, PASSWORD, &code));
+            if counted >= max_guesses {
+                prop_assert_eq!(again.as_str(), "False", "the passcode worked after its last guess");
+            } else {
+                prop_assert!(is_login(&again), "{:?} with {} guesses counted", again, counted);
             }
         }
     }

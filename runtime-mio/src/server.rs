@@ -38,7 +38,7 @@ use socket2::SockRef;
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
 use tokenizer_auth_runtime_std::password::Hasher;
 use tokenizer_auth_runtime_std::pool::EffectPool;
-use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, now, os_rng};
+use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, log_notices, now, os_rng};
 use tokenizer_auth_runtime_std::settings::Settings;
 use tokenizer_auth_runtime_std::socket;
 
@@ -255,6 +255,7 @@ impl EventLoop {
                 Output::Stopped => self.stopped = true,
             }
         }
+        log_notices(&mut self.engine);
         if let Some(capture) = &mut self.capture {
             capture.append(&mut self.engine);
         }

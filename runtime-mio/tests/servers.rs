@@ -140,6 +140,108 @@ fn sigint_also_stops_cleanly(runtime: &str) {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// A native connection from 127.0.0.`host`.
+fn connect_from(server: &Server, host: u8) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, host], 0)).into()).unwrap();
+    socket.connect(&server.native.into()).unwrap();
+    Client::new(socket.into())
+}
+
+fn wrong_login() -> String {
+    format!("{MAC}|{EMAIL}|{PHONE}|wrong password|AAAAAA")
+}
+
+/// One wrong login on a connection from each of `hosts`, plus `legacy`
+/// more on the old login port, all sent before any reply is read; the
+/// native replies.
+fn burst(server: &Server, hosts: &[u8], legacy_logins: usize) -> Vec<String> {
+    let mut clients: Vec<Client> = hosts.iter().map(|&h| connect_from(server, h)).collect();
+    std::thread::scope(|scope| {
+        let legacy: Vec<_> =
+            (0..legacy_logins).map(|_| scope.spawn(|| legacy(server, server.legacy_login, &wrong_login()))).collect();
+        for c in &mut clients {
+            c.send(format!("{}\n", wrong_login()).as_bytes());
+        }
+        let replies = clients.iter_mut().map(Client::line).collect();
+        for l in legacy {
+            assert_eq!(l.join().unwrap(), "False", "the old port answers errors False too");
+        }
+        replies
+    })
+}
+
+/// `tokenizer-auth limits ...` on the running server's files, with the
+/// server's settings (`env`).
+fn limits(server: &Server, env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command.arg("--data-dir").arg(&server.dir).arg("limits").args(args).envs(env.iter().copied());
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "limits {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Waits for a log line holding every one of `parts`.
+fn logged(server: &Server, parts: &[&str]) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if server.log.lock().unwrap().iter().any(|line| parts.iter().all(|p| line.contains(p))) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// With the lockout at 10, three bursts of 32 parallel wrong logins (a few
+/// of them on the old login port) make exactly 10 password checks: 10
+/// `False` at most, the rest refused. The refusals are logged without the
+/// password; `limits show` tells the operator, and `limits reset` lets the
+/// account in again on the running server.
+fn the_lockout_holds_under_parallel_bursts(runtime: &str) {
+    let env = [("TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES", "10")];
+    let server = Server::start(runtime, &env);
+    let mut checked = 0;
+    for _ in 0..3 {
+        let replies = burst(&server, &[1; 28], 4);
+        for reply in &replies {
+            assert!(reply == "False" || reply == "error|rate_limited", "{reply}");
+        }
+        checked += replies.iter().filter(|r| *r == "False").count();
+    }
+    assert!(checked <= 10, "{checked} password checks with the lockout at 10");
+    // Every check was counted before it was made: the streak holds them all.
+    let shown = limits(&server, &env, &["show", EMAIL]);
+    assert!(shown.contains(&format!("max_consecutive_failures\t{EMAIL}\t10 counted (limit 10)")), "{shown}");
+    assert!(shown.contains("refusing"), "{shown}");
+    assert!(logged(&server, &["request refused by a limit", "max_consecutive_failures", EMAIL]), "no refusal logged");
+    assert!(!server.log.lock().unwrap().iter().any(|line| line.contains("wrong password")), "a password in the log");
+
+    let mut c = server.connect();
+    assert_eq!(c.ask(&format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}")), "error|rate_limited");
+    assert_eq!(limits(&server, &env, &["reset", EMAIL]), format!("reset 2 counters of {EMAIL}\n"));
+    assert_eq!(limits(&server, &env, &["show", EMAIL]), "");
+    let token = server.login();
+    assert_eq!(c.ask(&token_line(&token)), "authorized");
+}
+
+/// A burst of 30 wrong logins for one email from 30 addresses makes at most
+/// 20 password checks, the per-email limit; the per-IP counters saw one
+/// each.
+fn the_per_email_limit_holds_across_addresses(runtime: &str) {
+    let server = Server::start(runtime, &[]);
+    let hosts: Vec<u8> = (1..=30).collect();
+    let replies = burst(&server, &hosts, 0);
+    let checked = replies.iter().filter(|r| *r == "False").count();
+    assert!(checked <= 20, "{checked} password checks with the per-email limit at 20");
+    assert_eq!(replies.iter().filter(|r| *r == "error|rate_limited").count(), 30 - checked);
+    let shown = limits(&server, &[], &["show", EMAIL]);
+    assert!(shown.contains(&format!("failures_per_email\t{EMAIL}\t{checked} counted (limit 20)")), "{shown}");
+    assert!(logged(&server, &["request refused by a limit", "failures_per_email", EMAIL]), "no refusal logged");
+    let shown = limits(&server, &[], &["show", "127.0.0.30"]);
+    assert!(shown.is_empty() || shown.contains("failures_per_ip\t127.0.0.30\t1 counted"), "{shown}");
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod mio_runtime {
@@ -269,6 +371,8 @@ fn a_client_that_never_reads_is_bounded_and_dropped(runtime: &str) {
 
 both_runtimes!(
     a_client_that_never_reads_is_bounded_and_dropped,
+    the_lockout_holds_under_parallel_bursts,
+    the_per_email_limit_holds_across_addresses,
     a_session_revoked_by_the_admin_command_is_unauthorized_at_once,
     full_flow,
     expiry_and_renewal,

@@ -1,11 +1,12 @@
 //! What both runtimes share around serving: binding the three listeners,
-//! announcing them, the clock, the OS randomness, and start-up errors.
+//! announcing them, the clock, the OS randomness, the engine's notices, and
+//! start-up errors.
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 
 use chrono::{DateTime, Utc};
-use tokenizer_auth_engine::{Engine, Listener};
+use tokenizer_auth_engine::{Engine, Listener, Notice};
 
 use crate::settings::Settings;
 
@@ -27,6 +28,20 @@ impl fmt::Display for ServeError {
 }
 
 impl std::error::Error for ServeError {}
+
+/// Logs the notices the engine has for the operator: call it after
+/// draining the outputs. A request refused by a brute-force limit is logged
+/// at `info`, with the limit's name and what it counts (an email or an
+/// address, never a secret).
+pub fn log_notices(engine: &mut Engine) {
+    while let Some(notice) = engine.poll_notice() {
+        match &notice {
+            Notice::Refused { limit, subject, peer } => {
+                tracing::info!(limit, subject = subject.as_str(), %peer, "request refused by a limit");
+            }
+        }
+    }
+}
 
 /// The three bound listeners, in blocking mode.
 pub struct Listeners {

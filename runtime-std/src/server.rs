@@ -525,6 +525,7 @@ impl Shared {
                 }
             }
         }
+        crate::serve::log_notices(&mut core.engine);
         if let Some(capture) = &mut core.capture {
             capture.append(&mut core.engine);
         }

@@ -12,9 +12,9 @@ use chrono::TimeDelta;
 use rusqlite::Connection;
 use tokenizer_auth_engine::testkit::{World, epoch};
 use tokenizer_auth_engine::{
-    BaseToken, Config, CredsBatch, CredsExpectation, CredsOp, Listener, Lookup, Mac, MasterToken, PasscodeExpectation,
-    PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Secret, SessionRecord, Snapshot,
-    StoredPasscode, WriteBatch,
+    BaseToken, Config, CounterKey, CredsBatch, CredsExpectation, CredsOp, Listener, Lookup, Mac, MasterToken,
+    PasscodeExpectation, PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Secret, SessionRecord,
+    Snapshot, StoredPasscode, Window, WriteBatch,
 };
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::{Commit, SessionCache, SqliteStore};
@@ -146,7 +146,7 @@ fn passcode_put_and_consume() -> (WriteBatch, WriteBatch) {
     };
     let put = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Put(record)] });
     let consume = WriteBatch::Passcodes(PasscodesBatch {
-        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts: 0 }),
+        expect: Some(PasscodeExpectation { key: passcode_key(), code, attempts_below: None }),
         ops: vec![PasscodesOp::Delete(passcode_key())],
     });
     (put, consume)
@@ -171,6 +171,51 @@ fn one_passcode_is_consumed_once_across_fifty_connections() {
         .collect();
     let results: Vec<Commit> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(results.iter().filter(|c| **c == Commit::Applied).count(), 1, "{results:?}");
+}
+
+/// Fifty connections reserve a place on one counter with a bound of 20, all
+/// at once: exactly 20 commit, the count reads 20, and a refund gives one
+/// place back to the next one.
+#[test]
+fn a_bound_holds_exactly_across_fifty_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    drop(SqliteStore::open(&dir).unwrap());
+    let window = Window::new(20, TimeDelta::minutes(15));
+    let key = CounterKey::FailuresByEmail(EMAIL.into());
+    let reserve = WriteBatch::Passcodes(PasscodesBatch {
+        expect: None,
+        ops: vec![PasscodesOp::Reserve(window.reserve(key.clone(), epoch()).unwrap())],
+    });
+    let barrier = Arc::new(Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let (dir, barrier, reserve) = (dir.clone(), barrier.clone(), reserve.clone());
+            std::thread::spawn(move || {
+                let mut store = SqliteStore::open(&dir).unwrap();
+                barrier.wait();
+                store.write(&reserve).unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<Commit> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results.iter().filter(|c| **c == Commit::Applied).count(), 20, "{results:?}");
+    let mut store = SqliteStore::open(&dir).unwrap();
+    let count = |store: &SqliteStore| store.counters(std::slice::from_ref(&key)).unwrap()[0].1.count;
+    assert_eq!(count(&store), 20);
+    let refund = WriteBatch::Passcodes(PasscodesBatch {
+        expect: None,
+        ops: vec![PasscodesOp::Refund(window.refund(key.clone(), epoch()).unwrap())],
+    });
+    assert_eq!(store.write(&refund).unwrap(), Commit::Applied);
+    assert_eq!(count(&store), 19);
+    assert_eq!(store.write(&reserve).unwrap(), Commit::Applied);
+    assert_eq!(store.write(&reserve).unwrap(), Commit::Conflict);
+    // The next window starts over.
+    let next = window.reserve(key.clone(), epoch() + TimeDelta::minutes(15)).unwrap();
+    let next = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Reserve(next)] });
+    assert_eq!(store.write(&next).unwrap(), Commit::Applied);
+    assert_eq!(count(&store), 1);
 }
 
 #[test]

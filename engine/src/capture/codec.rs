@@ -212,6 +212,7 @@ pub(crate) fn config(w: &mut Writer, c: &Config) {
     }
     w.u32(l.max_consecutive_failures);
     delta(w, l.lockout);
+    w.u8(l.ipv6_prefix);
     usize_(w, c.max_line);
     delta(w, c.idle_timeout);
     delta(w, c.partial_line_timeout);
@@ -236,6 +237,7 @@ pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
         failures_per_ip: read_window(r)?,
         max_consecutive_failures: r.u32()?,
         lockout: read_delta(r)?,
+        ipv6_prefix: r.u8()?,
     };
     let config = Config {
         passcode,

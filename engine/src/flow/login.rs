@@ -6,14 +6,17 @@
 //! two loses a login whose reply was never sent, and can never let one
 //! passcode log in twice.
 //!
-//! A failure is answered `False` only once it has been counted, against the
-//! passcode (void after its last allowed guess) and against the email, IP
-//! and account streak. When the count's expectation fails because a
-//! concurrent login changed the passcode first, the answer is `False`
-//! whatever the guess was, so racing guesses learn nothing uncounted.
+//! Every attempt is counted before its password is verified
+//! (`docs/SECURITY.md`, "Brute-force bounds under concurrency"): one
+//! committed write reserves a failure on the email, IP and account streak
+//! counters, and a guess against the passcode, each only while it is below
+//! its bound. A failure is then answered `False` at once: it was counted
+//! before it was checked, so a crash cannot hand out uncounted guesses. A
+//! success gives its places back when it consumes the passcode.
 
 use std::net::IpAddr;
 
+use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
 use crate::codec::reply::{ErrorCode, Reply};
@@ -21,7 +24,7 @@ use crate::codec::request::LoginRequest;
 use crate::effect::{Effect, EffectResult};
 use crate::flow::{Ctx, Flow, Step, credentials};
 use crate::limits::{CounterKey, Limits};
-use crate::passcode::{AfterFailure, PasscodeKey, PasscodeRecord};
+use crate::passcode::{PasscodeKey, PasscodeRecord};
 use crate::random;
 use crate::secret::Secret;
 use crate::store::{
@@ -29,17 +32,23 @@ use crate::store::{
 };
 use crate::token::{BaseToken, MasterToken};
 
+/// How many times a login re-reads and tries its reservation again after
+/// losing a race (a concurrent guess took the passcode's last place, say)
+/// before it answers `busy`.
+const MAX_TRIES: u8 = 4;
+
 pub(crate) enum LoginFlow {
     /// Waiting for the account, the passcode and the counters.
     Lookup(Attempt),
-    /// Waiting for the password verification (boxed: the largest state).
-    Verify(Box<(Attempt, Snapshot)>),
+    /// Waiting for the attempt's places to be reserved (boxed: the largest
+    /// states).
+    Reserve(Box<Reserved>),
+    /// Waiting for the password verification.
+    Verify(Box<Reserved>),
     /// Waiting for the passcode to be consumed.
     Consume(SessionRecord, BaseToken),
     /// Waiting for the session to be stored.
     Store(BaseToken),
-    /// Waiting for the failure to be counted.
-    Record,
 }
 
 /// What the client sent.
@@ -48,46 +57,58 @@ pub(crate) struct Attempt {
     phone: String,
     password: Secret,
     passcode: Secret,
+    /// Reservations tried so far.
+    tries: u8,
 }
 
-pub(crate) fn start(request: &LoginRequest<'_>, ip: IpAddr) -> Step {
+/// An attempt with what was read for it, and what it reserved.
+pub(crate) struct Reserved {
+    attempt: Attempt,
+    snapshot: Snapshot,
+    /// When the places were reserved (the windows they count in).
+    at: DateTime<Utc>,
+    /// Whether a guess against the passcode was reserved: only then is the
+    /// passcode compared on its merit.
+    guess: bool,
+}
+
+pub(crate) fn start(request: &LoginRequest<'_>, ip: IpAddr, limits: &Limits) -> Step {
     let attempt = Attempt {
         key: PasscodeKey { email: request.email.to_owned(), mac: request.mac, ip },
         phone: request.phone.to_owned(),
         password: Secret::new(request.password),
         passcode: Secret::new(request.passcode),
+        tries: 0,
     };
+    lookup(attempt, limits)
+}
+
+fn lookup(attempt: Attempt, limits: &Limits) -> Step {
     let lookup = Lookup {
         user: Some(attempt.key.email.clone()),
         passcode: Some(attempt.key.clone()),
         session: None,
-        counters: Limits::login_counters(&attempt.key.email, ip),
+        counters: limits.login_counters(&attempt.key.email, attempt.key.ip),
     };
     Step::Await(Flow::Login(LoginFlow::Lookup(attempt)), Effect::Read(lookup))
-}
-
-fn expectation(record: &PasscodeRecord) -> PasscodeExpectation {
-    PasscodeExpectation { key: record.key.clone(), code: record.code.clone(), attempts: record.attempts }
 }
 
 impl LoginFlow {
     pub(crate) fn resume<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, result: EffectResult) -> Step {
         match (self, result) {
-            (LoginFlow::Lookup(attempt), EffectResult::Read(snapshot)) => {
-                let key = &attempt.key;
-                if ctx.config.limits.refuses_login(&snapshot, &key.email, key.ip, ctx.now) {
-                    return Step::Done(Reply::Error(ErrorCode::RateLimited));
-                }
-                if !ctx.password_capacity() {
+            (LoginFlow::Lookup(attempt), EffectResult::Read(snapshot)) => reserve(ctx, attempt, *snapshot),
+            (LoginFlow::Reserve(state), EffectResult::Committed) => verify(ctx, state),
+            // A bound was reached, or the passcode changed, since the read:
+            // read again, to refuse by the limit or try again.
+            (LoginFlow::Reserve(state), EffectResult::Conflict) => {
+                let Reserved { mut attempt, .. } = *state;
+                attempt.tries += 1;
+                if attempt.tries >= MAX_TRIES {
                     return Step::Done(Reply::Error(ErrorCode::Busy));
                 }
-                let verify = credentials::verification(ctx.config, snapshot.user.as_ref(), &attempt.password);
-                Step::Await(Flow::Login(LoginFlow::Verify(Box::new((attempt, *snapshot)))), verify)
+                lookup(attempt, &ctx.config.limits)
             }
-            (LoginFlow::Verify(state), EffectResult::Verified(verified)) => {
-                let (attempt, snapshot) = *state;
-                decide(ctx, attempt, snapshot, verified)
-            }
+            (LoginFlow::Verify(state), EffectResult::Verified(verified)) => decide(ctx, *state, verified),
             (LoginFlow::Verify(..), _) => Step::Done(Reply::Error(ErrorCode::Busy)),
             (LoginFlow::Consume(session, token), EffectResult::Committed) => {
                 let batch = CredsBatch { expect: None, ops: vec![CredsOp::PutSession(session)] };
@@ -96,49 +117,79 @@ impl LoginFlow {
             // Another login consumed this passcode first.
             (LoginFlow::Consume(..), EffectResult::Conflict) => Step::Done(Reply::False),
             (LoginFlow::Store(token), EffectResult::Committed) => Step::Done(Reply::LoggedIn(token)),
-            (LoginFlow::Record, EffectResult::Committed | EffectResult::Conflict) => Step::Done(Reply::False),
             _ => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
         }
     }
 }
 
+/// Refuses the attempt if a bound is already reached as read; otherwise
+/// asks the store to reserve its places, the check and the count in one
+/// write.
+fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapshot: Snapshot) -> Step {
+    let limits = &ctx.config.limits;
+    let key = &attempt.key;
+    if let Some(limit) = limits.login_refusal(&snapshot, &key.email, key.ip, ctx.now) {
+        ctx.refused(limit, key.ip);
+        return Step::Done(Reply::Error(ErrorCode::RateLimited));
+    }
+    if !ctx.password_capacity() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    let mut ops: Vec<PasscodesOp> =
+        limits.login_reservations(&key.email, key.ip, ctx.now).into_iter().map(PasscodesOp::Reserve).collect();
+    let policy = &ctx.config.passcode;
+    let live = snapshot.passcode.as_ref().filter(|r| r.key == *key && policy.guessable(r, ctx.now));
+    let expect = live.map(|record| {
+        ops.push(PasscodesOp::CountGuess(key.clone()));
+        PasscodeExpectation { key: key.clone(), code: record.code.clone(), attempts_below: Some(policy.max_guesses) }
+    });
+    let guess = expect.is_some();
+    let state = Box::new(Reserved { attempt, snapshot, at: ctx.now, guess });
+    if ops.is_empty() {
+        // Every limit is off and there is no passcode to guess: nothing to
+        // count.
+        return verify(ctx, state);
+    }
+    let batch = PasscodesBatch { expect, ops };
+    Step::Await(Flow::Login(LoginFlow::Reserve(state)), Effect::Write(WriteBatch::Passcodes(batch)))
+}
+
+/// Asks for the one password verification, once the attempt is counted.
+fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> Step {
+    if !ctx.password_capacity() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    let verify = credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.attempt.password);
+    Step::Await(Flow::Login(LoginFlow::Verify(state)), verify)
+}
+
+fn consumption(record: &PasscodeRecord) -> PasscodeExpectation {
+    PasscodeExpectation { key: record.key.clone(), code: record.code.clone(), attempts_below: None }
+}
+
 /// The verdict, once the password has been verified.
-fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapshot: Snapshot, verified: bool) -> Step {
-    let Attempt { key, phone, password, passcode } = attempt;
+fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Reserved, verified: bool) -> Step {
+    let Reserved { attempt, snapshot, at, guess } = state;
+    let Attempt { key, phone, password, passcode, .. } = attempt;
     let user = snapshot.user.as_ref().filter(|u| u.email == key.email);
     let record = snapshot.passcode.as_ref().filter(|r| r.key == key);
     let policy = &ctx.config.passcode;
-    let passcode_ok = record.is_some_and(|r| policy.accepts(r, passcode.expose(), ctx.now));
+    let passcode_ok = record.is_some_and(|r| policy.accepts(r, passcode.expose(), ctx.now)) && guess;
     let credentials_ok = credentials::accepted(user, &phone, verified);
 
-    if let (true, true, Some(user), Some(record)) = (credentials_ok, passcode_ok, user, record) {
-        credentials::upgrade_if_needed(ctx, user, &password);
-        let salt = random::token_salt(ctx.rng);
-        let token = BaseToken::derive(key.mac, key.ip, &key.email, &salt);
-        let master = MasterToken::derive(&token, key.mac, key.ip);
-        let session = ctx.config.session.start(master, &key.email, key.mac, ctx.now);
-        let batch = PasscodesBatch {
-            expect: Some(expectation(record)),
-            ops: vec![
-                PasscodesOp::Delete(key.clone()),
-                PasscodesOp::Reset(CounterKey::FailureStreak(key.email.clone())),
-            ],
-        };
-        return Step::Await(
-            Flow::Login(LoginFlow::Consume(session, token)),
-            Effect::Write(WriteBatch::Passcodes(batch)),
-        );
-    }
-
-    let failures = ctx.config.limits.failure_bumps(&snapshot, &key.email, key.ip, ctx.now);
-    let mut ops: Vec<PasscodesOp> = Vec::with_capacity(4);
-    if let Some(record) = record {
-        ops.push(match policy.after_failure(record, ctx.now) {
-            AfterFailure::CountGuess(attempts) => PasscodesOp::SetAttempts { key: key.clone(), attempts },
-            AfterFailure::Void => PasscodesOp::Delete(key.clone()),
-        });
-    }
-    ops.extend(failures.into_iter().map(PasscodesOp::Bump));
-    let batch = PasscodesBatch { expect: record.map(expectation), ops };
-    Step::Await(Flow::Login(LoginFlow::Record), Effect::Write(WriteBatch::Passcodes(batch)))
+    let (true, true, Some(user), Some(record)) = (credentials_ok, passcode_ok, user, record) else {
+        // Counted when it was reserved.
+        return Step::Done(Reply::False);
+    };
+    credentials::upgrade_if_needed(ctx, user, &password);
+    let salt = random::token_salt(ctx.rng);
+    let token = BaseToken::derive(key.mac, key.ip, &key.email, &salt);
+    let master = MasterToken::derive(&token, key.mac, key.ip);
+    let session = ctx.config.session.start(master, &key.email, key.mac, ctx.now);
+    let mut ops =
+        vec![PasscodesOp::Delete(key.clone()), PasscodesOp::Reset(CounterKey::FailureStreak(key.email.clone()))];
+    let refunds = ctx.config.limits.failure_refunds(&key.email, key.ip, at, false);
+    ops.extend(refunds.into_iter().map(PasscodesOp::Refund));
+    let batch = PasscodesBatch { expect: Some(consumption(record)), ops };
+    Step::Await(Flow::Login(LoginFlow::Consume(session, token)), Effect::Write(WriteBatch::Passcodes(batch)))
 }

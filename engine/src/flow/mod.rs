@@ -3,12 +3,16 @@
 //! result of the effect it waited on and returns the next [`Step`]. Every
 //! state transition of the protocol lives in this folder.
 
+use std::net::IpAddr;
+
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
 use crate::codec::reply::Reply;
 use crate::config::Config;
 use crate::effect::{Effect, EffectResult};
+use crate::limits::CounterKey;
+use crate::notice::Notice;
 
 pub(crate) mod credentials;
 pub(crate) mod login;
@@ -25,12 +29,21 @@ pub(crate) struct Ctx<'a, R: ?Sized> {
     pub(crate) password_checks: usize,
     /// Flows started on the side, with no client waiting (password upgrades).
     pub(crate) detached: Vec<(Flow, Effect)>,
+    /// What the operator should hear about this step.
+    pub(crate) notices: Vec<Notice>,
 }
 
 impl<R: CryptoRng + ?Sized> Ctx<'_, R> {
     /// Whether one more password verification or hash may be queued.
     pub(crate) fn password_capacity(&self) -> bool {
         self.password_checks + self.detached.len() < self.config.max_password_checks
+    }
+
+    /// Tells the operator that the limit on `counter` refused a request
+    /// from `peer`.
+    pub(crate) fn refused(&mut self, counter: CounterKey, peer: IpAddr) {
+        let subject = self.config.limits.subject(&counter);
+        self.notices.push(Notice::Refused { limit: counter.limit_name(), subject, peer });
     }
 }
 

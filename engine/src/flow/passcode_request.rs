@@ -2,9 +2,17 @@
 //! always), mail a fresh passcode, and store it only once the relay has
 //! accepted the mail, so a relay that is down leaves no usable passcode
 //! behind. `Passcode is sent` goes out only after the passcode is committed.
+//!
+//! The request is counted before the password is verified
+//! (`docs/SECURITY.md`, "Brute-force bounds under concurrency"): one write
+//! reserves the request on the per-email and per-IP request counters and a
+//! failure on the failure counters, each only while below its bound. When
+//! the credentials hold, the failure is given back with the write that
+//! stores the passcode.
 
 use std::net::IpAddr;
 
+use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
 use crate::codec::reply::{ErrorCode, Reply};
@@ -22,14 +30,17 @@ use crate::store::{Lookup, PasscodesBatch, PasscodesOp, Snapshot, WriteBatch};
 pub(crate) enum PasscodeFlow {
     /// Waiting for the account and the counters.
     Lookup(Claim),
-    /// Waiting for the password verification (boxed: the largest state).
+    /// Waiting for the request's places to be reserved (boxed: the largest
+    /// states).
+    Reserve(Box<(Claim, Snapshot)>),
+    /// Waiting for the password verification.
     Verify(Box<(Claim, Snapshot)>),
     /// Waiting for the relay.
     Mail(Claim, PasscodeRecord),
     /// Waiting for the passcode to commit.
     Store,
-    /// Waiting for the counters to commit, then this reply.
-    Record(Reply),
+    /// Waiting for the failure to be given back, then this reply.
+    Refund(Reply),
 }
 
 /// What the client claimed.
@@ -39,19 +50,33 @@ pub(crate) struct Claim {
     email: String,
     phone: String,
     password: Secret,
+    /// When its places were reserved.
+    reserved_at: DateTime<Utc>,
+    /// Reservations tried so far.
+    tries: u8,
 }
 
-pub(crate) fn start(request: &PasscodeRequest<'_>, ip: IpAddr) -> Step {
+/// How many times a request re-reads and tries its reservation again after
+/// losing a race before it answers `busy`.
+const MAX_TRIES: u8 = 4;
+
+pub(crate) fn start(request: &PasscodeRequest<'_>, ip: IpAddr, limits: &Limits) -> Step {
     let claim = Claim {
         mac: request.mac,
         ip,
         email: request.email.to_owned(),
         phone: request.phone.to_owned(),
         password: Secret::new(request.password),
+        reserved_at: DateTime::<Utc>::MIN_UTC,
+        tries: 0,
     };
+    lookup(claim, limits)
+}
+
+fn lookup(claim: Claim, limits: &Limits) -> Step {
     let lookup = Lookup {
         user: Some(claim.email.clone()),
-        counters: Limits::passcode_request_counters(&claim.email, ip),
+        counters: limits.passcode_request_counters(&claim.email, claim.ip),
         ..Lookup::default()
     };
     Step::Await(Flow::Passcode(PasscodeFlow::Lookup(claim)), Effect::Read(lookup))
@@ -61,19 +86,52 @@ fn write(ops: Vec<PasscodesOp>) -> Effect {
     Effect::Write(WriteBatch::Passcodes(PasscodesBatch { expect: None, ops }))
 }
 
+/// Asks for the one password verification, once the request is counted.
+fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<(Claim, Snapshot)>) -> Step {
+    if !ctx.password_capacity() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    let verify = credentials::verification(ctx.config, state.1.user.as_ref(), &state.0.password);
+    Step::Await(Flow::Passcode(PasscodeFlow::Verify(state)), verify)
+}
+
+/// The failure a request whose credentials held gives back.
+fn refunds(limits: &Limits, claim: &Claim) -> impl Iterator<Item = PasscodesOp> {
+    limits.failure_refunds(&claim.email, claim.ip, claim.reserved_at, true).into_iter().map(PasscodesOp::Refund)
+}
+
 impl PasscodeFlow {
     pub(crate) fn resume<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, result: EffectResult) -> Step {
         let limits = &ctx.config.limits;
         match (self, result) {
-            (PasscodeFlow::Lookup(claim), EffectResult::Read(snapshot)) => {
-                if limits.refuses_passcode_request(&snapshot, &claim.email, claim.ip, ctx.now) {
+            (PasscodeFlow::Lookup(mut claim), EffectResult::Read(snapshot)) => {
+                if let Some(limit) = limits.passcode_request_refusal(&snapshot, &claim.email, claim.ip, ctx.now) {
+                    ctx.refused(limit, claim.ip);
                     return Step::Done(Reply::Error(ErrorCode::RateLimited));
                 }
                 if !ctx.password_capacity() {
                     return Step::Done(Reply::Error(ErrorCode::Busy));
                 }
-                let verify = credentials::verification(ctx.config, snapshot.user.as_ref(), &claim.password);
-                Step::Await(Flow::Passcode(PasscodeFlow::Verify(Box::new((claim, *snapshot)))), verify)
+                claim.reserved_at = ctx.now;
+                let reservations = limits.passcode_request_reservations(&claim.email, claim.ip, ctx.now);
+                let state = Box::new((claim, *snapshot));
+                if reservations.is_empty() {
+                    // Every limit is off: nothing to count.
+                    return verify(ctx, state);
+                }
+                let ops = reservations.into_iter().map(PasscodesOp::Reserve).collect();
+                Step::Await(Flow::Passcode(PasscodeFlow::Reserve(state)), write(ops))
+            }
+            (PasscodeFlow::Reserve(state), EffectResult::Committed) => verify(ctx, state),
+            // A bound was reached since the read: read again, to refuse by
+            // the limit (or, if the window rolled over, try again).
+            (PasscodeFlow::Reserve(state), EffectResult::Conflict) => {
+                let (mut claim, _) = *state;
+                claim.tries += 1;
+                if claim.tries >= MAX_TRIES {
+                    return Step::Done(Reply::Error(ErrorCode::Busy));
+                }
+                lookup(claim, limits)
             }
             (PasscodeFlow::Verify(state), EffectResult::Verified(verified)) => {
                 let (claim, snapshot) = *state;
@@ -82,31 +140,23 @@ impl PasscodeFlow {
                     credentials::upgrade_if_needed(ctx, user, &claim.password);
                     issue(ctx, claim)
                 } else {
-                    let mut ops: Vec<PasscodesOp> = Vec::with_capacity(5);
-                    let counted = limits.passcode_request_bumps(&claim.email, claim.ip, ctx.now);
-                    let failed = limits.failure_bumps(&snapshot, &claim.email, claim.ip, ctx.now);
-                    ops.extend(counted.into_iter().chain(failed).map(PasscodesOp::Bump));
-                    Step::Await(Flow::Passcode(PasscodeFlow::Record(Reply::False)), write(ops))
+                    // Counted when it was reserved.
+                    Step::Done(Reply::False)
                 }
             }
             (PasscodeFlow::Verify(..), _) => Step::Done(Reply::Error(ErrorCode::Busy)),
             (PasscodeFlow::Mail(claim, record), result) => {
-                let counted = limits.passcode_request_bumps(&claim.email, claim.ip, ctx.now);
-                let mut ops: Vec<PasscodesOp> = counted.into_iter().map(PasscodesOp::Bump).collect();
+                let mut ops: Vec<PasscodesOp> = refunds(limits, &claim).collect();
                 if result == EffectResult::Sent {
                     ops.push(PasscodesOp::Put(record));
                     Step::Await(Flow::Passcode(PasscodeFlow::Store), write(ops))
                 } else {
                     let reply = Reply::Error(ErrorCode::MailUnavailable);
-                    Step::Await(Flow::Passcode(PasscodeFlow::Record(reply)), write(ops))
+                    Step::Await(Flow::Passcode(PasscodeFlow::Refund(reply)), write(ops))
                 }
             }
             (PasscodeFlow::Store, EffectResult::Committed) => Step::Done(Reply::PasscodeSent),
-            // A credential failure is answered only once it is counted, so a
-            // crash cannot hand out uncounted guesses.
-            (PasscodeFlow::Record(Reply::False), EffectResult::Committed) => Step::Done(Reply::False),
-            (PasscodeFlow::Record(Reply::False), _) => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
-            (PasscodeFlow::Record(reply), _) => Step::Done(reply),
+            (PasscodeFlow::Refund(reply), _) => Step::Done(reply),
             _ => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
         }
     }

@@ -326,6 +326,7 @@ impl Knobs {
                 failures_per_ip: Window::new(16, minute),
                 max_consecutive_failures: 5,
                 lockout: TimeDelta::seconds(30),
+                ipv6_prefix: 64,
             },
             // Real requests are 60 to 110 bytes: some limits cut them.
             max_line: 64 + usize::from(self.max_line),

@@ -102,30 +102,49 @@ impl MemoryStore {
 
     fn write_passcodes(&mut self, batch: &PasscodesBatch) -> bool {
         if let Some(e) = &batch.expect {
-            let holds = self.passcodes.get(&e.key).is_some_and(|r| r.code == e.code && r.attempts == e.attempts);
+            let holds = self
+                .passcodes
+                .get(&e.key)
+                .is_some_and(|r| r.code == e.code && e.attempts_below.is_none_or(|below| r.attempts < below));
             if !holds {
                 return false;
             }
         }
+        // A reservation that does not fit makes the batch a conflict, with
+        // nothing applied. (A batch reserves each counter at most once.)
+        let fits = |op: &PasscodesOp| match op {
+            PasscodesOp::Reserve(r) => r.apply(self.counters.get(&r.key).copied()).is_some(),
+            _ => true,
+        };
+        if !batch.ops.iter().all(fits) {
+            return false;
+        }
+        let (passcodes, counters) = (&mut self.passcodes, &mut self.counters);
         for op in &batch.ops {
             match op {
                 PasscodesOp::Put(record) => {
-                    self.passcodes.insert(record.key.clone(), record.clone());
+                    passcodes.insert(record.key.clone(), record.clone());
                 }
                 PasscodesOp::Delete(key) => {
-                    self.passcodes.remove(key);
+                    passcodes.remove(key);
                 }
-                PasscodesOp::SetAttempts { key, attempts } => {
-                    if let Some(r) = self.passcodes.get_mut(key) {
-                        r.attempts = *attempts;
+                PasscodesOp::CountGuess(key) => {
+                    if let Some(r) = passcodes.get_mut(key) {
+                        r.attempts = r.attempts.saturating_add(1);
                     }
                 }
-                PasscodesOp::Bump(bump) => {
-                    let next = bump.apply(self.counters.get(&bump.key).copied());
-                    self.counters.insert(bump.key.clone(), next);
+                PasscodesOp::Reserve(reservation) => {
+                    if let Some(next) = reservation.apply(counters.get(&reservation.key).copied()) {
+                        counters.insert(reservation.key.clone(), next);
+                    }
+                }
+                PasscodesOp::Refund(refund) => {
+                    if let Some(next) = refund.apply(counters.get(&refund.key).copied()) {
+                        counters.insert(refund.key.clone(), next);
+                    }
                 }
                 PasscodesOp::Reset(key) => {
-                    self.counters.remove(key);
+                    counters.remove(key);
                 }
             }
         }

@@ -56,6 +56,7 @@ pub const KEYS: &[&str] = &[
     "failures_per_ip",
     "max_consecutive_failures",
     "lockout",
+    "ipv6_limit_prefix",
     "store_workers",
     "hash_workers",
     "mail_workers",
@@ -310,6 +311,13 @@ impl Configuration {
                 limits.max_consecutive_failures = if max == 0 { u32::MAX } else { max };
             }
             "lockout" => limits.lockout = raw.delta(true)?,
+            "ipv6_limit_prefix" => {
+                let bits: u8 = raw.count(0)?;
+                if bits > 128 {
+                    return Err(format!("{bits}: an IPv6 prefix is 0 to 128 bits"));
+                }
+                limits.ipv6_prefix = bits;
+            }
             "store_workers" => self.workers.store = raw.count(1)?,
             "hash_workers" => self.workers.hash = raw.count(1)?,
             "mail_workers" => self.workers.mail = raw.count(1)?,
@@ -506,6 +514,7 @@ impl Configuration {
                 small(if limits.max_consecutive_failures == u32::MAX { 0 } else { limits.max_consecutive_failures })
             }
             "lockout" => delta(limits.lockout),
+            "ipv6_limit_prefix" => small(limits.ipv6_prefix.into()),
             "store_workers" => count(self.workers.store),
             "hash_workers" => count(self.workers.hash),
             "mail_workers" => count(self.workers.mail),

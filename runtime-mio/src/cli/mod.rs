@@ -6,6 +6,7 @@ mod admin;
 mod client;
 pub mod config;
 mod duration;
+mod limits;
 pub mod logging;
 mod replay;
 mod serve;
@@ -66,6 +67,9 @@ pub enum Command {
     /// Manage sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Inspect or clear the brute-force counters of an email or a client.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// Talk to a server in the native protocol.
     Client(ClientArgs),
     /// Inspect the configuration.
@@ -242,6 +246,23 @@ pub enum SessionCommand {
     },
 }
 
+/// `limits ...`
+#[derive(Subcommand, Debug)]
+pub enum LimitsCommand {
+    /// Show the counters of an email, or of an IP address (an IPv6 address
+    /// stands for its prefix), and whether each refuses requests now.
+    Show {
+        /// An email, or an IP address.
+        subject: String,
+    },
+    /// Clear them: a locked or rate-limited email or client may try again
+    /// at once, even on a running server.
+    Reset {
+        /// An email, or an IP address.
+        subject: String,
+    },
+}
+
 impl Cli {
     /// The effective configuration: the defaults, the file, the
     /// environment, then this command line's flags. Every command loads
@@ -280,6 +301,7 @@ impl Cli {
             Command::Serve(_) => serve::run(config),
             Command::User(command) => admin::user(config, command),
             Command::Session(command) => admin::session(config, command),
+            Command::Limits(command) => limits::run(config, command),
             Command::Client(args) => client::run(config, args),
             Command::Replay { file } => replay::run(file),
             Command::Config(ConfigCommand::Show(_)) => {

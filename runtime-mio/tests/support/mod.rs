@@ -7,6 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenizer-auth");
@@ -23,6 +24,8 @@ pub struct Server {
     pub legacy_passcode: SocketAddr,
     pub legacy_login: SocketAddr,
     pub dir: PathBuf,
+    /// The server's log lines (JSON) so far.
+    pub log: Arc<Mutex<Vec<String>>>,
     _tmp: tempfile::TempDir,
 }
 
@@ -80,10 +83,16 @@ impl Server {
             legacy_login: addr("legacy_login"),
             child,
             dir,
+            log: Arc::default(),
             _tmp: tmp,
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in stderr.lines() {});
+        let log = Arc::clone(&server.log);
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
         server
     }
 

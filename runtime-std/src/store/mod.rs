@@ -28,6 +28,7 @@
 mod admin;
 mod cache;
 mod columns;
+mod counters;
 mod schema;
 
 use std::fmt;
@@ -37,8 +38,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokenizer_auth_engine::{
-    Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey, PasscodeRecord,
-    PasscodesBatch, PasscodesOp, PasswordHash, SessionRecord, Snapshot, StoredPasscode, UserRecord, WriteBatch,
+    Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
+    PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Reservation, SessionRecord, Snapshot, StoredPasscode,
+    UserRecord, WriteBatch,
 };
 
 pub use admin::{SessionSummary, UserSummary};
@@ -467,7 +469,8 @@ fn counter(conn: &Connection, key: &CounterKey) -> Result<Option<Counter>, Store
 
 fn write_passcodes(tx: &Connection, batch: &PasscodesBatch) -> Result<Commit, StoreError> {
     if let Some(expect) = &batch.expect {
-        let holds = passcode(tx, &expect.key)?.is_some_and(|r| r.code == expect.code && r.attempts == expect.attempts);
+        let holds = passcode(tx, &expect.key)?
+            .is_some_and(|r| r.code == expect.code && expect.attempts_below.is_none_or(|below| r.attempts < below));
         if !holds {
             return Ok(Commit::Conflict);
         }
@@ -491,14 +494,25 @@ fn write_passcodes(tx: &Connection, batch: &PasscodesBatch) -> Result<Commit, St
                 ])?;
             }
             PasscodesOp::Delete(key) => delete_passcode(tx, key)?,
-            PasscodesOp::SetAttempts { key, attempts } => {
-                tx.prepare_cached("UPDATE passcode_table SET attempts = ?4 WHERE email = ?1 AND mac = ?2 AND ip = ?3")?
-                    .execute(params![key.email, key.mac.to_string(), key.ip.to_string(), attempts])?;
+            PasscodesOp::CountGuess(key) => {
+                tx.prepare_cached(
+                    "UPDATE passcode_table SET attempts = attempts + 1 WHERE email = ?1 AND mac = ?2 AND ip = ?3",
+                )?
+                .execute(params![key.email, key.mac.to_string(), key.ip.to_string()])?;
             }
-            PasscodesOp::Bump(bump) => {
-                let next = bump.apply(counter(tx, &bump.key)?);
-                tx.prepare_cached("INSERT OR REPLACE INTO counters (key, since, count, last) VALUES (?1, ?2, ?3, ?4)")?
-                    .execute(params![counter_key(&bump.key), millis(next.since), next.count, millis(next.last)])?;
+            PasscodesOp::Reserve(reservation) => {
+                if !reserve(tx, reservation)? {
+                    // The savepoint is rolled back: nothing of the batch stays.
+                    return Ok(Commit::Conflict);
+                }
+            }
+            PasscodesOp::Refund(refund) => {
+                let since = refund.since.map(millis);
+                tx.prepare_cached(
+                    "UPDATE counters SET count = count - 1
+                     WHERE key = ?1 AND count > 0 AND (?2 IS NULL OR since = ?2)",
+                )?
+                .execute(params![counter_key(&refund.key), since])?;
             }
             PasscodesOp::Reset(key) => {
                 tx.prepare_cached("DELETE FROM counters WHERE key = ?1")?.execute([counter_key(key)])?;
@@ -506,6 +520,39 @@ fn write_passcodes(tx: &Connection, batch: &PasscodesBatch) -> Result<Commit, St
         }
     }
     Ok(Commit::Applied)
+}
+
+/// Counts one event on a counter if its bound allows, as one conditional
+/// increment in the write transaction (the same rule as
+/// `Reservation::apply`): the bound is checked and the count raised by the
+/// same statement, so concurrent writers can never both take the last
+/// place. Returns whether it was counted.
+fn reserve(tx: &Connection, reservation: &Reservation) -> Result<bool, StoreError> {
+    let key = counter_key(&reservation.key);
+    let at = millis(reservation.at);
+    let changed = match reservation.bound {
+        Bound::Window { since, max } => tx
+            .prepare_cached(
+                "INSERT INTO counters (key, since, count, last) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN counters.since = excluded.since THEN counters.count + 1 ELSE 1 END,
+                     since = excluded.since,
+                     last = excluded.last
+                 WHERE counters.since <> excluded.since OR counters.count < ?4",
+            )?
+            .execute(params![key, millis(since), at, max])?,
+        Bound::Streak { max, lockout } => tx
+            .prepare_cached(
+                "INSERT INTO counters (key, since, count, last) VALUES (?1, ?2, 1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN counters.count < ?3 THEN counters.count + 1 ELSE 1 END,
+                     since = CASE WHEN counters.count < ?3 THEN counters.since ELSE excluded.since END,
+                     last = excluded.last
+                 WHERE counters.count < ?3 OR counters.last + ?4 <= excluded.last",
+            )?
+            .execute(params![key, at, max, lockout.num_milliseconds()])?,
+    };
+    Ok(changed == 1)
 }
 
 fn delete_passcode(tx: &Connection, key: &PasscodeKey) -> Result<(), StoreError> {
