@@ -77,6 +77,7 @@ mod passcode;
 mod password;
 mod random;
 mod secret;
+mod server_key;
 mod session;
 mod store;
 mod timers;
@@ -94,6 +95,7 @@ pub use limits::{Bump, Counter, CounterKey, Limits, Window};
 pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
 pub use password::PasswordHash;
 pub use secret::Secret;
+pub use server_key::{Fingerprint, ServerKey};
 pub use session::SessionPolicy;
 pub use store::{
     CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodeExpectation, PasscodesBatch, PasscodesOp, SessionRecord,

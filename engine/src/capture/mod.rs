@@ -13,13 +13,18 @@
 //! recorded randomness: a capture is sensitive, and runtimes write it with
 //! mode 0600.
 //!
-//! # Format (version 1)
+//! The server key is never written either, only its fingerprint: replay
+//! needs the key (passcodes are checked against keyed digests) and refuses
+//! one with another fingerprint ([`Replay::with_key`]).
+//!
+//! # Format (version 2)
 //!
 //! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
 //! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
 //!
 //! ```text
 //! file    = MAGIC u32:version config record*
+//! config  = the engine settings, then 8 bytes: the server key's fingerprint
 //! record  = u32:length body                  (length of body)
 //! body    = time input bytes:rng u32:count output*
 //! input   = 0 u64:conn ip u8:listener        Opened
@@ -34,6 +39,10 @@
 //!
 //! The file is append-only: records are written whole, one after another,
 //! and a reader stops with a clear error at a truncated or corrupt one.
+//!
+//! Version 1 (before the server key) had no fingerprint; its passcodes were
+//! unkeyed, so this engine could not replay it faithfully, and it is
+//! refused.
 
 mod codec;
 mod redact;
@@ -47,6 +56,7 @@ pub use wire::DecodeError;
 
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::server_key::{Fingerprint, ServerKey};
 use codec::{read_config, read_event, read_recorded, read_time};
 pub(crate) use redact::Redactor;
 use rng::PlaybackRng;
@@ -56,7 +66,7 @@ use wire::{Reader, Writer};
 /// The first bytes of every capture.
 pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
 /// The format version this engine writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What an engine keeps while it records.
 #[derive(Default)]
@@ -151,6 +161,14 @@ pub enum ReplayError {
         /// What was wrong.
         reason: DecodeError,
     },
+    /// The capture was recorded under another server key than the one
+    /// given: replay would tell wrong passcodes from right ones wrongly.
+    WrongKey {
+        /// The fingerprint in the capture.
+        recorded: Fingerprint,
+        /// The fingerprint of the key given.
+        given: Fingerprint,
+    },
     /// The engine did something other than what was recorded.
     Divergence {
         /// Which record (counting from 1).
@@ -167,6 +185,11 @@ impl core::fmt::Display for ReplayError {
         match self {
             ReplayError::NotACapture(why) => write!(f, "not a tokenizer-auth capture: {why}"),
             ReplayError::Corrupt { record, reason } => write!(f, "record {record} is corrupt: {reason}"),
+            ReplayError::WrongKey { recorded, given } => write!(
+                f,
+                "recorded under the server key with fingerprint {recorded}, but the key given has fingerprint \
+                 {given}: give the recording server's key (its data folder's server.key, or server_key)"
+            ),
             ReplayError::Divergence { record, expected, actual } => {
                 write!(f, "divergence at event {record}:\n  expected: {expected}\n  actual:   {actual}")
             }
@@ -194,9 +217,16 @@ fn show(recorded: Option<&Recorded>) -> String {
 }
 
 impl<'a> Replay<'a> {
-    /// Reads a capture's header and sets up a fresh engine with its
-    /// configuration.
+    /// [`Replay::with_key`] with the placeholder key of
+    /// [`Config::default`], which engines in tests run with.
     pub fn new(bytes: &'a [u8]) -> Result<Replay<'a>, ReplayError> {
+        Replay::with_key(bytes, &ServerKey::default())
+    }
+
+    /// Reads a capture's header and sets up a fresh engine with its
+    /// configuration and `key`, which must be the key it was recorded
+    /// with (its fingerprint is in the header).
+    pub fn with_key(bytes: &'a [u8], key: &ServerKey) -> Result<Replay<'a>, ReplayError> {
         let mut reader = Reader::new(bytes);
         let magic = reader.take(MAGIC.len()).map_err(|_| ReplayError::NotACapture("too short".into()))?;
         if magic != MAGIC {
@@ -206,7 +236,12 @@ impl<'a> Replay<'a> {
         if version != VERSION {
             return Err(ReplayError::NotACapture(format!("format version {version}, this build reads {VERSION}")));
         }
-        let config = read_config(&mut reader).map_err(|e| ReplayError::NotACapture(format!("configuration: {e}")))?;
+        let (mut config, recorded) =
+            read_config(&mut reader).map_err(|e| ReplayError::NotACapture(format!("configuration: {e}")))?;
+        if recorded != key.fingerprint() {
+            return Err(ReplayError::WrongKey { recorded, given: key.fingerprint() });
+        }
+        config.server_key = key.clone();
         Ok(Replay { engine: Engine::new(config), reader, total: bytes.len(), record: 0 })
     }
 

@@ -108,7 +108,7 @@ fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsho
     let user = snapshot.user.as_ref().filter(|u| u.email == key.email);
     let record = snapshot.passcode.as_ref().filter(|r| r.key == key);
     let policy = &ctx.config.passcode;
-    let passcode_ok = record.is_some_and(|r| policy.accepts(r, passcode.expose(), ctx.now));
+    let passcode_ok = record.is_some_and(|r| policy.accepts(&ctx.config.server_key, r, passcode.expose(), ctx.now));
     let credentials_ok = credentials::accepted(user, &phone, verified);
 
     if let (true, true, Some(user), Some(record)) = (credentials_ok, passcode_ok, user, record) {
