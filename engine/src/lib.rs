@@ -93,7 +93,7 @@ pub use effect::{Effect, EffectId, EffectResult, Mail};
 pub use engine::{ConnId, Engine, Input, Listener, Output};
 pub use limits::{Bump, Counter, CounterKey, Limits, Window};
 pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
-pub use password::PasswordHash;
+pub use password::{DEFAULT_MIN_PASSWORD_LENGTH, NewPasswordRule, PasswordHash};
 pub use secret::Secret;
 pub use server_key::{Fingerprint, ServerKey};
 pub use session::SessionPolicy;

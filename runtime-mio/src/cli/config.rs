@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use tokenizer_auth_engine::{Config, Secret};
+use tokenizer_auth_engine::{Config, Secret, ServerKey};
 use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_runtime_std::settings::{Settings, Workers};
 
@@ -56,6 +56,8 @@ pub const KEYS: &[&str] = &[
     "hash_workers",
     "mail_workers",
     "session_cache",
+    "server_key",
+    "min_password_length",
     "log_format",
     "log_level",
     "smtp_host",
@@ -136,6 +138,8 @@ pub struct Configuration {
     engine: Config,
     workers: Workers,
     session_cache: usize,
+    server_key: Option<ServerKey>,
+    min_password_length: usize,
     log_format: LogFormat,
     log_level: String,
     smtp: Smtp,
@@ -156,6 +160,8 @@ impl Default for Configuration {
             engine: settings.engine,
             workers: settings.workers,
             session_cache: settings.session_cache,
+            server_key: None,
+            min_password_length: tokenizer_auth_engine::DEFAULT_MIN_PASSWORD_LENGTH,
             log_format: LogFormat::Human,
             log_level: "info".to_owned(),
             smtp: Smtp {
@@ -306,6 +312,21 @@ impl Configuration {
             "hash_workers" => self.workers.hash = raw.count(1)?,
             "mail_workers" => self.workers.mail = raw.count(1)?,
             "session_cache" => self.session_cache = raw.count(0)?,
+            // Never echo the value: not even a wrong one says what it was.
+            "server_key" => {
+                let text = raw.text().map_err(|_| "expected a string".to_owned())?;
+                self.server_key = match text.trim() {
+                    "" => None,
+                    hex => Some(ServerKey::from_hex(hex).ok_or_else(|| {
+                        format!(
+                            "expected 64 hex digits (32 bytes; e.g. from `od -An -tx1 data/server.key | tr -d ' \\n'`), \
+                             got {} characters",
+                            hex.chars().count()
+                        )
+                    })?),
+                };
+            }
+            "min_password_length" => self.min_password_length = raw.count(1)?,
             "log_format" => {
                 self.log_format = match raw.text()? {
                     "human" => LogFormat::Human,
@@ -393,6 +414,22 @@ impl Configuration {
         &self.data_dir
     }
 
+    /// The server key given by `server_key`, if it was.
+    pub fn server_key(&self) -> Option<&ServerKey> {
+        self.server_key.as_ref()
+    }
+
+    /// The shortest password `user add` and `user passwd` take, in
+    /// characters.
+    pub fn min_password_length(&self) -> usize {
+        self.min_password_length
+    }
+
+    /// The longest native line (a new password must fit in a request).
+    pub fn max_line(&self) -> usize {
+        self.engine.max_line
+    }
+
     /// The native listener's address.
     pub fn listen(&self) -> SocketAddr {
         self.listen
@@ -439,6 +476,7 @@ impl Configuration {
         settings.legacy_login_listen = self.legacy_login_listen;
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
+        settings.server_key = self.server_key.clone();
         settings.capture = self.capture.clone();
         settings
     }
@@ -498,6 +536,14 @@ impl Configuration {
             "hash_workers" => count(self.workers.hash),
             "mail_workers" => count(self.workers.mail),
             "session_cache" => count(self.session_cache),
+            "server_key" => {
+                if self.server_key.is_some() {
+                    Shown::Secret
+                } else {
+                    Shown::Unset(": the key is <data_dir>/server.key")
+                }
+            }
+            "min_password_length" => count(self.min_password_length),
             "log_format" => text(match self.log_format {
                 LogFormat::Human => "human",
                 LogFormat::Json => "json",
