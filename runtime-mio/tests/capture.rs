@@ -120,12 +120,8 @@ fn replay_needs_the_recording_servers_key() {
     let tmp = tempfile::tempdir().unwrap();
     let path = capture("mio", tmp.path());
     // Another key, given or in a data folder: refused, saying why.
-    let other = Command::new(BIN)
-        .arg("replay")
-        .arg(&path)
-        .env("TOKENIZER_AUTH_SERVER_KEY", "11".repeat(32))
-        .output()
-        .unwrap();
+    let other =
+        Command::new(BIN).arg("replay").arg(&path).env("TOKENIZER_AUTH_SERVER_KEY", "11".repeat(32)).output().unwrap();
     let stderr = String::from_utf8_lossy(&other.stderr);
     assert_eq!(other.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("recorded under the server key with fingerprint"), "{stderr}");

@@ -46,8 +46,7 @@ pub fn load_or_create(dir: &Path) -> Result<ServerKey, KeyError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         other => return other.map_err(|e| read_error(&path, &e)),
     }
-    private::create_dir(dir)
-        .map_err(|e| KeyError(format!("cannot create the data folder {}: {e}", dir.display())))?;
+    private::create_dir(dir).map_err(|e| KeyError(format!("cannot create the data folder {}: {e}", dir.display())))?;
     create(dir, &path).map_err(|e| KeyError(format!("cannot create the server key {}: {e}", path.display())))?;
     read(&path).map_err(|e| read_error(&path, &e))
 }
@@ -69,7 +68,10 @@ fn read(path: &Path) -> io::Result<ServerKey> {
     let key: [u8; ServerKey::LEN] = bytes.as_slice().try_into().map_err(|_| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("it must hold exactly {} bytes (it was not replaced: that would void live passcodes)", ServerKey::LEN),
+            format!(
+                "it must hold exactly {} bytes (it was not replaced: that would void live passcodes)",
+                ServerKey::LEN
+            ),
         )
     })?;
     wipe(&mut bytes);

@@ -131,8 +131,9 @@ fn open_file(path: &Path) -> Result<Connection, StoreError> {
 /// Creates the data folder if needed (mode 0700: it holds password
 /// hashes), or tightens one that others can read (see `private`).
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+    let what = if dir.is_dir() { "cannot tighten the permissions of" } else { "cannot create" };
     crate::private::tighten_data_dir(dir)
-        .map_err(|e| StoreError::new(format!("cannot create or secure data folder {}: {e}", dir.display())))
+        .map_err(|e| StoreError::new(format!("{what} data folder {}: {e}", dir.display())))
 }
 
 impl SqliteStore {
