@@ -14,7 +14,7 @@
 //! The body names the passcode, so it is a secret: no [`MailError`] ever
 //! carries it, and outbox files are created with mode 0600 in a 0700 folder.
 //! Bodies are written as plain 7bit text whenever they are ASCII (the
-//! engine's always are, unless an address is internationalized), so the
+//! engine's always are: recipients are ASCII, see [`recipient`]), so the
 //! passcode can be found in the file with `grep`; anything else is left to
 //! lettre's quoted-printable or base64 encoding.
 

@@ -767,6 +767,8 @@ mod tests {
             hash_workers = 3
             mail_workers = 5
             session_cache = 1000
+            server_key = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2"
+            min_password_length = 10
             log_format = "json"
             log_level = "debug"
             smtp_host = "smtp.example.com"
@@ -785,6 +787,11 @@ mod tests {
         }
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!shown.contains("5ec2e7") && shown.contains("# server_key is set (not shown)"), "{shown}");
+        assert!(!format!("{config:?}").contains("5ec2e7"));
+        assert!(!format!("{:?}", config.settings()).contains("5ec2e7"));
+        assert_eq!(config.settings().server_key, ServerKey::from_hex(&"5ec2e7".repeat(11)[..64]));
+        assert_eq!(config.min_password_length(), 10);
         let engine = &config.settings().engine;
         assert_eq!(engine.session.max_age, TimeDelta::zero());
         assert_eq!(engine.legacy_wait, TimeDelta::milliseconds(250));
@@ -797,7 +804,12 @@ mod tests {
         // The shown text loads back to the same configuration (but the
         // password, which it does not show).
         let (_dir2, again) = with_file(&shown);
-        let reloaded = Configuration::load(Some(&again), env(&[("TOKENIZER_AUTH_SMTP_PASSWORD", "x")]), &[]).unwrap();
+        let reloaded = Configuration::load(
+            Some(&again),
+            env(&[("TOKENIZER_AUTH_SMTP_PASSWORD", "x"), ("TOKENIZER_AUTH_SERVER_KEY", &"5ec2e7".repeat(11)[..64])]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(reloaded.show(), shown);
         assert_eq!(reloaded.settings().engine, config.settings().engine);
     }
@@ -913,6 +925,24 @@ mod tests {
         let (_dir, path) = with_file("smtp_password = 12345678\n");
         let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
         assert!(!error.contains("12345678"), "{error}");
+    }
+
+    #[test]
+    fn the_server_key_is_64_hex_digits_and_never_echoed() {
+        let key = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let config = Configuration::load(None, env(&[("TOKENIZER_AUTH_SERVER_KEY", key)]), &[]).unwrap();
+        assert_eq!(config.server_key(), ServerKey::from_hex(key).as_ref());
+        assert_eq!(Configuration::load(None, env(&[]), &[]).unwrap().server_key(), None, "the data folder's");
+        for bad in [&key[..62], "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeZZ"] {
+            let error = Configuration::load(None, env(&[("TOKENIZER_AUTH_SERVER_KEY", bad)]), &[]).unwrap_err();
+            assert!(error.starts_with("invalid server_key (environment variable TOKENIZER_AUTH_SERVER_KEY)"));
+            assert!(error.contains("64 hex digits") && !error.contains("00112233"), "{error}");
+        }
+        let (_dir, path) = with_file("server_key = 1234\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.contains("expected a string") && !error.contains("1234"), "{error}");
+        let error = Configuration::load(None, env(&[("TOKENIZER_AUTH_MIN_PASSWORD_LENGTH", "0")]), &[]).unwrap_err();
+        assert!(error.contains("at least 1"), "{error}");
     }
 
     #[test]
