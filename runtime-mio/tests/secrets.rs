@@ -116,6 +116,15 @@ fn full_flow(runtime: &str) {
         assert!(!contains(file, key.expose()), "{runtime}: the key is in the database files");
     }
 
+    // While it runs, the WAL and shared-memory files exist: private too.
+    #[cfg(unix)]
+    for name in ["op_creds.db", "op_passcodes.db"] {
+        for suffix in ["", "-wal", "-shm"] {
+            let file = server.dir.join(format!("{name}{suffix}"));
+            assert_eq!(mode(&file), 0o600, "{runtime}: {} while serving", file.display());
+        }
+    }
+
     // Stopped, but its folder kept until the end of the test.
     signal(&server.child, "TERM");
     assert!(server.child.wait().unwrap().success());
