@@ -263,3 +263,32 @@ fn passcodes_stored_before_the_key_are_keyed_when_the_server_starts() {
         }
     }
 }
+
+#[test]
+fn the_log_names_the_key_by_its_fingerprint_only() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let hex_key = "c0ffee00".repeat(8);
+    let key = ServerKey::from_hex(&hex_key).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--legacy-passcode-listen", "127.0.0.1:0", "--legacy-login-listen", "127.0.0.1:0"])
+        .env("TOKENIZER_AUTH_SERVER_KEY", &hex_key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    while !log.contains("listening") {
+        assert!(stderr.read_line(&mut log).unwrap() > 0, "the server exited: {log}");
+    }
+    signal(&child, "TERM");
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
+    assert!(child.wait().unwrap().success(), "{log}");
+    assert!(log.contains(&format!("fingerprint={}", key.fingerprint())) && log.contains("from=server_key"), "{log}");
+    assert!(!log.contains("c0ffee00") && !log.to_ascii_lowercase().contains("c0ffee00"), "{log}");
+    assert!(!tmp.path().join("server.key").exists(), "a given key is not written to the disk");
+}

@@ -93,11 +93,18 @@ impl Settings {
 impl Settings {
     /// The server key to run with: the one given, or the data folder's
     /// (created, with the folder, if missing).
+    /// Its fingerprint is logged (never the key), so operators can check
+    /// that servers meant to share a key do.
     pub fn resolve_server_key(&self) -> Result<ServerKey, ServeError> {
-        match &self.server_key {
-            Some(key) => Ok(key.clone()),
-            None => server_key::load_or_create(&self.data_dir).map_err(|e| ServeError::new(e.to_string())),
-        }
+        let (key, from) = match &self.server_key {
+            Some(key) => (key.clone(), "server_key".to_owned()),
+            None => (
+                server_key::load_or_create(&self.data_dir).map_err(|e| ServeError::new(e.to_string()))?,
+                server_key::key_path(&self.data_dir).display().to_string(),
+            ),
+        };
+        tracing::info!(fingerprint = %key.fingerprint(), from = %from, "server key");
+        Ok(key)
     }
 }
 
