@@ -6,6 +6,7 @@ use chrono::TimeDelta;
 use crate::limits::Limits;
 use crate::passcode::PasscodePolicy;
 use crate::password::PasswordHash;
+use crate::server_key::ServerKey;
 use crate::session::SessionPolicy;
 
 /// Engine configuration.
@@ -53,6 +54,11 @@ pub struct Config {
     /// every credential check costs one verification. Runtimes replace the
     /// default with a hash made at start-up with their own parameters.
     pub dummy_password: PasswordHash,
+    /// The key of the passcode digests (docs/SECURITY.md, "Secrets at
+    /// rest"). The default is a placeholder known to everyone, for tests;
+    /// runtimes replace it with the server's key at start-up. A capture
+    /// records only its fingerprint.
+    pub server_key: ServerKey,
 }
 
 /// A placeholder dummy hash (argon2id at the minimum parameters the project
@@ -124,6 +130,7 @@ impl Default for Config {
             max_pipeline: 64,
             max_password_checks: 32,
             dummy_password: PasswordHash::Phc(DEFAULT_DUMMY_PASSWORD.to_owned()),
+            server_key: ServerKey::default(),
         }
     }
 }

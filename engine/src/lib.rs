@@ -98,6 +98,7 @@ mod passcode;
 mod password;
 mod random;
 mod secret;
+mod server_key;
 mod session;
 mod store;
 mod timers;
@@ -114,8 +115,9 @@ pub use engine::{ConnId, Engine, Input, Listener, Output};
 pub use limits::{Bound, Counter, CounterKey, Limits, Refund, Reservation, Window};
 pub use notice::Notice;
 pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
-pub use password::PasswordHash;
+pub use password::{DEFAULT_MIN_PASSWORD_LENGTH, NewPasswordRule, PasswordHash};
 pub use secret::Secret;
+pub use server_key::{Fingerprint, ServerKey};
 pub use session::SessionPolicy;
 pub use store::{
     CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodeExpectation, PasscodesBatch, PasscodesOp, SessionRecord,

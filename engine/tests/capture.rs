@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use chrono::TimeDelta;
 use tokenizer_auth_engine::capture::{Replay, ReplayError};
 use tokenizer_auth_engine::testkit::{Completion, World};
-use tokenizer_auth_engine::{Config, Listener, PasswordHash, UserRecord};
+use tokenizer_auth_engine::{Config, Listener, PasswordHash, ServerKey, UserRecord};
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
 const PASSWORD: &str = "pässwörd-😀-secret";
@@ -97,4 +97,25 @@ fn damaged_captures_are_errors_not_panics() {
             let _ = replay.run();
         }
     }
+}
+
+#[test]
+fn a_capture_holds_only_the_key_fingerprint_and_replays_only_with_that_key() {
+    let key = ServerKey::from_bytes(*b"a server key of thirty-two bytes");
+    let mut w = World::new(Config { server_key: key.clone(), ..Config::default() }, 5);
+    w.store.add_user("ada@example.com", "555", PASSWORD);
+    let mut capture = w.engine.start_capture();
+    w.login(local(), MAC, "ada@example.com", "555", PASSWORD).unwrap();
+    capture.extend(w.engine.take_capture());
+    assert!(!capture.windows(ServerKey::LEN).any(|bytes| bytes == key.expose()), "the key is in the capture");
+
+    assert!(Replay::with_key(&capture, &key).unwrap().run().unwrap() > 5);
+    let other = ServerKey::from_bytes([1; 32]);
+    match Replay::with_key(&capture, &other) {
+        Err(ReplayError::WrongKey { recorded, given }) => {
+            assert_eq!((recorded, given), (key.fingerprint(), other.fingerprint()));
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    assert!(matches!(Replay::new(&capture), Err(ReplayError::WrongKey { .. })));
 }

@@ -56,7 +56,7 @@ fn passcode_request_mails_a_passcode_and_stores_only_its_digest() {
     let mail = &w.mailbox[0];
     assert!(mail.body.expose().contains(EMAIL));
     let record = w.store.passcodes.values().next().expect("stored");
-    assert!(matches!(record.code, StoredPasscode::Digest { .. }));
+    assert!(matches!(record.code, StoredPasscode::Keyed { .. }));
     assert!(!record.code.to_column().contains(&code));
     assert_eq!(record.expires_at, w.now + TimeDelta::minutes(3));
 }

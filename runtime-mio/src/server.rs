@@ -99,6 +99,7 @@ struct EventLoop {
 pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
     let hasher = Hasher::new(settings.cost).map_err(|e| ServeError::new(e.to_string()))?;
     settings.engine.dummy_password = hasher.dummy().clone();
+    settings.engine.server_key = settings.resolve_server_key()?;
     let bound = Listeners::bind(&settings)?;
     let poll = Poll::new().map_err(io_error("cannot create the event loop"))?;
     let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("cannot create a waker"))?;

@@ -51,24 +51,74 @@ fn accounts_are_added_listed_changed_and_removed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     assert_eq!(
-        ok(dir, &["user", "add", "ada@example.com", "--phone", "555", "--password-stdin"], "s3cret\n"),
+        ok(dir, &["user", "add", "ada@example.com", "--phone", "555", "--password-stdin"], "s3cret-passphrase\n"),
         "added ada@example.com\n"
     );
-    assert!(verifies(dir, "ada@example.com", "s3cret"));
+    assert!(verifies(dir, "ada@example.com", "s3cret-passphrase"));
     fails(dir, &["user", "add", "ada@example.com", "--password-stdin"], "x\n", 1, "already exists");
     fails(dir, &["user", "add", "bob@example.com"], "", 2, "--password-stdin");
     fails(dir, &["user", "add", "bob@example.com", "--password", "x"], "", 2, "unexpected argument");
-    fails(dir, &["user", "add", "not-an-email", "--password-stdin"], "x\n", 1, "invalid email");
+    fails(dir, &["user", "add", "not-an-email", "--password-stdin"], "long enough\n", 2, "invalid recipient address");
     assert_eq!(ok(dir, &["user", "list"], ""), "ada@example.com\t555\t0 sessions\n");
 
-    ok(dir, &["user", "passwd", "ada@example.com", "--password-stdin"], "n3w\n");
-    assert!(verifies(dir, "ada@example.com", "n3w"));
-    assert!(!verifies(dir, "ada@example.com", "s3cret"));
+    ok(dir, &["user", "passwd", "ada@example.com", "--password-stdin"], "n3w-passphrase\n");
+    assert!(verifies(dir, "ada@example.com", "n3w-passphrase"));
+    assert!(!verifies(dir, "ada@example.com", "s3cret-passphrase"));
     fails(dir, &["user", "passwd", "nobody@example.com", "--password-stdin"], "x\n", 1, "no user");
 
     assert_eq!(ok(dir, &["user", "remove", "ada@example.com"], ""), "removed ada@example.com\n");
     fails(dir, &["user", "remove", "ada@example.com"], "", 1, "no user");
     assert_eq!(ok(dir, &["user", "list"], ""), "");
+}
+
+#[test]
+fn passwords_no_request_could_carry_or_too_weak_are_refused_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let add = ["user", "add", "ada@example.com", "--phone", "555", "--password-stdin"];
+    let megabyte = format!("{}\n", "x".repeat(1 << 20));
+    fails(dir, &add, &megabyte, 2, "a request line (max_line) can carry at most 4041");
+    fails(dir, &add, "        \n", 2, "only whitespace");
+    fails(dir, &add, "short\n", 2, "at least 8");
+    fails(dir, &add, "\n", 2, "empty");
+    assert_eq!(ok(dir, &["user", "list"], ""), "", "nothing was added");
+    // The longest that fits the line, and the minimum, are taken.
+    ok(dir, &add, &format!("{}\n", "x".repeat(4041)));
+    let passwd = ["user", "passwd", "ada@example.com", "--password-stdin"];
+    fails(dir, &passwd, &megabyte, 2, "can carry at most");
+    fails(dir, &passwd, " \u{3000} \n", 2, "only whitespace");
+    ok(dir, &passwd, "8 chars!\n");
+    assert!(verifies(dir, "ada@example.com", "8 chars!"));
+    // The minimum is a setting.
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenizer-auth"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(passwd)
+        .env("TOKENIZER_AUTH_MIN_PASSWORD_LENGTH", "12")
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"eleven char\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12"));
+}
+
+#[test]
+fn addresses_the_mailer_would_refuse_are_refused_at_user_add() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for address in ["q@example.com, attacker@evil.com", "\"Q\" <q@example.com>", "Q <q@example.com>", "../../x"] {
+        fails(dir, &["user", "add", address, "--password-stdin"], "long enough\n", 2, "invalid recipient address");
+    }
+    for address in ["jörg@example.com", "q@bücher.example"] {
+        fails(dir, &["user", "add", address, "--password-stdin"], "long enough\n", 2, "SMTPUTF8");
+    }
+    assert_eq!(ok(dir, &["user", "list"], ""), "", "nothing was added");
+    ok(dir, &["user", "add", "q@example.com", "--password-stdin"], "long enough\n");
 }
 
 #[test]

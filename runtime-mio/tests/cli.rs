@@ -134,7 +134,7 @@ fn admin_commands_take_the_data_folder_from_the_configuration() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("configured");
     let config = write_config(tmp.path(), &format!("data_dir = {:?}\n", data.to_str().unwrap()));
-    let added = stdout_of(&["--config", &config, "user", "add", EMAIL, "--password-stdin"], &[], "pw\n");
+    let added = stdout_of(&["--config", &config, "user", "add", EMAIL, "--password-stdin"], &[], "pw-long-enough\n");
     assert_eq!(added, format!("added {EMAIL}\n"));
     assert!(data.join("op_creds.db").exists());
     // The variable naming the file works like --config.
@@ -358,7 +358,7 @@ fn client_refusals_exit_1_with_the_reply() {
     let (addr, server) = scripted(&["False"]);
     let args = ["--data-dir", dir, "client", "--addr", &addr, "login", "--mac", MAC, "--email", EMAIL];
     let args = [&args[..], &["--passcode", "AAAAAA", "--password-stdin"]].concat();
-    fails(&args, &[], "pw\n", 1, "server replied False");
+    fails(&args, &[], "pw-long-enough\n", 1, "server replied False");
     server.join().unwrap();
     assert!(!tmp.path().join("client-token").exists());
 
@@ -370,11 +370,17 @@ fn client_refusals_exit_1_with_the_reply() {
 
     // Usage errors exit 2 and send nothing.
     let base = ["--data-dir", dir, "client", "--addr", "127.0.0.1:9", "passcode", "--email", EMAIL];
-    fails(&[&base[..], &["--mac", "nope", "--password-stdin"]].concat(), &[], "pw\n", 2, "invalid MAC");
+    fails(&[&base[..], &["--mac", "nope", "--password-stdin"]].concat(), &[], "pw-long-enough\n", 2, "invalid MAC");
     fails(&[&base[..], &["--mac", MAC, "--password", "pw"]].concat(), &[], "", 2, "unexpected argument");
     fails(&[&base[..], &["--mac", MAC]].concat(), &[], "", 2, "--password-stdin");
     fails(&[&base[..], &["--mac", MAC, "--password-stdin"]].concat(), &[], "a|b\n", 2, "cannot hold |");
-    fails(&[&base[..], &["--mac", MAC, "--phone", "1|2", "--password-stdin"]].concat(), &[], "pw\n", 2, "phone");
+    fails(
+        &[&base[..], &["--mac", MAC, "--phone", "1|2", "--password-stdin"]].concat(),
+        &[],
+        "pw-long-enough\n",
+        2,
+        "phone",
+    );
 
     // No server, or no token: exit 1 with the reason.
     let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
@@ -444,12 +450,16 @@ fn walkthrough(runtime: &str) {
     };
     let who = ["--mac", MAC, "--email", EMAIL, "--phone", PHONE, "--password-stdin"];
 
-    stdout_of(&["--data-dir", dir, "user", "add", EMAIL, "--phone", PHONE, "--password-stdin"], &[], "pw\n");
+    stdout_of(
+        &["--data-dir", dir, "user", "add", EMAIL, "--phone", PHONE, "--password-stdin"],
+        &[],
+        "pw-long-enough\n",
+    );
     fails(&client(&[&["passcode"][..], &who].concat()), &[], "wrong\n", 1, "server replied False");
-    assert_eq!(stdout_of(&client(&[&["passcode"][..], &who].concat()), &[], "pw\n"), "Passcode is sent\n");
+    assert_eq!(stdout_of(&client(&[&["passcode"][..], &who].concat()), &[], "pw-long-enough\n"), "Passcode is sent\n");
     let passcode = newest_passcode(&tmp.path().join("outbox"));
     let login = client(&[&["login", "--passcode", &passcode][..], &who].concat());
-    assert_eq!(stdout_of(&login, &[], "pw\n"), "logged in\n");
+    assert_eq!(stdout_of(&login, &[], "pw-long-enough\n"), "logged in\n");
     let token = std::fs::read_to_string(tmp.path().join("client-token")).unwrap();
     let request = client(&["request", "--mac", MAC, "status"]);
     assert_eq!(stdout_of(&request, &[], ""), "authorized\n");
@@ -558,7 +568,7 @@ fn passcodes_go_through_the_configured_relay() {
         ),
     );
     let dir = tmp.path().to_str().unwrap();
-    stdout_of(&["--data-dir", dir, "user", "add", EMAIL, "--password-stdin"], &[], "pw\n");
+    stdout_of(&["--data-dir", dir, "user", "add", EMAIL, "--password-stdin"], &[], "pw-long-enough\n");
 
     for runtime in ["mio", "std"] {
         let env = [("TOKENIZER_AUTH_CONFIG", config.as_str()), ("TOKENIZER_AUTH_SMTP_PASSWORD", RELAY_PASSWORD)];
@@ -594,10 +604,10 @@ fn passcodes_go_through_the_configured_relay() {
         let addr = server.native.to_string();
         let who = ["--mac", MAC, "--email", EMAIL, "--password-stdin"];
         let passcode = [&["--data-dir", dir, "client", "--addr", &addr, "passcode"][..], &who].concat();
-        assert_eq!(stdout_of(&passcode, &[], "pw\n"), "Passcode is sent\n");
+        assert_eq!(stdout_of(&passcode, &[], "pw-long-enough\n"), "Passcode is sent\n");
         let code = relay.passcode();
         let login = [&["--data-dir", dir, "client", "--addr", &addr, "login", "--passcode", &code][..], &who].concat();
-        assert_eq!(stdout_of(&login, &[], "pw\n"), "logged in\n");
+        assert_eq!(stdout_of(&login, &[], "pw-long-enough\n"), "logged in\n");
         drop(server);
         let log = log.join().unwrap();
         assert!(!log.contains(RELAY_PASSWORD) && !log.contains(&code), "{log}");

@@ -20,7 +20,9 @@
 //!   that commits what is queued as one group (one `fsync`), hashers and
 //!   mailers; the readers share a [`store::SessionCache`], coherent with
 //!   the file through a counter its triggers bump on every session change;
-//! - [`server`]: the threaded runtime (`serve --runtime std`).
+//! - [`server`]: the threaded runtime (`serve --runtime std`);
+//! - [`private`] and [`server_key`]: the data folder's permissions (0700,
+//!   files 0600) and the server key that keys the passcode digests.
 //!
 //! Every call here blocks; the servers run them on worker threads so that
 //! no thread serving sockets waits on a disk, a hash or a relay.
@@ -29,8 +31,10 @@ pub mod executor;
 pub mod mail;
 pub mod password;
 pub mod pool;
+pub mod private;
 pub mod serve;
 pub mod server;
+pub mod server_key;
 pub mod settings;
 pub mod socket;
 pub mod store;

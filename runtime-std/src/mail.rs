@@ -14,12 +14,12 @@
 //! The body names the passcode, so it is a secret: no [`MailError`] ever
 //! carries it, and outbox files are created with mode 0600 in a 0700 folder.
 //! Bodies are written as plain 7bit text whenever they are ASCII (the
-//! engine's always are, unless an address is internationalized), so the
+//! engine's always are: recipients are ASCII, see [`recipient`]), so the
 //! passcode can be found in the file with `grep`; anything else is left to
 //! lettre's quoted-printable or base64 encoding.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -204,12 +204,32 @@ fn smtp_sink(config: &SmtpConfig) -> Result<Sink, MailError> {
     })
 }
 
+/// The one address parser for recipients: the mailer uses it to build the
+/// `To:` of every message, and `user add` to refuse, up front, an address
+/// the mailer would refuse later (docs/SECURITY.md, "Accounts made by the
+/// admin commands"). One bare address, `local@domain`, as lettre parses
+/// it: no display name, no mailbox list, no path. Only ASCII: an
+/// internationalized address needs SMTPUTF8 (RFC 6531) end to end, which
+/// relays need not offer, and must not go into a header as raw UTF-8; the
+/// refusal says so.
+pub fn recipient(text: &str) -> Result<Address, MailError> {
+    let invalid = |why: String| {
+        MailError::new(MailErrorKind::InvalidRecipient, format!("invalid recipient address {text:?}: {why}"))
+    };
+    if !text.is_ascii() {
+        return Err(invalid(
+            "it is not ASCII; internationalized addresses need SMTPUTF8, which this server does not use \
+             (give the domain in its ASCII xn-- form)"
+                .to_owned(),
+        ));
+    }
+    text.parse().map_err(|error| invalid(format!("{error}; expected one bare address, local@domain")))
+}
+
 /// The RFC 5322 message for `mail`: From, To, Subject, Date, Message-ID,
 /// MIME-Version and a text/plain UTF-8 body.
 fn build_message(from: &Mailbox, mail: &Mail, date: SystemTime) -> Result<Message, MailError> {
-    let to: Address = mail.to.parse().map_err(|error| {
-        MailError::new(MailErrorKind::InvalidRecipient, format!("invalid recipient address {:?}: {error}", mail.to))
-    })?;
+    let to = recipient(&mail.to)?;
     if mail.subject.chars().any(char::is_control) {
         return Err(MailError::new(MailErrorKind::InvalidMessage, "the subject contains a control character"));
     }
@@ -257,11 +277,7 @@ fn crlf(text: &str) -> String {
 /// Creates the outbox folder (and its parents) if missing; a folder it
 /// creates gets mode 0700 on unix. An existing folder is left as it is.
 fn ensure_dir(dir: &Path) -> Result<(), MailError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|error| outbox_error(dir, "cannot create the outbox folder", &error))
+    crate::private::create_dir(dir).map_err(|error| outbox_error(dir, "cannot create the outbox folder", &error))
 }
 
 /// Writes `bytes` as a new `.eml` file in `dir`, all or nothing: a hidden
@@ -291,11 +307,7 @@ fn write_outbox(dir: &Path, bytes: &[u8], now: DateTime<Utc>) -> Result<PathBuf,
 
 /// Creates a new file that only its owner may read or write.
 fn create_private(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
+    crate::private::create_new_file(path)
 }
 
 /// Makes a rename in `dir` durable.
@@ -441,6 +453,33 @@ mod tests {
         assert!(text.contains("Content-Transfer-Encoding: 7bit\r\n"), "{text}");
         assert!(text.contains(&format!("\r\nYour passcode is: {PASSCODE}\r\n")), "{text}");
         assert!(text.contains("Content-Type: text/plain; charset=utf-8\r\n"), "{text}");
+    }
+
+    #[test]
+    fn recipients_are_one_bare_ascii_address() {
+        for good in ["q@example.com", "first.last+tag@sub.example.org", "a@[127.0.0.1]"] {
+            assert_eq!(recipient(good).unwrap().to_string(), good);
+        }
+        for bad in [
+            "q@example.com, attacker@evil.com",
+            "q@example.com,attacker@evil.com",
+            "\"Q\" <q@example.com>",
+            "Q <q@example.com>",
+            "<q@example.com>",
+            "../../x",
+            "../../x@example.com",
+            "q@example.com\r\nBcc: attacker@evil.com",
+            " q@example.com",
+            "q@",
+            "@example.com",
+        ] {
+            let error = recipient(bad).unwrap_err();
+            assert_eq!(error.kind(), MailErrorKind::InvalidRecipient, "{bad}");
+        }
+        for international in ["jörg@example.com", "q@bücher.example"] {
+            let error = recipient(international).unwrap_err().to_string();
+            assert!(error.contains("not ASCII") && error.contains("SMTPUTF8"), "{error}");
+        }
     }
 
     #[test]

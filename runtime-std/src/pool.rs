@@ -105,7 +105,8 @@ impl EffectPool {
     pub fn start(settings: &Settings, hasher: &Hasher, done: Done) -> Result<EffectPool, StoreError> {
         // One cache for every store connection of this process; its rules
         // are in `store::cache`.
-        let store = SqliteStore::open(&settings.data_dir)?;
+        let mut store = SqliteStore::open(&settings.data_dir)?;
+        store.key_passcodes(&settings.engine.server_key)?;
         let store = match settings.session_cache {
             0 => store,
             bound => store.with_cache(Arc::new(SessionCache::new(bound))),

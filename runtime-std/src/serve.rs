@@ -95,12 +95,7 @@ impl CaptureFile {
     /// Creates the file (mode 0600: a capture holds tokens) and starts the
     /// engine recording. An existing file is never overwritten.
     pub fn start(path: &std::path::Path, engine: &mut Engine) -> Result<CaptureFile, ServeError> {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let file = options
-            .open(path)
+        let file = crate::private::create_new_file(path)
             .map_err(|e| ServeError::new(format!("cannot create the capture file {}: {e}", path.display())))?;
         let mut capture = CaptureFile { file: std::io::BufWriter::new(file), path: path.to_owned(), failed: false };
         let header = engine.start_capture();

@@ -219,6 +219,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 pub fn serve_with(mut settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> Result<(), ServeError> {
     let hasher = Hasher::new(settings.cost).map_err(|e| ServeError::new(e.to_string()))?;
     settings.engine.dummy_password = hasher.dummy().clone();
+    settings.engine.server_key = settings.resolve_server_key()?;
     let mut engine = Engine::new(settings.engine.clone());
     let capture = match &settings.capture {
         Some(path) => Some(CaptureFile::start(path, &mut engine)?),

@@ -6,10 +6,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use tokenizer_auth_engine::Config;
+use tokenizer_auth_engine::{Config, ServerKey};
 
 use crate::mail::MailConfig;
 use crate::password::Cost;
+use crate::serve::ServeError;
+use crate::server_key;
 
 /// Threads that carry out effects.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -36,8 +38,13 @@ impl Default for Workers {
 /// Everything a server runs with.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The engine's rules and limits.
+    /// The engine's rules and limits. Its `server_key` is replaced at
+    /// start-up with [`Settings::server_key`]'s.
     pub engine: Config,
+    /// The key of the passcode digests, if given (`server_key`, shared by
+    /// several servers); `None`: the data folder's `server.key`, created on
+    /// the first start.
+    pub server_key: Option<ServerKey>,
     /// The data folder (`op_creds.db`, `op_passcodes.db`, `outbox/`).
     pub data_dir: PathBuf,
     /// How mail leaves: an SMTP relay, or the outbox folder.
@@ -69,6 +76,7 @@ impl Settings {
         let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
         Settings {
             engine: Config::default(),
+            server_key: None,
             mail: MailConfig::Outbox { dir: data_dir.join("outbox") },
             data_dir,
             cost: Cost::PRODUCT,
@@ -79,6 +87,24 @@ impl Settings {
             capture: None,
             session_cache: DEFAULT_SESSION_CACHE,
         }
+    }
+}
+
+impl Settings {
+    /// The server key to run with: the one given, or the data folder's
+    /// (created, with the folder, if missing).
+    /// Its fingerprint is logged (never the key), so operators can check
+    /// that servers meant to share a key do.
+    pub fn resolve_server_key(&self) -> Result<ServerKey, ServeError> {
+        let (key, from) = match &self.server_key {
+            Some(key) => (key.clone(), "server_key".to_owned()),
+            None => (
+                server_key::load_or_create(&self.data_dir).map_err(|e| ServeError::new(e.to_string()))?,
+                server_key::key_path(&self.data_dir).display().to_string(),
+            ),
+        };
+        tracing::info!(fingerprint = %key.fingerprint(), from = %from, "server key");
+        Ok(key)
     }
 }
 

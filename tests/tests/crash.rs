@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension};
-use tokenizer_auth_engine::{BaseToken, Mac, MasterToken, Secret, StoredPasscode};
+use tokenizer_auth_engine::{BaseToken, Mac, MasterToken, Secret, ServerKey, StoredPasscode};
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::SqliteStore;
 use tokenizer_auth_tests::crash::{GROUP, group_master};
@@ -125,7 +125,8 @@ fn check(dir: &Path, chains: &BTreeMap<String, Chain>, passcodes: &[(String, Str
             )
             .optional()
             .unwrap();
-        let reusable = row.is_some_and(|code| StoredPasscode::from_column(&code).matches(passcode));
+        let reusable =
+            row.is_some_and(|code| StoredPasscode::from_column(&code).matches(&ServerKey::default(), passcode));
         assert!(!reusable, "round {round}: the passcode that logged in {mac} could log in again");
     }
 }

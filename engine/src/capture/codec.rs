@@ -17,6 +17,7 @@ use crate::limits::{Counter, CounterKey, Limits, Window};
 use crate::passcode::{PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
 use crate::password::PasswordHash;
 use crate::secret::Secret;
+use crate::server_key::{Fingerprint, ServerKey};
 use crate::session::SessionPolicy;
 use crate::store::{SessionRecord, Snapshot, UserRecord};
 use crate::token::MasterToken;
@@ -199,7 +200,9 @@ fn read_window(r: &mut Reader<'_>) -> Result<Window, DecodeError> {
     Ok(Window { max: r.u32()?, period: read_delta(r)? })
 }
 
-/// Writes the engine configuration a capture was made with.
+/// Writes the engine configuration a capture was made with. The server
+/// key is never written: only its fingerprint, last, so that replay can
+/// tell whether it was given the right key.
 pub(crate) fn config(w: &mut Writer, c: &Config) {
     delta(w, c.passcode.lifetime);
     w.u32(c.passcode.max_guesses);
@@ -225,9 +228,12 @@ pub(crate) fn config(w: &mut Writer, c: &Config) {
     usize_(w, c.max_pipeline);
     usize_(w, c.max_password_checks);
     password(w, &c.dummy_password);
+    w.buf.extend_from_slice(&c.server_key.fingerprint().0);
 }
 
-pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
+/// The recorded configuration, with the placeholder key, and the
+/// fingerprint of the key it was recorded with.
+pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<(Config, Fingerprint), DecodeError> {
     let passcode = PasscodePolicy { lifetime: read_delta(r)?, max_guesses: r.u32()? };
     let session = SessionPolicy { token_ttl: read_delta(r)?, max_age: read_delta(r)? };
     let limits = Limits {
@@ -255,9 +261,11 @@ pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<Config, DecodeError> {
         max_pipeline: read_usize(r)?,
         max_password_checks: read_usize(r)?,
         dummy_password: read_password(r)?,
+        server_key: ServerKey::default(),
     };
+    let fingerprint = Fingerprint(r.fixed()?);
     config.validate().map_err(|_| DecodeError::Invalid("configuration (a setting out of range)"))?;
-    Ok(config)
+    Ok((config, fingerprint))
 }
 
 fn counter_key(w: &mut Writer, k: &CounterKey) {

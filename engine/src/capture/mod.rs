@@ -13,6 +13,10 @@
 //! recorded randomness: a capture is sensitive, and runtimes write it with
 //! mode 0600.
 //!
+//! The server key is never written either, only its fingerprint: replay
+//! needs the key (passcodes are checked against keyed digests) and refuses
+//! one with another fingerprint ([`Replay::with_key`]).
+//!
 //! # Format (version 2)
 //!
 //! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
@@ -20,6 +24,7 @@
 //!
 //! ```text
 //! file    = MAGIC u32:version config record*
+//! config  = the engine settings, then 8 bytes: the server key's fingerprint
 //! record  = u32:length body                  (length of body)
 //! body    = time input bytes:rng u32:count output*
 //! input   = 0 u64:conn ip u8:listener        Opened
@@ -39,6 +44,10 @@
 //!
 //! The file is append-only: records are written whole, one after another,
 //! and a reader stops with a clear error at a truncated or corrupt one.
+//!
+//! Version 1 (before the server key) had no fingerprint; its passcodes were
+//! unkeyed, so this engine could not replay it faithfully, and it is
+//! refused.
 
 mod codec;
 mod redact;
@@ -52,6 +61,7 @@ pub use wire::DecodeError;
 
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::server_key::{Fingerprint, ServerKey};
 use codec::{read_config, read_event, read_recorded, read_time};
 pub(crate) use redact::Redactor;
 use rng::PlaybackRng;
@@ -159,6 +169,14 @@ pub enum ReplayError {
         /// What was wrong.
         reason: DecodeError,
     },
+    /// The capture was recorded under another server key than the one
+    /// given: replay would tell wrong passcodes from right ones wrongly.
+    WrongKey {
+        /// The fingerprint in the capture.
+        recorded: Fingerprint,
+        /// The fingerprint of the key given.
+        given: Fingerprint,
+    },
     /// The engine did something other than what was recorded.
     Divergence {
         /// Which record (counting from 1).
@@ -175,6 +193,11 @@ impl core::fmt::Display for ReplayError {
         match self {
             ReplayError::NotACapture(why) => write!(f, "not a tokenizer-auth capture: {why}"),
             ReplayError::Corrupt { record, reason } => write!(f, "record {record} is corrupt: {reason}"),
+            ReplayError::WrongKey { recorded, given } => write!(
+                f,
+                "recorded under the server key with fingerprint {recorded}, but the key given has fingerprint \
+                 {given}: give the recording server's key (its data folder's server.key, or server_key)"
+            ),
             ReplayError::Divergence { record, expected, actual } => {
                 write!(f, "divergence at event {record}:\n  expected: {expected}\n  actual:   {actual}")
             }
@@ -204,9 +227,16 @@ fn show(recorded: Option<&Recorded>) -> String {
 }
 
 impl<'a> Replay<'a> {
-    /// Reads a capture's header and sets up a fresh engine with its
-    /// configuration.
+    /// [`Replay::with_key`] with the placeholder key of
+    /// [`Config::default`], which engines in tests run with.
     pub fn new(bytes: &'a [u8]) -> Result<Replay<'a>, ReplayError> {
+        Replay::with_key(bytes, &ServerKey::default())
+    }
+
+    /// Reads a capture's header and sets up a fresh engine with its
+    /// configuration and `key`, which must be the key it was recorded
+    /// with (its fingerprint is in the header).
+    pub fn with_key(bytes: &'a [u8], key: &ServerKey) -> Result<Replay<'a>, ReplayError> {
         let mut reader = Reader::new(bytes);
         let magic = reader.take(MAGIC.len()).map_err(|_| ReplayError::NotACapture("too short".into()))?;
         if magic != MAGIC {
@@ -216,7 +246,12 @@ impl<'a> Replay<'a> {
         if version != VERSION {
             return Err(ReplayError::NotACapture(format!("format version {version}, this build reads {VERSION}")));
         }
-        let config = read_config(&mut reader).map_err(|e| ReplayError::NotACapture(format!("configuration: {e}")))?;
+        let (mut config, recorded) =
+            read_config(&mut reader).map_err(|e| ReplayError::NotACapture(format!("configuration: {e}")))?;
+        if recorded != key.fingerprint() {
+            return Err(ReplayError::WrongKey { recorded, given: key.fingerprint() });
+        }
+        config.server_key = key.clone();
         Ok(Replay { engine: Engine::new(config), reader, total: bytes.len(), record: 0 })
     }
 

@@ -23,6 +23,19 @@ pub const MAX_EMAIL: usize = 254;
 /// Longest phone accepted.
 pub const MAX_PHONE: usize = 64;
 
+/// The longest MAC spelling a client may send (`aa:bb:cc:dd:ee:ff`).
+const LONGEST_MAC: usize = 17;
+
+/// The longest password a native request line of at most `max_line` bytes
+/// can carry for the account (`email`, `phone`): what is left of the line
+/// once the other fields of the longer request, the passcode request
+/// (`require_passcode|MAC|PASSWORD|PHONE|EMAIL`, longer than a login's
+/// `MAC|EMAIL|PHONE|PASSWORD|PASSCODE`), are in it with the longest MAC.
+pub fn longest_password(max_line: usize, email: &str, phone: &str) -> usize {
+    let others = REQUIRE_PASSCODE.len() + LONGEST_MAC + email.len() + phone.len() + 4;
+    max_line.saturating_sub(others)
+}
+
 /// `require_passcode|MAC|PASSWORD|PHONE|EMAIL`
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PasscodeRequest<'a> {

@@ -174,7 +174,8 @@ fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Reserved, verified
     let user = snapshot.user.as_ref().filter(|u| u.email == key.email);
     let record = snapshot.passcode.as_ref().filter(|r| r.key == key);
     let policy = &ctx.config.passcode;
-    let passcode_ok = record.is_some_and(|r| policy.accepts(r, passcode.expose(), ctx.now)) && guess;
+    let passcode_ok =
+        record.is_some_and(|r| policy.accepts(&ctx.config.server_key, r, passcode.expose(), ctx.now)) && guess;
     let credentials_ok = credentials::accepted(user, &phone, verified);
 
     let (true, true, Some(user), Some(record)) = (credentials_ok, passcode_ok, user, record) else {

@@ -168,7 +168,12 @@ fn issue<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, claim: Claim) -> Step {
     let passcode = random::passcode(ctx.rng);
     let salt = random::passcode_salt(ctx.rng);
     let key = PasscodeKey { email: claim.email.clone(), mac: claim.mac, ip: claim.ip };
-    let record = ctx.config.passcode.issue(key, &claim.phone, StoredPasscode::seal(&passcode, salt), ctx.now);
+    let record = ctx.config.passcode.issue(
+        key,
+        &claim.phone,
+        StoredPasscode::seal(&passcode, salt, &ctx.config.server_key),
+        ctx.now,
+    );
     let mail = mail::passcode_mail(&claim.email, &passcode, record.expires_at);
     Step::Await(Flow::Passcode(PasscodeFlow::Mail(claim, record)), Effect::SendMail(mail))
 }

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use tokenizer_auth_engine::{Mac, Secret};
+use tokenizer_auth_engine::{Mac, NewPasswordRule, Secret};
 use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::SqliteStore;
 
@@ -18,10 +18,12 @@ fn hasher() -> Result<Hasher, Failure> {
     Ok(Hasher::new(Cost::PRODUCT)?)
 }
 
-/// A new password, from standard input (`--password-stdin`: one line) or
-/// from a prompt asked twice. Never from the command line, where other
-/// users of the machine could read it.
-fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
+/// A new password for the account (`email`, `phone`), from standard input
+/// (`--password-stdin`: one line) or from a prompt asked twice. Never from
+/// the command line, where other users of the machine could read it. The
+/// engine's rule says what it must be (length, not only whitespace, a
+/// request line can carry it); a refusal is a usage error (exit 2).
+fn read_password(config: &Configuration, email: &str, phone: &str, from_stdin: bool) -> Result<Secret, Failure> {
     let password = if from_stdin {
         let mut line = String::new();
         std::io::stdin().lock().read_line(&mut line)?;
@@ -37,14 +39,9 @@ fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
         }
         first
     };
-    if password.is_empty() {
-        return Err(Failure::Usage("the password is empty".into()));
-    }
-    if password.expose().contains('|') || password.expose().chars().any(char::is_control) {
-        return Err(Failure::Usage(
-            "a password cannot hold | or control characters (the protocol could not carry it)".into(),
-        ));
-    }
+    NewPasswordRule::for_account(config.min_password_length(), config.max_line(), email, phone)
+        .check(password.expose())
+        .map_err(Failure::Usage)?;
     Ok(password)
 }
 
@@ -56,7 +53,8 @@ pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), 
             if store.users()?.iter().any(|u| &u.email == email) {
                 return Err(Failure::Other(format!("user {email} already exists")));
             }
-            let password = read_password(*password_stdin)?;
+            tokenizer_auth_runtime_std::mail::recipient(email).map_err(|e| Failure::Usage(e.to_string()))?;
+            let password = read_password(config, email, phone, *password_stdin)?;
             store.add_user(email, phone, &hasher()?.hash(&password)?)?;
             writeln!(out, "added {email}")?;
         }
@@ -74,10 +72,10 @@ pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), 
         }
         UserCommand::Passwd { email, password_stdin } => {
             let mut store = open(config)?;
-            if !store.users()?.iter().any(|u| &u.email == email) {
+            let Some(user) = store.users()?.into_iter().find(|u| &u.email == email) else {
                 return Err(Failure::Other(format!("no user {email}")));
-            }
-            let password = read_password(*password_stdin)?;
+            };
+            let password = read_password(config, email, &user.phone, *password_stdin)?;
             store.set_password(email, &hasher()?.hash(&password)?)?;
             writeln!(out, "changed the password of {email}; its sessions have ended")?;
         }

@@ -6,13 +6,14 @@
 //! line; the session token lives in a file only its owner can read, and is
 //! never printed.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokenizer_auth_engine::{BaseToken, LOGIN_PREFIX, Mac, Secret};
+use tokenizer_auth_runtime_std::private;
 
 use super::config::{self, Configuration};
 use super::{ClientArgs, ClientCommand, Failure, duration};
@@ -256,20 +257,12 @@ fn store_token(path: &Path, token: &BaseToken) -> Result<(), Failure> {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(&dir).map_err(failed)?;
+    private::create_dir(&dir).map_err(failed)?;
 
     let name = path.file_name().map_or_else(|| "client-token".into(), |n| n.to_string_lossy().into_owned());
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&temp);
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&temp).and_then(|mut file| {
+    let written = private::create_new_file(&temp).and_then(|mut file| {
         file.write_all(format!("{token}\n").as_bytes())?;
         file.sync_all()
     });

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use tokenizer_auth_engine::{Config, Secret};
+use tokenizer_auth_engine::{Config, Secret, ServerKey};
 use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_runtime_std::settings::{Settings, Workers};
 
@@ -61,6 +61,8 @@ pub const KEYS: &[&str] = &[
     "hash_workers",
     "mail_workers",
     "session_cache",
+    "server_key",
+    "min_password_length",
     "log_format",
     "log_level",
     "smtp_host",
@@ -141,6 +143,8 @@ pub struct Configuration {
     engine: Config,
     workers: Workers,
     session_cache: usize,
+    server_key: Option<ServerKey>,
+    min_password_length: usize,
     log_format: LogFormat,
     log_level: String,
     smtp: Smtp,
@@ -161,6 +165,8 @@ impl Default for Configuration {
             engine: settings.engine,
             workers: settings.workers,
             session_cache: settings.session_cache,
+            server_key: None,
+            min_password_length: tokenizer_auth_engine::DEFAULT_MIN_PASSWORD_LENGTH,
             log_format: LogFormat::Human,
             log_level: "info".to_owned(),
             smtp: Smtp {
@@ -322,6 +328,21 @@ impl Configuration {
             "hash_workers" => self.workers.hash = raw.count(1)?,
             "mail_workers" => self.workers.mail = raw.count(1)?,
             "session_cache" => self.session_cache = raw.count(0)?,
+            // Never echo the value: not even a wrong one says what it was.
+            "server_key" => {
+                let text = raw.text().map_err(|_| "expected a string".to_owned())?;
+                self.server_key = match text.trim() {
+                    "" => None,
+                    hex => Some(ServerKey::from_hex(hex).ok_or_else(|| {
+                        format!(
+                            "expected 64 hex digits (32 bytes; e.g. from `od -An -tx1 data/server.key | tr -d ' \\n'`), \
+                             got {} characters",
+                            hex.chars().count()
+                        )
+                    })?),
+                };
+            }
+            "min_password_length" => self.min_password_length = raw.count(1)?,
             "log_format" => {
                 self.log_format = match raw.text()? {
                     "human" => LogFormat::Human,
@@ -409,6 +430,22 @@ impl Configuration {
         &self.data_dir
     }
 
+    /// The server key given by `server_key`, if it was.
+    pub fn server_key(&self) -> Option<&ServerKey> {
+        self.server_key.as_ref()
+    }
+
+    /// The shortest password `user add` and `user passwd` take, in
+    /// characters.
+    pub fn min_password_length(&self) -> usize {
+        self.min_password_length
+    }
+
+    /// The longest native line (a new password must fit in a request).
+    pub fn max_line(&self) -> usize {
+        self.engine.max_line
+    }
+
     /// The native listener's address.
     pub fn listen(&self) -> SocketAddr {
         self.listen
@@ -455,6 +492,7 @@ impl Configuration {
         settings.legacy_login_listen = self.legacy_login_listen;
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
+        settings.server_key = self.server_key.clone();
         settings.capture = self.capture.clone();
         settings
     }
@@ -519,6 +557,14 @@ impl Configuration {
             "hash_workers" => count(self.workers.hash),
             "mail_workers" => count(self.workers.mail),
             "session_cache" => count(self.session_cache),
+            "server_key" => {
+                if self.server_key.is_some() {
+                    Shown::Secret
+                } else {
+                    Shown::Unset(": the key is <data_dir>/server.key")
+                }
+            }
+            "min_password_length" => count(self.min_password_length),
             "log_format" => text(match self.log_format {
                 LogFormat::Human => "human",
                 LogFormat::Json => "json",
@@ -742,6 +788,8 @@ mod tests {
             hash_workers = 3
             mail_workers = 5
             session_cache = 1000
+            server_key = "5ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2e75ec2"
+            min_password_length = 10
             log_format = "json"
             log_level = "debug"
             smtp_host = "smtp.example.com"
@@ -760,6 +808,11 @@ mod tests {
         }
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(!format!("{config:?}").contains("hunter2"));
+        assert!(!shown.contains("5ec2e7") && shown.contains("# server_key is set (not shown)"), "{shown}");
+        assert!(!format!("{config:?}").contains("5ec2e7"));
+        assert!(!format!("{:?}", config.settings()).contains("5ec2e7"));
+        assert_eq!(config.settings().server_key, ServerKey::from_hex(&"5ec2e7".repeat(11)[..64]));
+        assert_eq!(config.min_password_length(), 10);
         let engine = &config.settings().engine;
         assert_eq!(engine.session.max_age, TimeDelta::zero());
         assert_eq!(engine.legacy_wait, TimeDelta::milliseconds(250));
@@ -772,7 +825,12 @@ mod tests {
         // The shown text loads back to the same configuration (but the
         // password, which it does not show).
         let (_dir2, again) = with_file(&shown);
-        let reloaded = Configuration::load(Some(&again), env(&[("TOKENIZER_AUTH_SMTP_PASSWORD", "x")]), &[]).unwrap();
+        let reloaded = Configuration::load(
+            Some(&again),
+            env(&[("TOKENIZER_AUTH_SMTP_PASSWORD", "x"), ("TOKENIZER_AUTH_SERVER_KEY", &"5ec2e7".repeat(11)[..64])]),
+            &[],
+        )
+        .unwrap();
         assert_eq!(reloaded.show(), shown);
         assert_eq!(reloaded.settings().engine, config.settings().engine);
     }
@@ -888,6 +946,24 @@ mod tests {
         let (_dir, path) = with_file("smtp_password = 12345678\n");
         let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
         assert!(!error.contains("12345678"), "{error}");
+    }
+
+    #[test]
+    fn the_server_key_is_64_hex_digits_and_never_echoed() {
+        let key = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
+        let config = Configuration::load(None, env(&[("TOKENIZER_AUTH_SERVER_KEY", key)]), &[]).unwrap();
+        assert_eq!(config.server_key(), ServerKey::from_hex(key).as_ref());
+        assert_eq!(Configuration::load(None, env(&[]), &[]).unwrap().server_key(), None, "the data folder's");
+        for bad in [&key[..62], "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeZZ"] {
+            let error = Configuration::load(None, env(&[("TOKENIZER_AUTH_SERVER_KEY", bad)]), &[]).unwrap_err();
+            assert!(error.starts_with("invalid server_key (environment variable TOKENIZER_AUTH_SERVER_KEY)"));
+            assert!(error.contains("64 hex digits") && !error.contains("00112233"), "{error}");
+        }
+        let (_dir, path) = with_file("server_key = 1234\n");
+        let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();
+        assert!(error.contains("expected a string") && !error.contains("1234"), "{error}");
+        let error = Configuration::load(None, env(&[("TOKENIZER_AUTH_MIN_PASSWORD_LENGTH", "0")]), &[]).unwrap_err();
+        assert!(error.contains("at least 1"), "{error}");
     }
 
     #[test]

@@ -76,7 +76,8 @@ pub enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Replay a capture (`serve --capture FILE`) through a fresh engine and
-    /// check every output against the recording.
+    /// check every output against the recording. Needs the recording
+    /// server's key: its data folder (--data-dir) or server_key.
     Replay {
         /// The capture file.
         file: PathBuf,
@@ -303,7 +304,7 @@ impl Cli {
             Command::Session(command) => admin::session(config, command),
             Command::Limits(command) => limits::run(config, command),
             Command::Client(args) => client::run(config, args),
-            Command::Replay { file } => replay::run(file),
+            Command::Replay { file } => replay::run(config, file),
             Command::Config(ConfigCommand::Show(_)) => {
                 use std::io::Write;
                 std::io::stdout().lock().write_all(config.show().as_bytes())?;

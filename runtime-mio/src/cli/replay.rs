@@ -6,15 +6,27 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tokenizer_auth_engine::capture::{Replay, ReplayError};
+use tokenizer_auth_runtime_std::server_key;
 
 use super::Failure;
+use super::config::Configuration;
 
 /// Captures smaller than this replay without a progress bar.
 const PROGRESS_FROM: usize = 1 << 20;
 
-pub(super) fn run(file: &Path) -> Result<(), Failure> {
+/// Replays `file` with the server key the way `serve` finds it: `server_key`
+/// if given, else the data folder's `server.key` (never created here).
+pub(super) fn run(config: &Configuration, file: &Path) -> Result<(), Failure> {
     let bytes = std::fs::read(file).map_err(|e| Failure::Other(format!("cannot read {}: {e}", file.display())))?;
-    let mut replay = Replay::new(&bytes).map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
+    let key = match config.server_key() {
+        Some(key) => key.clone(),
+        None => server_key::load(config.data_dir()).map_err(|e| {
+            Failure::Other(format!(
+                "{e}: replay needs the key the capture was recorded with (--data-dir of that server, or server_key)"
+            ))
+        })?,
+    };
+    let mut replay = Replay::with_key(&bytes, &key).map_err(|e| Failure::Other(format!("{}: {e}", file.display())))?;
     let (_, total) = replay.progress();
     let bar = if total >= PROGRESS_FROM && std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total as u64);

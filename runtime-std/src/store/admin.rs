@@ -36,7 +36,10 @@ pub struct SessionSummary {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Checks that an email and phone can be sent in a request line at all.
+/// Checks that an email and phone can be sent in a request line at all,
+/// and that the mailer will take the email (with its own parser,
+/// [`crate::mail::recipient`]), so a bad address is refused here rather
+/// than later as a retryable `mail_unavailable`.
 fn check_account(email: &str, phone: &str) -> Result<(), StoreError> {
     let field_ok = |s: &str| !s.contains('|') && !s.chars().any(char::is_control);
     if email.is_empty() || email.len() > MAX_EMAIL || !email.contains('@') || !field_ok(email) {
@@ -44,6 +47,7 @@ fn check_account(email: &str, phone: &str) -> Result<(), StoreError> {
             "invalid email {email:?}: it needs an @, at most {MAX_EMAIL} bytes, and no | or control characters"
         )));
     }
+    crate::mail::recipient(email).map_err(|e| StoreError::new(e.to_string()))?;
     if phone.len() > MAX_PHONE || !field_ok(phone) {
         return Err(StoreError::new(format!(
             "invalid phone {phone:?}: at most {MAX_PHONE} bytes, no | or control characters"

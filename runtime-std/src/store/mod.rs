@@ -106,6 +106,10 @@ pub struct SqliteStore {
 }
 
 fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    // Created 0600 before SQLite creates it 0644; the WAL and shared-memory
+    // files take its mode (docs/SECURITY.md, "Secrets at rest").
+    crate::private::precreate_file(path)
+        .map_err(|e| StoreError::new(format!("cannot create {}: {e}", path.display())))?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -126,16 +130,12 @@ fn open_file(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Creates the data folder if needed (mode 0700: it holds password hashes).
+/// Creates the data folder if needed (mode 0700: it holds password
+/// hashes), or tightens one that others can read (see `private`).
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(|e| StoreError::new(format!("cannot create data folder {}: {e}", dir.display())))
+    let what = if dir.is_dir() { "cannot tighten the permissions of" } else { "cannot create" };
+    crate::private::tighten_data_dir(dir)
+        .map_err(|e| StoreError::new(format!("{what} data folder {}: {e}", dir.display())))
 }
 
 impl SqliteStore {

@@ -6,9 +6,10 @@
 
 use chrono::Utc;
 use rusqlite::{Connection, params};
-use tokenizer_auth_engine::{Mac, MasterToken, StoredPasscode};
+use tokenizer_auth_engine::{Mac, MasterToken, ServerKey, StoredPasscode};
 
 use super::columns::{millis, parse_time_text};
+use super::{SqliteStore, StoreError};
 
 /// The old server's credentials table.
 const OLD_CREDS: &str =
@@ -136,4 +137,41 @@ fn seal_plaintext_passcodes(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<
         }
     }
     Ok(())
+}
+
+impl SqliteStore {
+    /// Keys every passcode digest that is not keyed yet under `key`: the
+    /// unkeyed ones an earlier version wrote, and old plaintexts sealed at
+    /// open (docs/SECURITY.md, "Secrets at rest"). A server does this at
+    /// start, once it has its key, so that a copy of the file without the
+    /// key reveals no live passcode. Returns how many rows it keyed.
+    pub fn key_passcodes(&mut self, key: &ServerKey) -> Result<usize, StoreError> {
+        let tx = self.passcodes.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let rows: Vec<(i64, String)> = {
+            let mut select = tx.prepare(
+                "SELECT rowid, passcode FROM passcode_table WHERE passcode IS NOT NULL AND passcode NOT LIKE 'hmac-sha256$%'",
+            )?;
+            select.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?
+        };
+        let mut keyed = 0;
+        {
+            let mut update = tx.prepare("UPDATE passcode_table SET passcode = ?2 WHERE rowid = ?1")?;
+            for (rowid, text) in rows {
+                let stored = StoredPasscode::from_column(&text);
+                let mut salt = [0u8; 16];
+                getrandom::fill(&mut salt).map_err(|e| StoreError::new(format!("no OS randomness: {e}")))?;
+                let sealed = stored.keyed(key, salt);
+                if sealed != stored {
+                    update.execute(params![rowid, sealed.to_column()])?;
+                    keyed += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        if keyed > 0 {
+            // Fold the WAL in, so no page with an unkeyed digest lingers.
+            self.checkpoint()?;
+        }
+        Ok(keyed)
+    }
 }
