@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::redact::RequestLine;
 use super::wire::{DecodeError, Reader, Writer};
+use crate::codec::request::ParseError;
 use crate::config::Config;
 use crate::device::Mac;
 use crate::effect::{EffectId, EffectResult};
@@ -33,7 +35,8 @@ pub enum Event {
         /// Its listener.
         listener: Listener,
     },
-    /// [`crate::Input::Received`], passwords redacted.
+    /// [`crate::Input::Received`], masked: only the bytes that frame lines
+    /// are kept.
     Received {
         /// Which connection.
         conn: ConnId,
@@ -424,5 +427,51 @@ pub(crate) fn read_recorded(r: &mut Reader<'_>) -> Result<Recorded, DecodeError>
         1 => Recorded::Close(ConnId(r.u64()?)),
         2 => Recorded::Perform(EffectId(r.u64()?), r.string()?),
         _ => return Err(DecodeError::Invalid("output")),
+    })
+}
+
+fn parse_error(w: &mut Writer, e: ParseError) {
+    w.u8(match e {
+        ParseError::Empty => 0,
+        ParseError::NotUtf8 => 1,
+        ParseError::ControlCharacter => 2,
+        ParseError::Fields => 3,
+        ParseError::Mac => 4,
+        ParseError::Email => 5,
+        ParseError::Phone => 6,
+    });
+}
+
+fn read_parse_error(r: &mut Reader<'_>) -> Result<ParseError, DecodeError> {
+    Ok(match r.u8()? {
+        0 => ParseError::Empty,
+        1 => ParseError::NotUtf8,
+        2 => ParseError::ControlCharacter,
+        3 => ParseError::Fields,
+        4 => ParseError::Mac,
+        5 => ParseError::Email,
+        6 => ParseError::Phone,
+        _ => return Err(DecodeError::Invalid("parse outcome")),
+    })
+}
+
+pub(crate) fn request_line(w: &mut Writer, line: &RequestLine) {
+    match line {
+        RequestLine::Parsed(bytes) => {
+            w.u8(0);
+            w.bytes(bytes);
+        }
+        RequestLine::Malformed(why) => {
+            w.u8(1);
+            parse_error(w, *why);
+        }
+    }
+}
+
+pub(crate) fn read_request_line(r: &mut Reader<'_>) -> Result<RequestLine, DecodeError> {
+    Ok(match r.u8()? {
+        0 => RequestLine::Parsed(r.bytes()?.to_vec()),
+        1 => RequestLine::Malformed(read_parse_error(r)?),
+        _ => return Err(DecodeError::Invalid("request line")),
     })
 }
