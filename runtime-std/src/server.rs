@@ -233,7 +233,7 @@ pub fn serve_with(mut settings: Settings, ready: impl FnOnce(Bound), stop: Stop)
     settings.engine.dummy_password = hasher.dummy().clone();
     let mut engine = Engine::new(settings.engine.clone());
     let capture = match &settings.capture {
-        Some(path) => Some(CaptureFile::start(path, &mut engine)?),
+        Some(path) => Some(CaptureFile::start(path, settings.capture_max_bytes, &mut engine)?),
         None => None,
     };
     let shared = Arc::new(Shared::new(engine, stop.clone()));
