@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::redact::RequestLine;
+use super::redact::{MASK, RequestLine};
 use super::wire::{DecodeError, Reader, Writer};
 use crate::codec::request::ParseError;
 use crate::config::Config;
@@ -373,6 +373,19 @@ pub(crate) fn event(w: &mut Writer, e: &Event) {
             ip(w, *peer);
             listener(w, *l);
         }
+        Event::Received { conn, bytes }
+            if bytes.len() <= MAX_MASKED && bytes.iter().all(|&b| b == MASK || framing(b)) =>
+        {
+            w.u8(5);
+            w.u64(conn.0);
+            w.u32(bytes.len() as u32);
+            let kept = bytes.iter().filter(|&&b| b != MASK).count();
+            w.u32(kept as u32);
+            for (at, &b) in bytes.iter().enumerate().filter(|(_, b)| **b != MASK) {
+                w.u32(at as u32);
+                w.u8(b);
+            }
+        }
         Event::Received { conn, bytes } => {
             w.u8(1);
             w.u64(conn.0);
@@ -391,6 +404,36 @@ pub(crate) fn event(w: &mut Writer, e: &Event) {
     }
 }
 
+/// The longest masked chunk written as its framing bytes alone: what a
+/// runtime reads at once. It also bounds what reading one allocates.
+const MAX_MASKED: usize = 64 * 1024;
+
+/// Whether a byte is one the masking keeps.
+fn framing(b: u8) -> bool {
+    matches!(b, b'\n' | b'\r' | b'|')
+}
+
+/// A masked chunk from its length and the places of its framing bytes.
+fn read_masked(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = r.u32()? as usize;
+    let kept = r.u32()? as usize;
+    if len > MAX_MASKED || kept > len {
+        return Err(DecodeError::Invalid("masked bytes"));
+    }
+    let mut bytes = vec![MASK; len];
+    let mut next = 0;
+    for _ in 0..kept {
+        let at = r.u32()? as usize;
+        let b = r.u8()?;
+        if at < next || at >= len || !framing(b) {
+            return Err(DecodeError::Invalid("masked bytes"));
+        }
+        bytes[at] = b;
+        next = at + 1;
+    }
+    Ok(bytes)
+}
+
 pub(crate) fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
     Ok(match r.u8()? {
         0 => Event::Opened { conn: ConnId(r.u64()?), peer: read_ip(r)?, listener: read_listener(r)? },
@@ -398,6 +441,7 @@ pub(crate) fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
         2 => Event::Closed { conn: ConnId(r.u64()?) },
         3 => Event::Completed { id: EffectId(r.u64()?), result: read_result(r)? },
         4 => Event::Timeout,
+        5 => Event::Received { conn: ConnId(r.u64()?), bytes: read_masked(r)? },
         _ => return Err(DecodeError::Invalid("input")),
     })
 }
@@ -474,4 +518,56 @@ pub(crate) fn read_request_line(r: &mut Reader<'_>) -> Result<RequestLine, Decod
         1 => RequestLine::Malformed(read_parse_error(r)?),
         _ => return Err(DecodeError::Invalid("request line")),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(bytes: &[u8]) -> (usize, Event) {
+        let mut w = Writer::default();
+        event(&mut w, &Event::Received { conn: ConnId(7), bytes: bytes.to_vec() });
+        let read = read_event(&mut Reader::new(&w.buf)).unwrap();
+        (w.buf.len(), read)
+    }
+
+    #[test]
+    fn masked_bytes_are_written_as_their_framing_bytes() {
+        let masked = [&[MASK; 90][..], b"\n", &[MASK; 40], b"|\r\n"].concat();
+        let (size, read) = round_trip(&masked);
+        assert_eq!(read, Event::Received { conn: ConnId(7), bytes: masked });
+        assert_eq!(size, 1 + 8 + 4 + 4 + 4 * 5);
+        // Bytes that are not a mask (or too many) are written as they are.
+        for other in [b"plain text\n".to_vec(), vec![MASK; MAX_MASKED + 1]] {
+            let (size, read) = round_trip(&other);
+            assert_eq!(size, 1 + 8 + 4 + other.len());
+            assert_eq!(read, Event::Received { conn: ConnId(7), bytes: other });
+        }
+    }
+
+    #[test]
+    fn bad_masked_bytes_are_refused() {
+        let encode = |len: u32, kept: &[(u32, u8)]| {
+            let mut w = Writer::default();
+            w.u8(5);
+            w.u64(1);
+            w.u32(len);
+            w.u32(kept.len() as u32);
+            for &(at, b) in kept {
+                w.u32(at);
+                w.u8(b);
+            }
+            w.buf
+        };
+        for bad in [
+            encode(MAX_MASKED as u32 + 1, &[]),
+            encode(4, &[(4, b'\n')]),
+            encode(4, &[(2, b'\n'), (1, b'\n')]),
+            encode(4, &[(1, b'x')]),
+            encode(4, &[(0, b'\n'), (1, b'\n'), (2, b'\n'), (3, b'\n'), (3, b'\n')]),
+        ] {
+            assert!(read_event(&mut Reader::new(&bad)).is_err());
+        }
+        assert!(read_event(&mut Reader::new(&encode(3, &[(0, b'|'), (2, b'\r')]))).is_ok());
+    }
 }

@@ -32,6 +32,10 @@
 //! body    = time input bytes:rng u32:lines line* u32:count output*
 //! input   = 0 u64:conn ip u8:listener        Opened
 //!         | 1 u64:conn bytes                 Received (masked)
+//!         | 5 u64:conn u32:length u32:n (u32:at u8:byte)*
+//!                                            Received (masked), as its
+//!                                            length and the n framing bytes
+//!                                            kept, in order (up to 64 KiB)
 //!         | 2 u64:conn                       Closed
 //!         | 3 u64:effect result              Completed
 //!         | 4                                Timeout

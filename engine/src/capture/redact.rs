@@ -29,7 +29,7 @@ use crate::codec::request::{ParseError, Request};
 use crate::engine::Listener;
 
 /// What a masked byte becomes.
-const MASK: u8 = b'*';
+pub(crate) const MASK: u8 = b'*';
 
 /// Received bytes as a capture records them: only the framing bytes kept.
 pub(crate) fn mask(listener: Listener, bytes: &[u8]) -> Vec<u8> {
