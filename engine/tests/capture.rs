@@ -261,3 +261,27 @@ fn a_bounded_capture_stops_whole_and_replay_says_where() {
     capture.push(0);
     assert!(matches!(Replay::new(&capture).unwrap().run(), Err(ReplayError::Corrupt { .. })));
 }
+
+/// What a capture costs per token check (`cargo test -p
+/// tokenizer-auth-engine --all-features --test capture -- --nocapture
+/// per_token_check` prints it): masked bytes are written as their framing
+/// bytes and a token line without its request fields, so a check costs no
+/// more than its effect, its reply and its token.
+#[test]
+fn a_token_check_records_a_few_hundred_bytes_per_token_check() {
+    let mut w = World::new(Config::default(), 1);
+    w.store.add_user("ada@example.com", "555", PASSWORD);
+    let token = w.login(local(), MAC, "ada@example.com", "555", PASSWORD).unwrap();
+    let c = w.connect(Listener::Native, local());
+    let header = w.engine.start_capture().len();
+    let mut capture = Vec::new();
+    let data = "x".repeat(500);
+    for _ in 0..1000 {
+        assert_eq!(w.request(c, &format!("{token}|{MAC}|get|{data}")), "authorized");
+    }
+    capture.extend(w.engine.take_capture());
+    let per_check = capture.len() as f64 / 1000.0;
+    println!("per_token_check: {per_check} bytes of capture (header {header} bytes)");
+    // The 500 bytes of request data and the line itself are not in it.
+    assert!(per_check < 450.0, "{per_check} bytes per check");
+}
