@@ -61,7 +61,7 @@ pub struct Settings {
     pub session_cache: usize,
 }
 
-/// The default bound of a capture: 1 GiB, about three million token checks.
+/// The default bound of a capture: 1 GiB, some 2.6 million token checks.
 pub const DEFAULT_CAPTURE_MAX_BYTES: u64 = 1 << 30;
 
 /// The smallest bound a capture may have: room for its header and a few

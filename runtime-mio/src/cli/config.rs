@@ -286,7 +286,8 @@ impl Configuration {
             "legacy_login_listen" => self.legacy_login_listen = address(raw.text()?)?,
             "capture" => self.capture = Some(raw.text()?).filter(|t| !t.is_empty()).map(PathBuf::from),
             "capture_max_bytes" => {
-                // At most i64::MAX, so that `config show` writes it as a TOML integer.
+                // At most i64::MAX, so that `config show` writes it as a TOML
+                // integer; at least 4096, so never negative.
                 let max: i64 = raw.count(MIN_CAPTURE_MAX_BYTES)?;
                 self.capture_max_bytes = max.unsigned_abs();
             }
