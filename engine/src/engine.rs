@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
-use crate::capture::{Recorder, RecordingRng};
+use crate::capture::{Playback, Recorder, RecordingRng};
 use crate::codec::legacy;
 use crate::codec::native::{Frame, next_frame};
 use crate::codec::reply::{ErrorCode, Reply};
@@ -209,6 +209,9 @@ pub struct Engine {
     shutdown: Shutdown,
     notices: VecDeque<Notice>,
     capture: Option<Recorder>,
+    /// During a replay: the recorded request lines, taken in place of
+    /// parsing the (masked) buffered bytes.
+    pub(crate) playback: Option<Playback>,
 }
 
 impl Engine {
@@ -228,6 +231,7 @@ impl Engine {
             shutdown: Shutdown::No,
             notices: VecDeque::new(),
             capture: None,
+            playback: None,
         }
     }
 
@@ -267,7 +271,9 @@ impl Engine {
     /// seen before is taken as that one, so the engine's clock never runs
     /// backwards. `rng` is the only source of randomness the engine uses.
     pub fn handle<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
-        let Some(recorder) = &mut self.capture else { return self.take(now, rng, input) };
+        let Some(recorder) = self.capture.as_mut().filter(|r| r.recording()) else {
+            return self.take(now, rng, input);
+        };
         recorder.begin(now, &input);
         let mut recording = RecordingRng { inner: rng, drawn: Vec::new() };
         self.take(now, &mut recording, input);
@@ -280,8 +286,22 @@ impl Engine {
     /// Returns the capture file's header; [`Engine::take_capture`] gives
     /// the records that follow.
     pub fn start_capture(&mut self) -> Vec<u8> {
-        self.capture = Some(Recorder::default());
-        Recorder::header(&self.config)
+        self.start_capture_bounded(u64::MAX)
+    }
+
+    /// As [`Engine::start_capture`], for a capture of at most `max_bytes`,
+    /// header included. The record that would go past the bound is dropped
+    /// and an end mark written in its place; recording stops there, so the
+    /// capture replays whole up to that call, and replay reports the cut.
+    pub fn start_capture_bounded(&mut self, max_bytes: u64) -> Vec<u8> {
+        let (recorder, header) = Recorder::start(&self.config, max_bytes);
+        self.capture = Some(recorder);
+        header
+    }
+
+    /// Whether a bounded capture reached its bound and stopped recording.
+    pub fn capture_stopped(&self) -> bool {
+        self.capture.as_ref().is_some_and(Recorder::stopped)
     }
 
     /// The capture records completed since the last call: append them to
@@ -539,7 +559,17 @@ impl Engine {
     fn start_request(&mut self, id: ConnId, epoch: u64, peer: IpAddr, line: &[u8], listener: Listener) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let seq = conn.open_slot();
-        let step = match (Request::parse(line), listener) {
+        // A capture keeps the line's parse outcome, never a password (see
+        // `capture::redact`); a replay takes that outcome back.
+        let played = self.playback.as_mut().map(Playback::next);
+        let parsed = match &played {
+            Some(recorded) => recorded.parse(),
+            None => Request::parse(line),
+        };
+        if let Some(recorder) = &mut self.capture {
+            recorder.request(line, &parsed);
+        }
+        let step = match (parsed, listener) {
             (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.peer),
             (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
                 flow::passcode_request::start(&r, peer, &self.config.limits)

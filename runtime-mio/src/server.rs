@@ -135,7 +135,7 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
 
     let mut engine = Engine::new(settings.engine.clone());
     let capture = match &settings.capture {
-        Some(path) => Some(CaptureFile::start(path, &mut engine)?),
+        Some(path) => Some(CaptureFile::start(path, settings.capture_max_bytes, &mut engine)?),
         None => None,
     };
     let mut event_loop = EventLoop {

@@ -89,26 +89,48 @@ pub struct CaptureFile {
     file: std::io::BufWriter<std::fs::File>,
     path: std::path::PathBuf,
     failed: bool,
+    /// The bound the engine keeps the capture within.
+    max_bytes: u64,
+    /// The engine stopped recording at the bound (and it was logged).
+    stopped: bool,
 }
 
 impl CaptureFile {
     /// Creates the file (mode 0600: a capture holds tokens) and starts the
-    /// engine recording. An existing file is never overwritten.
-    pub fn start(path: &std::path::Path, engine: &mut Engine) -> Result<CaptureFile, ServeError> {
+    /// engine recording, within `max_bytes` (the engine ends the capture
+    /// with a mark at the bound; see `docs/CAPTURE.md`). An existing file is
+    /// never overwritten.
+    pub fn start(path: &std::path::Path, max_bytes: u64, engine: &mut Engine) -> Result<CaptureFile, ServeError> {
         let file = crate::private::create_new_file(path)
             .map_err(|e| ServeError::new(format!("cannot create the capture file {}: {e}", path.display())))?;
-        let mut capture = CaptureFile { file: std::io::BufWriter::new(file), path: path.to_owned(), failed: false };
-        let header = engine.start_capture();
+        let mut capture = CaptureFile {
+            file: std::io::BufWriter::new(file),
+            path: path.to_owned(),
+            failed: false,
+            max_bytes,
+            stopped: false,
+        };
+        let header = engine.start_capture_bounded(max_bytes);
         capture.write(&header);
         Ok(capture)
     }
 
     /// Appends what the engine recorded since the last call. A write error
-    /// is logged once and ends the capture; serving goes on unchanged.
+    /// is logged once and ends the capture; so does the capture reaching
+    /// its bound. Serving goes on unchanged.
     pub fn append(&mut self, engine: &mut Engine) {
         let records = engine.take_capture();
         if !records.is_empty() {
             self.write(&records);
+        }
+        if !self.stopped && engine.capture_stopped() {
+            self.stopped = true;
+            self.flush();
+            tracing::warn!(
+                path = %self.path.display(),
+                capture_max_bytes = self.max_bytes,
+                "capture stopped: it reached capture_max_bytes; serving goes on"
+            );
         }
     }
 

@@ -222,7 +222,7 @@ pub fn serve_with(mut settings: Settings, ready: impl FnOnce(Bound), stop: Stop)
     settings.engine.server_key = settings.resolve_server_key()?;
     let mut engine = Engine::new(settings.engine.clone());
     let capture = match &settings.capture {
-        Some(path) => Some(CaptureFile::start(path, &mut engine)?),
+        Some(path) => Some(CaptureFile::start(path, settings.capture_max_bytes, &mut engine)?),
         None => None,
     };
     let shared = Arc::new(Shared::new(engine, stop.clone()));

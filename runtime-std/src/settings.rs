@@ -61,10 +61,19 @@ pub struct Settings {
     pub workers: Workers,
     /// Where to record a capture of the session, if anywhere.
     pub capture: Option<PathBuf>,
+    /// The most bytes a capture may hold; recording stops there.
+    pub capture_max_bytes: u64,
     /// The most sessions kept in memory for token checks (0: none; every
     /// check reads the file).
     pub session_cache: usize,
 }
+
+/// The default bound of a capture: 1 GiB, some 2.6 million token checks.
+pub const DEFAULT_CAPTURE_MAX_BYTES: u64 = 1 << 30;
+
+/// The smallest bound a capture may have: room for its header and a few
+/// records.
+pub const MIN_CAPTURE_MAX_BYTES: u64 = 4096;
 
 /// The default bound of the session cache: about 300 MB at its fullest.
 pub const DEFAULT_SESSION_CACHE: usize = 1 << 20;
@@ -85,6 +94,7 @@ impl Settings {
             legacy_login_listen: loopback(7159),
             workers: Workers::default(),
             capture: None,
+            capture_max_bytes: DEFAULT_CAPTURE_MAX_BYTES,
             session_cache: DEFAULT_SESSION_CACHE,
         }
     }

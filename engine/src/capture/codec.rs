@@ -8,7 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use super::redact::{MASK, RequestLine};
 use super::wire::{DecodeError, Reader, Writer};
+use crate::codec::request::ParseError;
 use crate::config::Config;
 use crate::device::Mac;
 use crate::effect::{EffectId, EffectResult};
@@ -34,7 +36,8 @@ pub enum Event {
         /// Its listener.
         listener: Listener,
     },
-    /// [`crate::Input::Received`], passwords redacted.
+    /// [`crate::Input::Received`], masked: only the bytes that frame lines
+    /// are kept.
     Received {
         /// Which connection.
         conn: ConnId,
@@ -408,6 +411,19 @@ pub(crate) fn event(w: &mut Writer, e: &Event) {
             ip(w, *peer);
             listener(w, *l);
         }
+        Event::Received { conn, bytes }
+            if bytes.len() <= MAX_MASKED && bytes.iter().all(|&b| b == MASK || framing(b)) =>
+        {
+            w.u8(5);
+            w.u64(conn.0);
+            w.u32(bytes.len() as u32);
+            let kept = bytes.iter().filter(|&&b| b != MASK).count();
+            w.u32(kept as u32);
+            for (at, &b) in bytes.iter().enumerate().filter(|(_, b)| **b != MASK) {
+                w.u32(at as u32);
+                w.u8(b);
+            }
+        }
         Event::Received { conn, bytes } => {
             w.u8(1);
             w.u64(conn.0);
@@ -424,16 +440,46 @@ pub(crate) fn event(w: &mut Writer, e: &Event) {
         }
         Event::Timeout => w.u8(4),
         Event::Failed { conn } => {
-            w.u8(5);
+            w.u8(6);
             w.u64(conn.0);
         }
         Event::Sent { conn, bytes } => {
-            w.u8(6);
+            w.u8(7);
             w.u64(conn.0);
             w.u64(*bytes);
         }
-        Event::Shutdown => w.u8(7),
+        Event::Shutdown => w.u8(8),
     }
+}
+
+/// The longest masked chunk written as its framing bytes alone: what a
+/// runtime reads at once. It also bounds what reading one allocates.
+const MAX_MASKED: usize = 64 * 1024;
+
+/// Whether a byte is one the masking keeps.
+fn framing(b: u8) -> bool {
+    matches!(b, b'\n' | b'\r' | b'|')
+}
+
+/// A masked chunk from its length and the places of its framing bytes.
+fn read_masked(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = r.u32()? as usize;
+    let kept = r.u32()? as usize;
+    if len > MAX_MASKED || kept > len {
+        return Err(DecodeError::Invalid("masked bytes"));
+    }
+    let mut bytes = vec![MASK; len];
+    let mut next = 0;
+    for _ in 0..kept {
+        let at = r.u32()? as usize;
+        let b = r.u8()?;
+        if at < next || at >= len || !framing(b) {
+            return Err(DecodeError::Invalid("masked bytes"));
+        }
+        bytes[at] = b;
+        next = at + 1;
+    }
+    Ok(bytes)
 }
 
 pub(crate) fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
@@ -443,9 +489,10 @@ pub(crate) fn read_event(r: &mut Reader<'_>) -> Result<Event, DecodeError> {
         2 => Event::Closed { conn: ConnId(r.u64()?) },
         3 => Event::Completed { id: EffectId(r.u64()?), result: read_result(r)? },
         4 => Event::Timeout,
-        5 => Event::Failed { conn: ConnId(r.u64()?) },
-        6 => Event::Sent { conn: ConnId(r.u64()?), bytes: r.u64()? },
-        7 => Event::Shutdown,
+        5 => Event::Received { conn: ConnId(r.u64()?), bytes: read_masked(r)? },
+        6 => Event::Failed { conn: ConnId(r.u64()?) },
+        7 => Event::Sent { conn: ConnId(r.u64()?), bytes: r.u64()? },
+        8 => Event::Shutdown,
         _ => return Err(DecodeError::Invalid("input")),
     })
 }
@@ -483,4 +530,102 @@ pub(crate) fn read_recorded(r: &mut Reader<'_>) -> Result<Recorded, DecodeError>
         4 => Recorded::Stopped,
         _ => return Err(DecodeError::Invalid("output")),
     })
+}
+
+fn parse_error(w: &mut Writer, e: ParseError) {
+    w.u8(match e {
+        ParseError::Empty => 0,
+        ParseError::NotUtf8 => 1,
+        ParseError::ControlCharacter => 2,
+        ParseError::Fields => 3,
+        ParseError::Mac => 4,
+        ParseError::Email => 5,
+        ParseError::Phone => 6,
+    });
+}
+
+fn read_parse_error(r: &mut Reader<'_>) -> Result<ParseError, DecodeError> {
+    Ok(match r.u8()? {
+        0 => ParseError::Empty,
+        1 => ParseError::NotUtf8,
+        2 => ParseError::ControlCharacter,
+        3 => ParseError::Fields,
+        4 => ParseError::Mac,
+        5 => ParseError::Email,
+        6 => ParseError::Phone,
+        _ => return Err(DecodeError::Invalid("parse outcome")),
+    })
+}
+
+pub(crate) fn request_line(w: &mut Writer, line: &RequestLine) {
+    match line {
+        RequestLine::Parsed(bytes) => {
+            w.u8(0);
+            w.bytes(bytes);
+        }
+        RequestLine::Malformed(why) => {
+            w.u8(1);
+            parse_error(w, *why);
+        }
+    }
+}
+
+pub(crate) fn read_request_line(r: &mut Reader<'_>) -> Result<RequestLine, DecodeError> {
+    Ok(match r.u8()? {
+        0 => RequestLine::Parsed(r.bytes()?.to_vec()),
+        1 => RequestLine::Malformed(read_parse_error(r)?),
+        _ => return Err(DecodeError::Invalid("request line")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(bytes: &[u8]) -> (usize, Event) {
+        let mut w = Writer::default();
+        event(&mut w, &Event::Received { conn: ConnId(7), bytes: bytes.to_vec() });
+        let read = read_event(&mut Reader::new(&w.buf)).unwrap();
+        (w.buf.len(), read)
+    }
+
+    #[test]
+    fn masked_bytes_are_written_as_their_framing_bytes() {
+        let masked = [&[MASK; 90][..], b"\n", &[MASK; 40], b"|\r\n"].concat();
+        let (size, read) = round_trip(&masked);
+        assert_eq!(read, Event::Received { conn: ConnId(7), bytes: masked });
+        assert_eq!(size, 1 + 8 + 4 + 4 + 4 * 5);
+        // Bytes that are not a mask (or too many) are written as they are.
+        for other in [b"plain text\n".to_vec(), vec![MASK; MAX_MASKED + 1]] {
+            let (size, read) = round_trip(&other);
+            assert_eq!(size, 1 + 8 + 4 + other.len());
+            assert_eq!(read, Event::Received { conn: ConnId(7), bytes: other });
+        }
+    }
+
+    #[test]
+    fn bad_masked_bytes_are_refused() {
+        let encode = |len: u32, kept: &[(u32, u8)]| {
+            let mut w = Writer::default();
+            w.u8(5);
+            w.u64(1);
+            w.u32(len);
+            w.u32(kept.len() as u32);
+            for &(at, b) in kept {
+                w.u32(at);
+                w.u8(b);
+            }
+            w.buf
+        };
+        for bad in [
+            encode(MAX_MASKED as u32 + 1, &[]),
+            encode(4, &[(4, b'\n')]),
+            encode(4, &[(2, b'\n'), (1, b'\n')]),
+            encode(4, &[(1, b'x')]),
+            encode(4, &[(0, b'\n'), (1, b'\n'), (2, b'\n'), (3, b'\n'), (3, b'\n')]),
+        ] {
+            assert!(read_event(&mut Reader::new(&bad)).is_err());
+        }
+        assert!(read_event(&mut Reader::new(&encode(3, &[(0, b'|'), (2, b'\r')]))).is_ok());
+    }
 }

@@ -1,21 +1,28 @@
 //! Capture and replay. A capture is the list of `handle` calls a runtime
 //! made: for each, the time, the input, the bytes the RNG gave during the
-//! call, and the outputs the engine produced. Replay feeds the same calls to
-//! a fresh engine, with an RNG that plays the recorded bytes back, and
-//! checks that every output comes out the same, byte for byte.
+//! call, the request lines the engine took, and the outputs it produced.
+//! Replay feeds the same calls to a fresh engine, with an RNG that plays the
+//! recorded bytes back and the recorded request lines in place of parsing,
+//! and checks that every output comes out the same, byte for byte.
 //!
-//! No password is ever written: password fields in received bytes are
-//! overwritten ([`redact`](self) keeps the parse outcome), a legacy
-//! plaintext password in a read result is written empty, and outputs are
-//! kept as their `Debug` text, in which secrets show as `[redacted]`. The
-//! engine hands a password only to the verification and hashing effects,
-//! whose results are recorded, so replay needs none. Tokens come from the
-//! recorded randomness: a capture is sensitive, and runtimes write it with
-//! mode 0600.
+//! No password is ever written ([`redact`](self) says how): received bytes
+//! are masked down to the bytes that frame lines, each request line is kept
+//! as its parse outcome (a parsed line without its password, a line that
+//! does not parse as the reason only), a legacy plaintext password in a read
+//! result is written empty, and outputs are kept as their `Debug` text, in
+//! which secrets show as `[redacted]`. The engine hands a password only to
+//! the verification and hashing effects, whose results are recorded, so
+//! replay needs none. Tokens come from the recorded randomness: a capture is
+//! sensitive, and runtimes write it with mode 0600.
 //!
 //! The server key is never written either, only its fingerprint: replay
 //! needs the key (passcodes are checked against keyed digests) and refuses
 //! one with another fingerprint ([`Replay::with_key`]).
+//!
+//! A capture may be bounded ([`crate::Engine::start_capture_bounded`]): the
+//! record that would take it past the bound is not written; an end mark is,
+//! and recording stops. The file stays a whole capture, and replay says
+//! where it was cut.
 //!
 //! # Format (version 2)
 //!
@@ -23,18 +30,23 @@
 //! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
 //!
 //! ```text
-//! file    = MAGIC u32:version config record*
+//! file    = MAGIC u32:version config record* [end]
 //! config  = the engine settings, then 8 bytes: the server key's fingerprint
-//! record  = u32:length body                  (length of body)
-//! body    = time input bytes:rng u32:count output*
+//! record  = u32:length body                  (length of body, never 0)
+//! end     = u32:0                            recording stopped at the bound
+//! body    = time input bytes:rng u32:lines line* u32:count output*
 //! input   = 0 u64:conn ip u8:listener        Opened
-//!         | 1 u64:conn bytes                 Received (passwords redacted)
+//!         | 1 u64:conn bytes                 Received (masked)
+//!         | 5 u64:conn u32:length u32:n (u32:at u8:byte)*
+//!                                            Received (masked), as its
+//!                                            length and the n framing bytes
+//!                                            kept, in order (up to 64 KiB)
 //!         | 2 u64:conn                       Closed
 //!         | 3 u64:effect result              Completed
 //!         | 4                                Timeout
-//!         | 5 u64:conn                       Failed
-//!         | 6 u64:conn u64:bytes             Sent
-//!         | 7                                Shutdown
+//!         | 6 u64:conn                       Failed
+//!         | 7 u64:conn u64:bytes             Sent
+//!         | 8                                Shutdown
 //! output  = 0 u64:conn bytes                 Transmit
 //!         | 1 u64:conn                       Close
 //!         | 2 u64:effect bytes:debug-text    Perform
@@ -50,7 +62,8 @@
 //! refused.
 
 mod codec;
-mod redact;
+mod playback;
+pub(crate) mod redact;
 mod rng;
 mod wire;
 
@@ -59,11 +72,13 @@ use chrono::{DateTime, Utc};
 pub use codec::{Event, Recorded};
 pub use wire::DecodeError;
 
+use crate::codec::request::{ParseError, Request};
 use crate::config::Config;
 use crate::engine::{ConnId, Engine, Input, Listener, Output};
 use crate::server_key::{Fingerprint, ServerKey};
-use codec::{read_config, read_event, read_recorded, read_time};
-pub(crate) use redact::Redactor;
+use codec::{read_config, read_event, read_recorded, read_request_line, read_time};
+pub(crate) use playback::Playback;
+use redact::RequestLine;
 use rng::PlaybackRng;
 pub(crate) use rng::RecordingRng;
 use wire::{Reader, Writer};
@@ -72,38 +87,79 @@ use wire::{Reader, Writer};
 pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
 /// The format version this engine writes and reads.
 pub const VERSION: u32 = 2;
+/// The end mark: a record length no record has.
+const END: [u8; 4] = 0u32.to_le_bytes();
 
 /// What an engine keeps while it records.
-#[derive(Default)]
 pub(crate) struct Recorder {
-    redactors: std::collections::BTreeMap<ConnId, Redactor>,
+    /// Each open connection's listener, which says how to mask its bytes.
+    listeners: std::collections::BTreeMap<ConnId, Listener>,
     body: Option<Writer>,
+    lines: Writer,
+    line_count: u32,
     outputs: Writer,
     count: u32,
     done: Vec<u8>,
+    /// Bytes of the capture so far: the header and the finished records.
+    size: u64,
+    /// The most the capture may hold, end mark included.
+    max: u64,
+    /// The bound was reached: the end mark is written, nothing more is.
+    stopped: bool,
 }
 
 impl Recorder {
-    /// The file header for an engine with `config`.
-    pub(crate) fn header(config: &Config) -> Vec<u8> {
+    /// A recorder whose capture, `header` included, stays within `max`
+    /// bytes, and the file header for an engine with `config`.
+    pub(crate) fn start(config: &Config, max: u64) -> (Recorder, Vec<u8>) {
         let mut w = Writer::default();
         w.buf.extend_from_slice(MAGIC);
         w.u32(VERSION);
         codec::config(&mut w, config);
-        w.buf
+        let mut recorder = Recorder {
+            listeners: Default::default(),
+            body: None,
+            lines: Writer::default(),
+            line_count: 0,
+            outputs: Writer::default(),
+            count: 0,
+            done: Vec::new(),
+            size: w.buf.len() as u64,
+            max,
+            stopped: false,
+        };
+        if recorder.size + END.len() as u64 > max {
+            recorder.stop();
+        }
+        (recorder, w.buf)
+    }
+
+    /// Whether calls are still recorded.
+    pub(crate) fn recording(&self) -> bool {
+        !self.stopped
+    }
+
+    /// Whether the capture stopped at its bound.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped
     }
 
     /// Starts the record of one `handle` call.
     pub(crate) fn begin(&mut self, now: DateTime<Utc>, input: &Input<'_>) {
         self.finish();
+        if self.stopped {
+            return;
+        }
         let event = match input {
             Input::Opened { conn, peer, listener } => {
-                self.redactors.insert(*conn, Redactor::new(*listener));
+                self.listeners.insert(*conn, *listener);
                 Event::Opened { conn: *conn, peer: *peer, listener: *listener }
             }
             Input::Received { conn, bytes } => {
-                let redactor = self.redactors.entry(*conn).or_insert_with(|| Redactor::new(Listener::Native));
-                Event::Received { conn: *conn, bytes: redactor.redact(bytes) }
+                // Bytes for a connection the engine does not hold are
+                // ignored by it; masked as native, they keep the least.
+                let listener = self.listeners.get(conn).copied().unwrap_or(Listener::Native);
+                Event::Received { conn: *conn, bytes: redact::mask(listener, bytes) }
             }
             Input::Closed { conn } => Event::Closed { conn: *conn },
             Input::Completed { id, result } => Event::Completed { id: *id, result: result.clone() },
@@ -116,6 +172,14 @@ impl Recorder {
         codec::time(&mut w, now);
         codec::event(&mut w, &event);
         self.body = Some(w);
+    }
+
+    /// A request line the call took, with its parse outcome.
+    pub(crate) fn request(&mut self, line: &[u8], parsed: &Result<Request<'_>, ParseError>) {
+        if self.body.is_some() {
+            codec::request_line(&mut self.lines, &RequestLine::of(line, parsed));
+            self.line_count += 1;
+        }
     }
 
     /// The randomness the call drew.
@@ -133,16 +197,40 @@ impl Recorder {
         }
     }
 
-    /// Closes the current record.
+    /// Closes the current record; or, if it would take the capture past its
+    /// bound, drops it and ends the capture.
     fn finish(&mut self) {
-        if let Some(mut body) = self.body.take() {
-            body.u32(self.count);
-            body.buf.append(&mut self.outputs.buf);
-            self.count = 0;
-            let mut framed = Writer::default();
-            framed.bytes(&body.buf);
-            self.done.append(&mut framed.buf);
+        let lines = core::mem::take(&mut self.lines.buf);
+        let outputs = core::mem::take(&mut self.outputs.buf);
+        let (line_count, count) = (self.line_count, self.count);
+        (self.line_count, self.count) = (0, 0);
+        let Some(mut body) = self.body.take() else { return };
+        body.u32(line_count);
+        body.buf.extend_from_slice(&lines);
+        body.u32(count);
+        body.buf.extend_from_slice(&outputs);
+        let mut framed = Writer::default();
+        framed.bytes(&body.buf);
+        let size = self.size + framed.buf.len() as u64;
+        if size + END.len() as u64 > self.max {
+            self.stop();
+            return;
         }
+        self.size = size;
+        self.done.append(&mut framed.buf);
+        // The buffers keep their capacity for the next record.
+        self.lines.buf = lines;
+        self.lines.buf.clear();
+        self.outputs.buf = outputs;
+        self.outputs.buf.clear();
+    }
+
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.body = None;
+        self.listeners.clear();
+        self.done.extend_from_slice(&END);
+        self.size += END.len() as u64;
     }
 
     /// Whole records not yet taken.
@@ -153,7 +241,7 @@ impl Recorder {
 
     /// Forgets a connection the engine closed.
     pub(crate) fn forget(&mut self, conn: ConnId) {
-        self.redactors.remove(&conn);
+        self.listeners.remove(&conn);
     }
 }
 
@@ -211,6 +299,7 @@ pub struct Replay<'a> {
     reader: Reader<'a>,
     total: usize,
     record: usize,
+    cut: bool,
 }
 
 fn show(recorded: Option<&Recorded>) -> String {
@@ -252,7 +341,7 @@ impl<'a> Replay<'a> {
             return Err(ReplayError::WrongKey { recorded, given: key.fingerprint() });
         }
         config.server_key = key.clone();
-        Ok(Replay { engine: Engine::new(config), reader, total: bytes.len(), record: 0 })
+        Ok(Replay { engine: Engine::new(config), reader, total: bytes.len(), record: 0, cut: false })
     }
 
     /// Bytes of the file read so far and in all (for progress).
@@ -269,19 +358,40 @@ impl<'a> Replay<'a> {
         self.record
     }
 
+    /// Whether the capture ends with the mark of its size bound: recording
+    /// stopped there while the server went on (known once [`Replay::step`]
+    /// has returned `Ok(false)`).
+    pub fn cut_at_bound(&self) -> bool {
+        self.cut
+    }
+
     /// Replays the next record. `Ok(false)` at the end of the capture.
     pub fn step(&mut self) -> Result<bool, ReplayError> {
-        if self.reader.is_empty() {
+        if self.reader.is_empty() || self.cut {
             return Ok(false);
         }
         self.record += 1;
         let record = self.record;
         let corrupt = |reason| ReplayError::Corrupt { record, reason };
         let body = self.reader.bytes().map_err(corrupt)?;
+        if body.is_empty() {
+            // The end mark: nothing may follow it.
+            if !self.reader.is_empty() {
+                return Err(corrupt(DecodeError::Invalid("bytes after the end mark")));
+            }
+            self.record -= 1;
+            self.cut = true;
+            return Ok(false);
+        }
         let mut r = Reader::new(body);
         let now = read_time(&mut r).map_err(corrupt)?;
         let event = read_event(&mut r).map_err(corrupt)?;
         let drawn = r.bytes().map_err(corrupt)?;
+        let line_count = r.u32().map_err(corrupt)?;
+        let mut lines = Vec::new();
+        for _ in 0..line_count {
+            lines.push(read_request_line(&mut r).map_err(corrupt)?);
+        }
         let count = r.u32().map_err(corrupt)?;
         let mut expected = Vec::new();
         for _ in 0..count {
@@ -304,11 +414,14 @@ impl<'a> Replay<'a> {
             }
             Event::Shutdown => Input::Shutdown,
         };
+        let recorded_lines = lines.len();
+        self.engine.playback = Some(Playback::new(lines));
         self.engine.handle(now, &mut rng, input);
         let mut actual = Vec::new();
         while let Some(output) = self.engine.poll_output() {
             actual.push(Recorded::of(&output));
         }
+        let playback = self.engine.playback.take().unwrap_or_default();
         for i in 0..expected.len().max(actual.len()) {
             if expected.get(i) != actual.get(i) {
                 return Err(ReplayError::Divergence {
@@ -317,6 +430,13 @@ impl<'a> Replay<'a> {
                     actual: show(actual.get(i)),
                 });
             }
+        }
+        if !playback.exact() {
+            return Err(ReplayError::Divergence {
+                record,
+                expected: format!("{recorded_lines} request lines taken"),
+                actual: "a different number".to_owned(),
+            });
         }
         if !rng.exact() {
             return Err(ReplayError::Divergence {

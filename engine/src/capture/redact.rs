@@ -1,132 +1,95 @@
-//! Keeping passwords out of captures. The bytes a client sends are recorded
-//! with every password field overwritten, so a capture never holds a
-//! password, and its replay still takes the same path through the engine:
+//! Keeping passwords out of captures, without depending on a line parsing.
 //!
-//! - line and field boundaries are kept (`|`, LF, CR are never in a
-//!   password field, and each byte maps to one byte);
-//! - printable ASCII becomes `*`, an ASCII control character `\x01`;
-//! - a whole UTF-8 character becomes a fixed character of the same length
-//!   and the same class (a C1 control stays a control), so the line's
-//!   validity and control-character check come out the same;
-//! - bytes that are not valid UTF-8 become `\xff`, still invalid.
+//! A capture keeps the client's bytes in two forms, neither of which can
+//! hold a password:
 //!
-//! The password is the only field whose bytes the engine hands on without
-//! looking at them (to the password-verification effect, whose result is
-//! recorded). Which field it is follows from the first field, as in the
-//! parser: `require_passcode` puts it third, a token request has none, a
-//! login puts it fourth. A legacy connection's listener says which.
+//! - **Received bytes are masked.** Every byte but the ones the engine's
+//!   framing looks at becomes `*`: LF and CR (native lines, and the legacy
+//!   request's optional line ending), and `|` on a legacy connection (a
+//!   legacy request is whole at its fourth `|`). Until a line is taken as a
+//!   request, the engine looks at nothing else: how long the buffered bytes
+//!   are and where those bytes sit decide every framing outcome (a whole
+//!   line, a partial one and its timeout, `line_too_long`, a legacy request
+//!   being whole). So the masked bytes frame the same way on replay, and
+//!   they need no guess about which field is a password, which a line split
+//!   across reads could not give.
+//! - **Each request line is recorded once it is taken**, as its parse
+//!   outcome ([`RequestLine`]): a line that parses keeps the fields the
+//!   engine uses and loses its password field (emptied; its position is
+//!   certain once the line parsed) and, for a token request, the request and
+//!   data fields, which the server never looks at. A line that does not
+//!   parse keeps only why it does not: no byte of it is written, so none of
+//!   its fields, whichever held a password, reaches the capture.
 //!
-//! A multi-byte character split across two reads is recorded whole with
-//! the second read; in the rare case of such a split password on a line
-//! within three bytes of the length limit, a replay can diverge at that
-//! event (it is reported, never silently accepted).
+//! Replay feeds the masked bytes and, where the engine takes a request line,
+//! hands it the recorded one ([`super::playback`]); it parses to the same
+//! outcome, so every output comes out the same.
 
-use crate::codec::request::REQUIRE_PASSCODE;
+use crate::codec::request::{ParseError, Request};
 use crate::engine::Listener;
 
-/// The stand-in for a C1 control character (U+0080).
-const C1: &[u8] = "\u{80}".as_bytes();
-/// Stand-ins for other characters of 2, 3 and 4 bytes.
-const WIDE: [&[u8]; 3] = ["\u{a0}".as_bytes(), "\u{2022}".as_bytes(), "\u{1f512}".as_bytes()];
+/// What a masked byte becomes.
+pub(crate) const MASK: u8 = b'*';
 
-/// Where a connection's byte stream is, as far as redaction cares.
-#[derive(Debug)]
-pub(crate) struct Redactor {
-    listener: Listener,
-    /// Index of the current field in the current line.
-    field: usize,
-    /// The first field so far, while it decides the kind (at most 65 bytes
-    /// are kept).
-    first: Vec<u8>,
-    /// Which field holds the password in this line, once known.
-    password_field: Option<usize>,
-    /// An unfinished UTF-8 sequence in a password field.
-    pending: Vec<u8>,
+/// Received bytes as a capture records them: only the framing bytes kept.
+pub(crate) fn mask(listener: Listener, bytes: &[u8]) -> Vec<u8> {
+    let legacy = listener != Listener::Native;
+    bytes.iter().map(|&b| if b == b'\n' || b == b'\r' || (legacy && b == b'|') { b } else { MASK }).collect()
 }
 
-fn utf8_len(lead: u8) -> Option<usize> {
-    match lead {
-        0xc2..=0xdf => Some(2),
-        0xe0..=0xef => Some(3),
-        0xf0..=0xf4 => Some(4),
-        _ => None,
+/// A request line as a capture records it.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum RequestLine {
+    /// A line that parsed, without its password (and, for a token request,
+    /// without its request and data fields). It parses to the same request
+    /// kind, with the same device, account, phone, passcode and token.
+    Parsed(Vec<u8>),
+    /// A line that does not parse, and why: nothing of its bytes.
+    Malformed(ParseError),
+}
+
+/// Which `|`-separated field of a parsed request holds its password.
+fn password_field(request: &Request<'_>) -> Option<usize> {
+    match request {
+        Request::Passcode(_) => Some(2),
+        Request::Login(_) => Some(3),
+        Request::Token(_) => None,
     }
 }
 
-impl Redactor {
-    pub(crate) fn new(listener: Listener) -> Redactor {
-        Redactor { listener, field: 0, first: Vec::new(), password_field: None, pending: Vec::new() }
-    }
-
-    fn decide(&mut self) {
-        self.password_field = match self.listener {
-            Listener::LegacyPasscode => Some(2),
-            Listener::LegacyLogin => Some(3),
-            Listener::Native if self.first == REQUIRE_PASSCODE.as_bytes() => Some(2),
-            Listener::Native if self.first.len() == 64 && self.first.iter().all(u8::is_ascii_hexdigit) => None,
-            Listener::Native => Some(3),
+impl RequestLine {
+    /// The record of `line`, whose parse outcome is `parsed`.
+    pub(crate) fn of(line: &[u8], parsed: &Result<Request<'_>, ParseError>) -> RequestLine {
+        let request = match parsed {
+            Ok(request) => request,
+            Err(why) => return RequestLine::Malformed(*why),
         };
-    }
-
-    /// Ends an unfinished sequence: it was not valid UTF-8.
-    fn flush_pending(&mut self, out: &mut Vec<u8>) {
-        out.extend(self.pending.drain(..).map(|_| 0xff));
-    }
-
-    /// The bytes as a capture records them.
-    pub(crate) fn redact(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(bytes.len());
-        for &b in bytes {
-            if b == b'\n' || b == b'|' || (b == b'\r' && self.pending.is_empty()) {
-                self.flush_pending(&mut out);
-                out.push(b);
-                if b == b'\n' {
-                    self.field = 0;
-                    self.first.clear();
-                    self.password_field = None;
-                } else if b == b'|' {
-                    if self.field == 0 {
-                        self.decide();
-                    }
-                    self.field += 1;
-                }
-                continue;
+        let mut out = Vec::with_capacity(line.len());
+        let kept = match request {
+            // TOKEN|MAC| and an empty request field: all a token check uses.
+            Request::Token(_) => 2,
+            // A parsed passcode request or login has exactly five fields.
+            Request::Passcode(_) | Request::Login(_) => 5,
+        };
+        for (i, field) in line.split(|&b| b == b'|').take(kept).enumerate() {
+            if i > 0 {
+                out.push(b'|');
             }
-            if self.field == 0 {
-                if self.first.len() <= 64 {
-                    self.first.push(b);
-                }
-                out.push(b);
-            } else if self.password_field == Some(self.field) {
-                self.redact_byte(b, &mut out);
-            } else {
-                out.push(b);
+            if password_field(request) != Some(i) {
+                out.extend_from_slice(field);
             }
         }
-        out
+        if let Request::Token(_) = request {
+            out.push(b'|');
+        }
+        RequestLine::Parsed(out)
     }
 
-    fn redact_byte(&mut self, b: u8, out: &mut Vec<u8>) {
-        if let Some(&lead) = self.pending.first() {
-            if (0x80..=0xbf).contains(&b) {
-                self.pending.push(b);
-                if Some(self.pending.len()) == utf8_len(lead) {
-                    let sequence = core::mem::take(&mut self.pending);
-                    match core::str::from_utf8(&sequence).ok().and_then(|s| s.chars().next()) {
-                        Some(c) if c.is_control() => out.extend_from_slice(C1),
-                        Some(_) => out.extend_from_slice(WIDE[sequence.len() - 2]),
-                        None => out.extend(sequence.iter().map(|_| 0xff)),
-                    }
-                }
-                return;
-            }
-            self.flush_pending(out);
-        }
-        match b {
-            0x00..=0x1f | 0x7f => out.push(0x01),
-            0x20..=0x7e => out.push(b'*'),
-            _ if utf8_len(b).is_some() => self.pending.push(b),
-            _ => out.push(0xff),
+    /// The parse outcome replay hands the engine.
+    pub(crate) fn parse(&self) -> Result<Request<'_>, ParseError> {
+        match self {
+            RequestLine::Parsed(line) => Request::parse(line),
+            RequestLine::Malformed(why) => Err(*why),
         }
     }
 }
@@ -134,47 +97,57 @@ impl Redactor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::request::{ParseError, Request, text};
 
-    fn redact(listener: Listener, chunks: &[&[u8]]) -> Vec<u8> {
-        let mut r = Redactor::new(listener);
-        chunks.iter().flat_map(|c| r.redact(c)).collect()
+    const TOKEN: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn record(line: &str) -> RequestLine {
+        RequestLine::of(line.as_bytes(), &Request::parse(line.as_bytes()))
     }
 
     #[test]
-    fn passwords_are_blanked_and_nothing_else() {
-        let got = redact(Listener::Native, &[b"require_passcode|aa:bb:cc:dd:ee:ff|s3cr3t|555|a@b.c\n"]);
-        assert_eq!(got, b"require_passcode|aa:bb:cc:dd:ee:ff|******|555|a@b.c\n");
-        let got = redact(Listener::Native, &[b"aa:bb:cc:dd:ee:ff|a@b.c|555|hunter2|ABC123\r\n"]);
-        assert_eq!(got, b"aa:bb:cc:dd:ee:ff|a@b.c|555|*******|ABC123\r\n");
-        let token = format!("{}|aa:bb:cc:dd:ee:ff|get|x|y\n", "ab".repeat(32));
-        assert_eq!(redact(Listener::Native, &[token.as_bytes()]), token.as_bytes());
-        let got = redact(Listener::LegacyLogin, &[b"aa:bb:cc:dd:ee:ff|a@b.c|555|pw|ABC123"]);
-        assert_eq!(got, b"aa:bb:cc:dd:ee:ff|a@b.c|555|**|ABC123");
-    }
-
-    #[test]
-    fn split_reads_are_followed() {
-        let got = redact(Listener::Native, &[b"require_pass", b"code|aa:bb:cc:dd:ee:ff|se", b"cret|555|a@b.c\n"]);
-        assert_eq!(got, b"require_passcode|aa:bb:cc:dd:ee:ff|******|555|a@b.c\n");
-    }
-
-    #[test]
-    fn the_parse_outcome_is_kept() {
-        let lines: [&[u8]; 6] = [
-            "aa:bb:cc:dd:ee:ff|a@b.c|5|pässwörd😀|C".as_bytes(),
-            b"aa:bb:cc:dd:ee:ff|a@b.c|5|bad\xff\xfeutf8|C",
-            b"aa:bb:cc:dd:ee:ff|a@b.c|5|nul\0inside|C",
-            "aa:bb:cc:dd:ee:ff|a@b.c|5|c1\u{85}control|C".as_bytes(),
-            b"aa:bb:cc:dd:ee:ff|a@b.c|5|cut\xc3|C",
-            b"aa:bb:cc:dd:ee:ff|a@b.c|5|overlong\xe0\x80\x80|C",
+    fn parsed_lines_lose_their_password_and_nothing_the_engine_uses() {
+        let cases = [
+            ("require_passcode|AA-BB-CC-DD-EE-FF|s3cr3t|555|a@b.c", "require_passcode|AA-BB-CC-DD-EE-FF||555|a@b.c"),
+            ("aabbccddeeff|a@b.c|555|hunter2|ABC123", "aabbccddeeff|a@b.c|555||ABC123"),
+            (&format!("{TOKEN}|aa:bb:cc:dd:ee:ff|get|x|y"), &format!("{TOKEN}|aa:bb:cc:dd:ee:ff|")),
+            (&format!("{TOKEN}|aa:bb:cc:dd:ee:ff|get"), &format!("{TOKEN}|aa:bb:cc:dd:ee:ff|")),
         ];
-        for line in lines {
-            let redacted = redact(Listener::Native, &[line]);
-            assert_eq!(redacted.len(), line.len());
-            let outcome = |l: &[u8]| -> Result<(), ParseError> { text(l).map(drop) };
-            assert_eq!(outcome(&redacted), outcome(line), "{:?}", String::from_utf8_lossy(line));
-            assert_eq!(Request::parse(&redacted).is_ok(), Request::parse(line).is_ok());
+        for (line, kept) in cases {
+            let recorded = record(line);
+            assert_eq!(recorded, RequestLine::Parsed(kept.as_bytes().to_vec()), "{line}");
+            let (before, after) = (Request::parse(line.as_bytes()).unwrap(), recorded.parse().unwrap());
+            match (before, after) {
+                (Request::Passcode(a), Request::Passcode(b)) => {
+                    assert_eq!((a.mac, a.phone, a.email, b.password), (b.mac, b.phone, b.email, ""));
+                }
+                (Request::Login(a), Request::Login(b)) => {
+                    assert_eq!((a.mac, a.email, a.phone, a.passcode), (b.mac, b.email, b.phone, b.passcode));
+                    assert_eq!(b.password, "");
+                }
+                (Request::Token(a), Request::Token(b)) => assert_eq!((a.token, a.mac), (b.token, b.mac)),
+                (a, b) => panic!("{a:?} became {b:?}"),
+            }
         }
+    }
+
+    #[test]
+    fn a_line_that_does_not_parse_keeps_only_why() {
+        // The old server's three-field login, with the password third.
+        assert_eq!(record("aa:bb:cc:dd:ee:ff|a@b.c|hunter2"), RequestLine::Malformed(ParseError::Fields));
+        assert_eq!(record("hunter2"), RequestLine::Malformed(ParseError::Fields));
+        assert_eq!(record("hunter2|a@b.c|5|pw|C"), RequestLine::Malformed(ParseError::Mac));
+        assert_eq!(RequestLine::of(b"a|\xff", &Request::parse(b"a|\xff")), RequestLine::Malformed(ParseError::NotUtf8));
+        assert_eq!(RequestLine::Malformed(ParseError::Email).parse(), Err(ParseError::Email));
+    }
+
+    #[test]
+    fn masks_keep_only_the_framing() {
+        let bytes = "aa|pässwörd\r\n|x".as_bytes();
+        let native = mask(Listener::Native, bytes);
+        assert_eq!(native.len(), bytes.len());
+        assert!(native.iter().all(|&b| b == MASK || b == b'\r' || b == b'\n'));
+        assert_eq!(&native[native.len() - 4..], b"\r\n**");
+        let legacy = mask(Listener::LegacyLogin, b"aa|b|c\n");
+        assert_eq!(legacy, b"**|*|*\n");
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use tokenizer_auth_engine::{Config, Secret, ServerKey};
 use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_runtime_std::settings::{Settings, Workers};
+use tokenizer_auth_runtime_std::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
 
 use super::duration;
 
@@ -36,6 +36,7 @@ pub const KEYS: &[&str] = &[
     "legacy_passcode_listen",
     "legacy_login_listen",
     "capture",
+    "capture_max_bytes",
     "passcode_ttl",
     "token_ttl",
     "session_max_age",
@@ -140,6 +141,7 @@ pub struct Configuration {
     legacy_passcode_listen: SocketAddr,
     legacy_login_listen: SocketAddr,
     capture: Option<PathBuf>,
+    capture_max_bytes: u64,
     engine: Config,
     workers: Workers,
     session_cache: usize,
@@ -162,6 +164,7 @@ impl Default for Configuration {
             legacy_passcode_listen: settings.legacy_passcode_listen,
             legacy_login_listen: settings.legacy_login_listen,
             capture: None,
+            capture_max_bytes: settings.capture_max_bytes,
             engine: settings.engine,
             workers: settings.workers,
             session_cache: settings.session_cache,
@@ -293,6 +296,12 @@ impl Configuration {
             "legacy_passcode_listen" => self.legacy_passcode_listen = address(raw.text()?)?,
             "legacy_login_listen" => self.legacy_login_listen = address(raw.text()?)?,
             "capture" => self.capture = Some(raw.text()?).filter(|t| !t.is_empty()).map(PathBuf::from),
+            "capture_max_bytes" => {
+                // At most i64::MAX, so that `config show` writes it as a TOML
+                // integer; at least 4096, so never negative.
+                let max: i64 = raw.count(MIN_CAPTURE_MAX_BYTES)?;
+                self.capture_max_bytes = max.unsigned_abs();
+            }
             "passcode_ttl" => engine.passcode.lifetime = raw.delta(false)?,
             "token_ttl" => engine.session.token_ttl = raw.delta(false)?,
             "session_max_age" => engine.session.max_age = raw.delta(true)?,
@@ -494,6 +503,7 @@ impl Configuration {
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();
         settings.capture = self.capture.clone();
+        settings.capture_max_bytes = self.capture_max_bytes;
         settings
     }
 
@@ -530,6 +540,9 @@ impl Configuration {
             "legacy_passcode_listen" => text(&self.legacy_passcode_listen.to_string()),
             "legacy_login_listen" => text(&self.legacy_login_listen.to_string()),
             "capture" => self.capture.as_deref().map_or(Shown::Unset(": no capture is recorded"), path),
+            "capture_max_bytes" => {
+                Shown::Value(toml::Value::Integer(i64::try_from(self.capture_max_bytes).unwrap_or(i64::MAX)))
+            }
             "passcode_ttl" => delta(engine.passcode.lifetime),
             "token_ttl" => delta(engine.session.token_ttl),
             "session_max_age" => delta(engine.session.max_age),
@@ -751,6 +764,7 @@ mod tests {
         assert_eq!(settings.legacy_passcode_listen.to_string(), "127.0.0.1:7158");
         assert_eq!(settings.legacy_login_listen.to_string(), "127.0.0.1:7159");
         assert_eq!(settings.engine, Config::default());
+        assert_eq!(settings.capture_max_bytes, 1 << 30);
         assert_eq!(settings.mail, MailConfig::Outbox { dir: PathBuf::from("data/outbox") });
         assert_eq!(config.runtime(), Runtime::Mio);
         assert_eq!(config.log_format(), LogFormat::Human);
@@ -768,6 +782,7 @@ mod tests {
             legacy_passcode_listen = "127.0.0.1:0"
             legacy_login_listen = "127.0.0.1:0"
             capture = "/tmp/capture"
+            capture_max_bytes = 1048576
             passcode_ttl = "5m"
             token_ttl = "2h"
             session_max_age = 0
@@ -818,6 +833,7 @@ mod tests {
         assert_eq!(engine.legacy_wait, TimeDelta::milliseconds(250));
         assert_eq!(engine.limits.max_consecutive_failures, u32::MAX);
         assert_eq!(engine.limits.failures_per_email.period, TimeDelta::minutes(15));
+        assert_eq!(config.settings().capture_max_bytes, 1 << 20);
         let MailConfig::Smtp(relay) = config.mail() else { panic!("no relay") };
         assert_eq!((relay.port, relay.security), (2525, SmtpSecurity::Tls));
         assert_eq!(relay.credentials.as_ref().map(|(u, p)| (u.as_str(), p.expose())), Some(("auth", "hunter2")));
@@ -889,6 +905,8 @@ mod tests {
             ("max_line", "0", "at least 1"),
             ("max_line", "-1", "not a whole number"),
             ("max_line", "4k", "not a whole number"),
+            ("capture_max_bytes", "4095", "at least 4096"),
+            ("capture_max_bytes", "9223372036854775808", "too large"),
             ("token_ttl", "0", "more than 0"),
             ("smtp_port", "70000", "too large"),
             ("runtime", "tokio", "expected \"mio\" or \"std\""),

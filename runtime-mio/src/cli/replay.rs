@@ -56,6 +56,10 @@ pub(super) fn run(config: &Configuration, file: &Path) -> Result<(), Failure> {
         }
     }
     bar.finish_and_clear();
-    writeln!(std::io::stdout().lock(), "replayed {} events: every output matched", replay.records())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "replayed {} events: every output matched", replay.records())?;
+    if replay.cut_at_bound() {
+        writeln!(out, "the capture ends there: it reached its size bound (capture_max_bytes) and recording stopped")?;
+    }
     Ok(())
 }

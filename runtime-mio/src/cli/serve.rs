@@ -8,6 +8,16 @@ use super::config::{Configuration, Runtime};
 
 pub(super) fn run(config: &Configuration) -> Result<(), Failure> {
     let settings = config.settings();
+    // A capture is never overwritten. Said before anything starts or binds,
+    // as a usage error, rather than by the runtime once it is listening.
+    if let Some(path) = &settings.capture
+        && std::fs::symlink_metadata(path).is_ok()
+    {
+        return Err(Failure::Usage(format!(
+            "the capture file {} already exists: a capture is never overwritten; name a new file",
+            path.display()
+        )));
+    }
     let mail = match &settings.mail {
         MailConfig::Outbox { dir } => format!("outbox {}", dir.display()),
         MailConfig::Smtp(relay) => {
