@@ -1,6 +1,8 @@
 //! `tokenizer-auth user ...` and `session ...` on real files, through the
 //! binary as an operator runs it.
 
+mod support;
+
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -11,19 +13,7 @@ use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::SqliteStore;
 
 fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tokenizer-auth"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A command that reads no input may have exited already: a broken pipe
-    // here is not the test's business; its exit status and output are.
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    support::admin(dir, args, stdin)
 }
 
 fn ok(dir: &Path, args: &[&str], stdin: &str) -> String {

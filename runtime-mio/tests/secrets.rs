@@ -171,18 +171,7 @@ fn a_data_folder_left_open_is_tightened_with_one_log_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let run = |args: &[&str], stdin: &str| {
-        use std::io::Write;
-        let mut child = Command::new(BIN)
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-        let out = child.wait_with_output().unwrap();
+        let out = admin(&dir, args, stdin);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stderr).unwrap()
     };

@@ -128,6 +128,24 @@ impl Drop for Server {
     }
 }
 
+/// Runs an admin command (`user ...`, `session ...`, `limits ...`) on the
+/// data folder `dir`, with `stdin` as its standard input.
+pub fn admin(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A command that reads no input may have exited already: a broken pipe
+    // here is not the test's business; its exit status and output are.
+    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
+    child.wait_with_output().unwrap()
+}
+
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill").args(["-s", name, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
