@@ -22,7 +22,7 @@ pub(crate) fn passcode_mail(email: &str, passcode: &Passcode, expires_at: DateTi
     Mail { to: email.to_owned(), subject: SUBJECT.to_owned(), body: Secret::new(body), expires_at }
 }
 
-/// Finds the passcode in a mail body written by [`passcode_mail`]; for
+/// Finds the passcode in a mail body written by the engine (`passcode_mail`); for
 /// tests and tools that read the outbox.
 pub fn find_passcode(body: &str) -> Option<&str> {
     let (_, rest) = body.split_once(" is: ")?;

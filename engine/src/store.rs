@@ -1,13 +1,14 @@
 //! The store as the engine sees it: records, the reads it asks for, and the
 //! write batches it wants committed.
 //!
-//! The records live in two SQLite files (SPEC section 6), and no transaction
-//! spans both, so a [`WriteBatch`] names exactly one of them by its type:
-//! [`PasscodesBatch`] (passcodes and counters) or [`CredsBatch`] (users and
-//! sessions). A batch carries at most one expectation; the store checks it
-//! inside the write transaction and applies nothing when it fails
-//! ([`crate::EffectResult::Conflict`]). That is what stops two writers from
-//! both consuming one passcode or both renewing one token.
+//! The records live in two SQLite files (`docs/PROTOCOL.md`, "Files from the
+//! old server"), and no transaction spans both, so a [`WriteBatch`] names
+//! exactly one of them by its type: [`PasscodesBatch`] (passcodes and
+//! counters) or [`CredsBatch`] (users and sessions). A batch carries at most
+//! one expectation; the store checks it inside the write transaction and
+//! applies nothing when it fails ([`crate::EffectResult::Conflict`]). That is
+//! what stops two writers from both consuming one passcode or both renewing
+//! one token.
 
 use chrono::{DateTime, Utc};
 

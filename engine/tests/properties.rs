@@ -1,7 +1,8 @@
 //! Property tests of the engine, run through the deterministic harness
 //! (`testkit::World`): the codecs on arbitrary bytes, determinism, and the
-//! security rules of SPEC section 2 (one login per passcode, lifetimes,
-//! device binding, rotation, no user enumeration, brute-force bounds).
+//! security rules of `docs/PROTOCOL.md` and `docs/SECURITY.md` (one login per
+//! passcode, lifetimes, device binding, rotation, no user enumeration,
+//! brute-force bounds).
 //!
 //! Every property runs at least 1,000 cases. Failures are not persisted to
 //! disk (`failure_persistence: None`); proptest prints the minimal case.
@@ -70,7 +71,7 @@ fn is_renew(text: &str) -> bool {
     text.strip_prefix("renew|").is_some_and(is_token_hex)
 }
 
-/// One of the reply lines SPEC section 3 documents.
+/// One of the reply lines `docs/PROTOCOL.md` documents.
 fn documented(line: &str) -> bool {
     matches!(line, "Passcode is sent" | "False" | "authorized" | "unauthorized")
         || is_login(line)

@@ -1,5 +1,5 @@
-//! `tokenizer-auth`: the one binary. See `tokenizer-auth --help`, SPEC
-//! section 7 and `docs/CONFIGURATION.md` for the command line, which scripts
+//! `tokenizer-auth`: the one binary. See `tokenizer-auth --help` and
+//! `docs/CONFIGURATION.md` ("Commands") for the command line, which scripts
 //! rely on.
 //!
 //! Exit codes: 0 success, 2 usage or configuration error, 1 anything else,

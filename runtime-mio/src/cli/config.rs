@@ -1,8 +1,8 @@
-//! The configuration (SPEC section 7, `docs/CONFIGURATION.md`): embedded
-//! defaults, then a TOML file (`--config`), then environment variables
-//! `TOKENIZER_AUTH_<KEY>`, then flags; a later layer wins, key by key.
+//! The configuration (`docs/CONFIGURATION.md`): embedded defaults, then a
+//! TOML file (`--config`), then environment variables `TOKENIZER_AUTH_<KEY>`,
+//! then flags; a later layer wins, key by key.
 //!
-//! Every key is read by one function ([`Configuration::set`]) whatever
+//! Every key is read by one function (`Configuration::set`) whatever
 //! layer it comes from, so a key means the same in each; an error names the
 //! key and the layer it came from. Secrets (`smtp_password`) are held as
 //! [`Secret`] and never printed.

@@ -1,6 +1,6 @@
-//! The command line (SPEC section 7). Its spellings are part of the
-//! contract: scripts and tests drive it. The configuration keys and their
-//! layers are in `docs/CONFIGURATION.md`.
+//! The command line (`docs/CONFIGURATION.md`, "Commands"). Its spellings are
+//! part of the contract: scripts and tests drive it. The configuration keys
+//! and their layers are in `docs/CONFIGURATION.md`.
 
 mod admin;
 mod client;

@@ -1,5 +1,6 @@
-"""The old Python client, as SPEC section 4 describes it: connect, one
-unterminated write, one read into a 500-byte buffer, pickle.loads.
+"""The old Python client, as docs/PROTOCOL.md ("Legacy protocol") describes
+it: connect, one unterminated write, one read into a 500-byte buffer,
+pickle.loads.
 
 Usage: legacy_client.py HOST PORT REQUEST   (prints the unpickled reply)
 """

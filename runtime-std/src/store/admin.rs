@@ -1,5 +1,5 @@
-//! Administration on the real files (SPEC section 7): accounts and
-//! sessions, as the `user` and `session` commands see them.
+//! Administration on the real files (`docs/CONFIGURATION.md`, "Commands"):
+//! accounts and sessions, as the `user` and `session` commands see them.
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};

@@ -1,5 +1,6 @@
 //! The SQLite store: the engine's reads and write batches against the two
-//! files of SPEC section 6, in the data folder.
+//! files of the old server, in the data folder (`docs/PROTOCOL.md`, "Files
+//! from the old server").
 //!
 //! - `op_creds.db`: accounts in the old `op_creds` table, sessions in
 //!   `sessions`.
