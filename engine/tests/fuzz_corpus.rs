@@ -79,19 +79,26 @@ fn seed_corpora_are_small() {
 
 /// The engine's seed files are the scripts `fuzz::engine_seeds` writes
 /// (real sessions, encoded for `arbitrary`). Rewrite them after changing
-/// the script types with
-/// `TOKENIZER_AUTH_WRITE_SEEDS=1 cargo test -p tokenizer-auth-engine --all-features --test fuzz_corpus`.
+/// the script types with [`write_engine_seed_files`].
 #[test]
 fn engine_seed_files_are_current() {
     let dir = fuzz_dir().join("corpus").join("engine");
-    let write = std::env::var_os("TOKENIZER_AUTH_WRITE_SEEDS").is_some();
     for (name, bytes) in fuzz::engine_seeds() {
         let path = dir.join(name);
-        if write {
-            std::fs::write(&path, &bytes).unwrap();
-        }
         let on_disk = std::fs::read(&path).unwrap_or_default();
         assert!(on_disk == bytes, "{} is out of date; rewrite it (see this test's docs)", path.display());
+    }
+}
+
+/// Writes the engine's seed files; a command, not a check, so it runs only
+/// when asked:
+/// `cargo test -p tokenizer-auth-engine --all-features --test fuzz_corpus -- --ignored write_engine_seed_files`.
+#[test]
+#[ignore = "writes the seed files; run it by name after changing the script types"]
+fn write_engine_seed_files() {
+    let dir = fuzz_dir().join("corpus").join("engine");
+    for (name, bytes) in fuzz::engine_seeds() {
+        std::fs::write(dir.join(name), &bytes).unwrap();
     }
 }
 

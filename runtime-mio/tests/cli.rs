@@ -443,7 +443,9 @@ fn newest_passcode(outbox: &Path) -> String {
 fn walkthrough(runtime: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();
-    let server = Server::start(runtime, tmp.path(), &[("TOKENIZER_AUTH_TOKEN_TTL", "2s")]);
+    // A lifetime with room for a slow machine between the login and the
+    // first request; the wait for its end counts from the login's reply.
+    let server = Server::start(runtime, tmp.path(), &[("TOKENIZER_AUTH_TOKEN_TTL", "3s")]);
     let addr = server.native.to_string();
     let client = |args: &[&str]| -> Vec<String> {
         ["--data-dir", dir, "client", "--addr", &addr].iter().chain(args).map(|a| (*a).to_owned()).collect()
@@ -460,11 +462,13 @@ fn walkthrough(runtime: &str) {
     let passcode = newest_passcode(&tmp.path().join("outbox"));
     let login = client(&[&["login", "--passcode", &passcode][..], &who].concat());
     assert_eq!(stdout_of(&login, &[], "pw-long-enough\n"), "logged in\n");
+    let logged_in = Instant::now();
     let token = std::fs::read_to_string(tmp.path().join("client-token")).unwrap();
     let request = client(&["request", "--mac", MAC, "status"]);
     assert_eq!(stdout_of(&request, &[], ""), "authorized\n");
 
-    thread::sleep(Duration::from_millis(2500));
+    // The token was stored before the reply left: it has expired by then.
+    thread::sleep((logged_in + Duration::from_millis(3500)).saturating_duration_since(Instant::now()));
     let out = run(&request, &[], "");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

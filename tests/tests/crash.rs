@@ -12,7 +12,9 @@
 //! inside a group left nothing.
 //!
 //! `CRASH_ROUNDS` sets the number of rounds (default 200; the group test
-//! runs a quarter as many); `scripts/crash-soak.sh` runs many more.
+//! runs a quarter as many; never fewer than [`MIN_ROUNDS`] each, so no
+//! setting makes the tests vacuous); `scripts/crash-soak.sh` runs many
+//! more.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -131,9 +133,18 @@ fn check(dir: &Path, chains: &BTreeMap<String, Chain>, passcodes: &[(String, Str
     }
 }
 
+/// The fewest rounds either crash test runs, whatever `CRASH_ROUNDS` says.
+const MIN_ROUNDS: u32 = 20;
+
+/// The rounds `CRASH_ROUNDS` asks for (200 by default), at least
+/// [`MIN_ROUNDS`].
+fn rounds() -> u32 {
+    std::env::var("CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200).max(MIN_ROUNDS)
+}
+
 #[test]
 fn kill_9_at_random_moments_loses_nothing_a_client_was_told() {
-    let rounds: u32 = std::env::var("CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200);
+    let rounds = rounds();
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("crash test: {rounds} rounds, schedule seed {seed}");
     let mut schedule = Schedule(seed);
@@ -189,7 +200,7 @@ fn kill_9_at_random_moments_loses_nothing_a_client_was_told() {
 
 #[test]
 fn kill_9_during_group_commits_leaves_every_group_whole_or_absent() {
-    let rounds: u32 = std::env::var("CRASH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(200) / 4;
+    let rounds = (rounds() / 4).max(MIN_ROUNDS);
     let seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("group crash test: {rounds} rounds, schedule seed {seed}");
     let mut schedule = Schedule(seed);
