@@ -7,8 +7,9 @@
 //! value is dropped (or, should the test process die, when its stdin
 //! closes).
 //!
-//! aiosmtpd must be installed (`python3 -m pip install aiosmtpd`; `.ci/run`
-//! does it). Without it `start` panics: the mail tests never skip silently.
+//! It needs the Python package aiosmtpd, which `tests/support/smtp_server.py`
+//! installs from PyPI when it is missing. If it still cannot be had, `start`
+//! panics: the mail tests never skip silently.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -101,8 +102,8 @@ impl SmtpServer {
         let stderr = stderr.lock().unwrap().clone();
         if status.code() == Some(EXIT_NO_AIOSMTPD) || stderr.contains("No module named 'aiosmtpd'") {
             panic!(
-                "the SMTP test server needs the Python package aiosmtpd: run `python3 -m pip install aiosmtpd` \
-                 (or `python3 -m pip install 'aiosmtpd==1.4.6'`, as .ci/run does)\n{stderr}"
+                "the SMTP test server needs the Python package aiosmtpd, and could not install it: run \
+                 `python3 -m pip install 'aiosmtpd==1.4.6'`\n{stderr}"
             );
         }
         panic!("the SMTP test server ({SCRIPT}) did not start ({status}); first line {line:?}; stderr:\n{stderr}");
