@@ -1,80 +1,25 @@
-//! The threaded runtime (`serve --runtime std`): the old server's model,
-//! done right.
+//! The threaded runtime (`serve --runtime std`): the old server's model, a
+//! thread per connection on blocking sockets, around one engine behind a
+//! mutex. Every slow thing (SQLite, argon2id, the relay) runs on the bounded
+//! [`EffectPool`]; every connection policy is the engine's.
 //!
-//! # Why threads
+//! Threads: an acceptor per listener; a thread per connection, which reads
+//! (only while [`Engine::wants_input`]), feeds the engine and ends at its
+//! [`Output::Close`]; the pool's workers, which feed [`Input::Completed`];
+//! a timer that feeds [`Input::Timeout`]; and the caller's, which waits for
+//! [`Stop`], then feeds [`Input::Shutdown`] and waits for
+//! [`Output::Stopped`].
 //!
-//! Blocking `std::net` sockets and a thread per connection are the simplest
-//! runtime that can be read top to bottom, and the old Python server worked
-//! that way, so it is the model operators already know. Its weak points were
-//! unbounded work and blocking inside the protocol; here the engine bounds
-//! connections (`max_connections`: the one too many is answered by the engine
-//! itself), pipelines and password checks, and every slow thing (SQLite,
-//! argon2id, the relay) runs on the bounded [`EffectPool`], never on a thread
-//! that serves a socket. A connection thread only moves bytes and calls the
-//! engine, so its stack is small ([`CONNECTION_STACK`]).
-//!
-//! # Threads
-//!
-//! - one acceptor per listener, which spawns a thread per connection;
-//! - a connection thread reads (at most [`READ_CHUNK`] bytes at a time,
-//!   only while [`Engine::wants_input`] says so), feeds the engine, writes
-//!   the replies its input produced, takes over the writes other threads
-//!   could not finish at once (see below), and ends when the engine closes
-//!   the connection;
-//! - the effect pool's workers feed [`Input::Completed`] from its callback;
-//! - a timer thread sleeps until [`Engine::poll_timeout`] and feeds
-//!   [`Input::Timeout`]; a `handle` that makes the deadline earlier wakes it;
-//! - the caller's thread waits for [`Stop`] and then runs the shutdown.
-//!
-//! # How order is kept
-//!
-//! There is one engine, behind one mutex with the RNG and the table of open
-//! sockets. Whoever feeds an input drains [`Engine::poll_output`] before it
-//! lets go of that lock, and appends each `Transmit` to its connection's
-//! outbound queue there, so the queue holds the bytes in exactly the order
-//! the engine produced them, whichever threads produced them. The socket
-//! writes happen after the engine lock is released (a slow client must not
-//! stall the engine), under a per-connection "writing" flag: the one thread
-//! that holds it writes the queue out front to back and loops until the
-//! queue is empty; a thread that finds the flag taken just leaves its bytes
-//! queued for it. A `Close` marks the queue; the write side is shut down
-//! only after the queued bytes are out.
-//!
-//! # Who waits on a slow client
-//!
-//! Only its own thread. The bytes of a reply usually fit in the kernel's
-//! send buffer, so a write returns at once whoever makes it. When the
-//! buffer is full (the client does not read), an effect worker or the timer
-//! gives up after [`WORKER_PATIENCE`], puts what is left back at the front
-//! of the queue and marks it stalled; from then on only the connection's
-//! own thread writes it (as soon as its blocked read returns: within a
-//! second at worst, a delay only a client that is not reading sees),
-//! blocking for up to [`OWNER_WRITE_SLICE`] at a time. So a client that
-//! stops reading never holds an effect worker, and with it every other
-//! client's requests.
-//!
-//! Every write reports what the socket took with [`Input::Sent`]; the
-//! policy is the engine's (`docs/SECURITY.md`, "Connections"): it stops
-//! wanting input past `max_backlog` unsent bytes, and closes a peer that
-//! takes nothing for `write_timeout`, which shuts the socket down under
-//! the blocked writer. A [`Output::HalfClose`] shuts the write side; the
-//! thread keeps reading (the engine discards what comes) until the engine's
-//! [`Output::Close`], then drops the socket.
-//!
-//! # Shutdown
-//!
-//! [`Stop::stop`] (SIGINT or SIGTERM in [`serve()`]) wakes the caller's thread,
-//! which then:
-//!
-//! 1. wakes each acceptor by connecting to its listener; an acceptor that
-//!    sees the stop flag drops what it accepted and ends, closing its port;
-//! 2. feeds [`Input::Shutdown`] and waits for [`Output::Stopped`]: the
-//!    engine takes no more requests, finishes those in flight and closes
-//!    every connection, within its `shutdown_grace`;
-//! 3. stops the timer and the effect pool (it finishes what is queued) and
-//!    waits a moment for the threads to end.
-//!
-//! Then [`serve()`] returns `Ok(())`, and the process exits 0.
+//! Order: whoever feeds an input drains the outputs before it releases the
+//! engine lock, appending each `Transmit` to its connection's queue, so a
+//! queue holds the bytes in the engine's order. Sockets are written after
+//! the lock is released, by one writer at a time per connection. A writer
+//! that is not the connection's own thread waits at most
+//! [`WORKER_PATIENCE`] on a full send buffer, then leaves the rest to the
+//! owner, so a client that reads nothing never holds a worker. Each write
+//! reports what the socket took ([`Input::Sent`]); the engine decides when
+//! to stop reading and when to drop a silent client (`docs/SECURITY.md`,
+//! "Connections").
 
 use std::collections::HashMap;
 use std::fmt;
