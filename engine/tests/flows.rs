@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use chrono::TimeDelta;
 use tokenizer_auth_engine::testkit::{Completion, World, test_hash};
 use tokenizer_auth_engine::{
-    Config, ConnId, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Notice, Output, PasswordHash, Secret,
+    Config, ConnId, CounterKey, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Notice, Output, PasswordHash, Secret,
     StoredPasscode, UserRecord, Window,
 };
 
@@ -304,6 +304,35 @@ fn a_hasher_that_fails_gives_busy() {
     w.hasher_down = true;
     let c = w.connect(Listener::Native, local());
     assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|busy");
+}
+
+/// A request answered `busy` after its places were reserved, its password
+/// never checked, gives its failure back: a server under load does not lock
+/// out the clients it could not serve.
+#[test]
+fn busy_gives_back_the_failure_it_reserved() {
+    let mut w = world();
+    w.hasher_down = true;
+    let failures = |w: &World| -> u32 {
+        w.store
+            .counters
+            .iter()
+            .filter(|(k, _)| {
+                matches!(k, CounterKey::FailuresByEmail(_) | CounterKey::FailuresByIp(_) | CounterKey::FailureStreak(_))
+            })
+            .map(|(_, c)| c.count)
+            .sum()
+    };
+    for _ in 0..3 {
+        let c = w.connect(Listener::Native, local());
+        assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|busy");
+        assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, "AAAAAA")), "error|busy");
+    }
+    assert_eq!(failures(&w), 0, "failures left counted: {:?}", w.store.counters);
+    w.hasher_down = false;
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &login_line(EMAIL, "wrong", "AAAAAA")), "False");
+    assert!(failures(&w) > 0, "a checked failure stays counted");
 }
 
 #[test]

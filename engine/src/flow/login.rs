@@ -49,6 +49,9 @@ pub(crate) enum LoginFlow {
     Consume(SessionRecord, BaseToken),
     /// Waiting for the session to be stored.
     Store(BaseToken),
+    /// Waiting for an unchecked attempt's failure to be given back, then
+    /// `busy`.
+    GiveBack,
 }
 
 /// What the client sent.
@@ -109,7 +112,8 @@ impl LoginFlow {
                 lookup(attempt, &ctx.config.limits)
             }
             (LoginFlow::Verify(state), EffectResult::Verified(verified)) => decide(ctx, *state, verified),
-            (LoginFlow::Verify(..), _) => Step::Done(Reply::Error(ErrorCode::Busy)),
+            (LoginFlow::Verify(state), _) => busy(&ctx.config.limits, &state),
+            (LoginFlow::GiveBack, _) => Step::Done(Reply::Error(ErrorCode::Busy)),
             (LoginFlow::Consume(session, token), EffectResult::Committed) => {
                 let batch = CredsBatch { expect: None, ops: vec![CredsOp::PutSession(session)] };
                 Step::Await(Flow::Login(LoginFlow::Store(token)), Effect::Write(WriteBatch::Creds(batch)))
@@ -157,10 +161,26 @@ fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsh
 /// Asks for the one password verification, once the attempt is counted.
 fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> Step {
     if !ctx.password_capacity() {
-        return Step::Done(Reply::Error(ErrorCode::Busy));
+        return busy(&ctx.config.limits, &state);
     }
     let verify = credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.attempt.password);
     Step::Await(Flow::Login(LoginFlow::Verify(state)), verify)
+}
+
+/// `busy` for an attempt whose places are reserved but whose password was
+/// never checked: the failure it reserved (windows and streak) is given
+/// back first, so a server under load does not lock out the clients it
+/// could not serve. A reserved passcode guess stays counted: erring that
+/// way only costs the client a guess.
+fn busy(limits: &Limits, state: &Reserved) -> Step {
+    let key = &state.attempt.key;
+    let ops: Vec<PasscodesOp> =
+        limits.failure_refunds(&key.email, key.ip, state.at, true).into_iter().map(PasscodesOp::Refund).collect();
+    if ops.is_empty() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    let batch = PasscodesBatch { expect: None, ops };
+    Step::Await(Flow::Login(LoginFlow::GiveBack), Effect::Write(WriteBatch::Passcodes(batch)))
 }
 
 fn consumption(record: &PasscodeRecord) -> PasscodeExpectation {

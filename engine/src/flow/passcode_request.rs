@@ -89,10 +89,22 @@ fn write(ops: Vec<PasscodesOp>) -> Effect {
 /// Asks for the one password verification, once the request is counted.
 fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<(Claim, Snapshot)>) -> Step {
     if !ctx.password_capacity() {
-        return Step::Done(Reply::Error(ErrorCode::Busy));
+        return busy(&ctx.config.limits, &state.0);
     }
     let verify = credentials::verification(ctx.config, state.1.user.as_ref(), &state.0.password);
     Step::Await(Flow::Passcode(PasscodeFlow::Verify(state)), verify)
+}
+
+/// `busy` for a request whose places are reserved but whose password was
+/// never checked: the failure it reserved is given back first, so a server
+/// under load does not lock out the clients it could not serve. (The
+/// request itself stays counted, as every passcode request does.)
+fn busy(limits: &Limits, claim: &Claim) -> Step {
+    let ops: Vec<PasscodesOp> = refunds(limits, claim).collect();
+    if ops.is_empty() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    Step::Await(Flow::Passcode(PasscodeFlow::Refund(Reply::Error(ErrorCode::Busy))), write(ops))
 }
 
 /// The failure a request whose credentials held gives back.
@@ -144,7 +156,7 @@ impl PasscodeFlow {
                     Step::Done(Reply::False)
                 }
             }
-            (PasscodeFlow::Verify(..), _) => Step::Done(Reply::Error(ErrorCode::Busy)),
+            (PasscodeFlow::Verify(state), _) => busy(limits, &state.0),
             (PasscodeFlow::Mail(claim, record), result) => {
                 let mut ops: Vec<PasscodesOp> = refunds(limits, &claim).collect();
                 if result == EffectResult::Sent {
