@@ -7,12 +7,21 @@ let through.
 
     scripts/bursts.py BINARY
 
-Attacks (as first measured against the server):
+Attacks (the first three as first measured against the server):
   per-email   failures_per_email 20, a fresh account, 30 parallel wrong
               logins from 30 addresses (127.0.0.1 to 127.0.0.30)
-  lockout     max_consecutive_failures 10 (windows off), three bursts of 32
+  lockout     max_consecutive_failures 10 (windows off), three bursts of 32,
+              half of each on the old login port
   default     max_consecutive_failures 100 (windows off), 90 sequential
               failures, then 32 parallel
+  per-ip      failures_per_ip 20 (the rest off), 32 parallel wrong logins for
+              32 emails, known or not, from one address
+  requests    passcode_requests_per_email 5, 32 parallel right passcode
+              requests: passcodes mailed
+  guesses     one live passcode, 32 parallel logins with the right password
+              and wrong passcodes: guesses counted against it (at most 5),
+              and whether the right passcode still works after (it must not)
+  one-code    one live passcode, 50 parallel right logins: tokens issued
 Standard library only; loopback only; the servers are stopped at the end.
 """
 import json
@@ -21,11 +30,17 @@ import subprocess
 import sys
 import tempfile
 
-LOGIN = b"aa:bb:cc:dd:ee:ff|ada@example.com|5550100|wrong password|AAAAAA\n"
+import glob
+import re
+import sqlite3
+
+MAC = "aa:bb:cc:dd:ee:ff"
+PASSWORD = "correct horse battery"
+LOGIN = f"{MAC}|ada@example.com|5550100|wrong password|AAAAAA\n".encode()
 
 
-def start(binary, env):
-    data = tempfile.mkdtemp()
+def start(binary, env, data=None):
+    data = data or tempfile.mkdtemp()
     subprocess.run([binary, "--data-dir", data, "user", "add", "ada@example.com", "--phone", "5550100",
                     "--password-stdin"], input=b"correct horse battery\n", check=True, stdout=subprocess.DEVNULL)
     env = dict(env, TOKENIZER_AUTH_LOG_FORMAT="json", PATH="/usr/bin:/bin")
@@ -40,35 +55,89 @@ def start(binary, env):
     else:
         raise SystemExit("the server exited before listening")
     host, port = native.rsplit(":", 1)
+    legacy = event.get("fields", event)["legacy_login"].rsplit(":", 1)
+    server.data, server.legacy = data, (legacy[0], int(legacy[1]))
     return server, (host, int(port))
 
 
-def burst(addr, count, spread=False):
+def ask_all(addr, lines, spread=False):
+    """Sends each line on a connection of its own, all before any reply is
+    read; returns the replies in order."""
     socks = []
-    for i in range(count):
+    for i, _ in enumerate(lines):
         s = socket.socket()
         if spread:
             s.bind((f"127.0.0.{i + 1}", 0))
         s.connect(addr)
         socks.append(s)
-    for s in socks:
-        s.sendall(LOGIN)
+    for s, line in zip(socks, lines):
+        s.sendall(line)
     replies = [s.makefile().readline().strip() for s in socks]
     for s in socks:
         s.close()
-    return sum(r == "False" for r in replies)
+    return replies
 
 
-def attack(binary, name, env, run):
+def burst(addr, count, spread=False):
+    return sum(r == "False" for r in ask_all(addr, [LOGIN] * count, spread))
+
+
+def legacy_burst(addr, count):
+    """Wrong logins on the old login port: one unterminated request each,
+    a pickled reply."""
+    socks = [socket.create_connection(addr) for _ in range(count)]
+    for s in socks:
+        s.sendall(LOGIN.rstrip(b"\n"))
+    replies = [s.recv(500) for s in socks]
+    for s in socks:
+        s.close()
+    return sum(r.endswith(b"False\x94.") for r in replies)
+
+
+def passcode_line(email="ada@example.com"):
+    return f"require_passcode|{MAC}|{PASSWORD}|5550100|{email}\n".encode()
+
+
+def live_passcode(server, addr):
+    assert ask_all(addr, [passcode_line()]) == ["Passcode is sent"]
+    newest = sorted(glob.glob(f"{server.data}/outbox/*.eml"))[-1]
+    return re.search(r" is: ([A-Z0-9]{6})", open(newest).read()).group(1)
+
+
+def login_line(code):
+    return f"{MAC}|ada@example.com|5550100|{PASSWORD}|{code}\n".encode()
+
+
+def guesses(server, addr):
+    code = live_passcode(server, addr)
+    wrong = "ZZZZZ9" if code != "ZZZZZ9" else "ZZZZZ8"
+    ask_all(addr, [login_line(wrong)] * 32)
+    db = sqlite3.connect(f"file:{server.data}/op_passcodes.db?mode=ro", uri=True)
+    rows = db.execute("SELECT * FROM passcode_table").fetchall()
+    columns = [c[1] for c in db.execute("PRAGMA table_info(passcode_table)")]
+    counted = [r[columns.index("attempts")] for r in rows] if "attempts" in columns else ["?"]
+    after = ask_all(addr, [login_line(code)])[0]
+    works = "works" if after.startswith("\U0001d504") else "refused"
+    return f"{counted or ['row gone']} guesses counted; the right passcode after: {works}"
+
+
+def one_code(server, addr):
+    code = live_passcode(server, addr)
+    replies = ask_all(addr, [login_line(code)] * 50)
+    return f"{sum(r.startswith(chr(0x1D504)) for r in replies)} tokens"
+
+
+def attack(binary, name, env, run, unit="password verifications"):
     server, addr = start(binary, env)
+    server.addr = addr
     try:
-        checks = run(addr)
+        checks = run(server)
     finally:
         server.terminate()
         server.wait()
         # Drain what is left of the log so the pipe is closed cleanly.
         server.stderr.read()
-    print(f"{name}: {checks} password verifications")
+    print(f"{name}: {checks} {unit}".rstrip())
 
 
 def main():
@@ -76,13 +145,23 @@ def main():
         raise SystemExit(__doc__)
     binary = sys.argv[1]
     off = {"TOKENIZER_AUTH_FAILURES_PER_EMAIL": "0", "TOKENIZER_AUTH_FAILURES_PER_IP": "0"}
+    all_off = dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="0")
     attack(binary, "per-email (limit 20, 30 parallel from 30 addresses)",
-           {"TOKENIZER_AUTH_FAILURES_PER_EMAIL": "20"}, lambda addr: burst(addr, 30, spread=True))
-    attack(binary, "lockout (at 10, three bursts of 32)",
-           dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="10"), lambda addr: sum(burst(addr, 32) for _ in range(3)))
+           {"TOKENIZER_AUTH_FAILURES_PER_EMAIL": "20"}, lambda s: burst(s.addr, 30, spread=True))
+    attack(binary, "lockout (at 10, three bursts of 32, half on the old port)",
+           dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="10"),
+           lambda s: sum(burst(s.addr, 16) + legacy_burst(s.legacy, 16) for _ in range(3)))
     attack(binary, "default lockout (at 100, 90 sequential then 32 parallel)",
            dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="100"),
-           lambda addr: sum(burst(addr, 1) for _ in range(90)) + burst(addr, 32))
+           lambda s: sum(burst(s.addr, 1) for _ in range(90)) + burst(s.addr, 32))
+    emails = [f"{MAC}|user{i}@example.com|5550100|wrong password|AAAAAA\n".encode() for i in range(31)]
+    attack(binary, "per-ip (limit 20, 32 parallel for 32 emails from one address)",
+           dict(all_off, TOKENIZER_AUTH_FAILURES_PER_IP="20"),
+           lambda s: sum(r == "False" for r in ask_all(s.addr, [LOGIN] + emails)))
+    attack(binary, "requests (5 per email, 32 parallel)", dict(all_off, TOKENIZER_AUTH_PASSCODE_REQUESTS_PER_EMAIL="5"),
+           lambda s: sum(r == "Passcode is sent" for r in ask_all(s.addr, [passcode_line()] * 32)), "passcodes mailed")
+    attack(binary, "guesses (32 parallel wrong passcodes)", all_off, lambda s: guesses(s, s.addr), "")
+    attack(binary, "one-code (50 parallel right logins)", all_off, lambda s: one_code(s, s.addr), "")
 
 
 if __name__ == "__main__":

@@ -613,6 +613,10 @@ impl Shared {
         let touched = {
             let mut core = self.core();
             let core = &mut *core;
+            if core.stopped {
+                // Accepted as the server stopped: nothing is served.
+                return;
+            }
             core.conns.insert(id, Arc::clone(&conn));
             core.engine.handle(serve::now(), &mut core.rng, Input::Opened { conn: id, peer: peer.ip(), listener });
             self.dispatch(core)
@@ -714,6 +718,14 @@ impl Shared {
             }
             core.timer_stopped = true;
             self.timer_wake.notify_all();
+            // Only if the wait gave up (a timer that never ran): the
+            // connections the engine did not close end here, with their
+            // threads.
+            for (_, conn) in core.conns.drain() {
+                lock(&conn.out).closed = true;
+                let _ = conn.stream.shutdown(Shutdown::Both);
+                conn.changed.notify_all();
+            }
             core.pool.take()
         };
         if let Some(pool) = pool {
