@@ -110,7 +110,10 @@ impl Reservation {
         let fresh = |since| Counter { since, count: 1, last: self.at };
         match (self.bound, stored) {
             (Bound::Window { since, .. }, None) => Some(fresh(since)),
-            (Bound::Window { since, max }, Some(c)) if c.since == since => {
+            // A reservation made for an older window (a batch delayed
+            // behind a newer one) counts in the stored window: a window
+            // never goes back, or a late writer could restart a full one.
+            (Bound::Window { since, max }, Some(c)) if c.since >= since => {
                 (c.count < max).then(|| Counter { count: c.count.saturating_add(1), last: self.at, ..c })
             }
             (Bound::Window { since, .. }, Some(_)) => Some(fresh(since)),
@@ -424,6 +427,16 @@ mod tests {
         let c = w.reserve(key.clone(), at(62)).unwrap().apply(c);
         assert_eq!(w.refund(key.clone(), at(62)).unwrap().apply(c).map(|c| c.count), Some(1));
         assert_eq!(w.refund(key, at(10)).unwrap().apply(c).map(|c| c.count), Some(2), "another window's refund");
+    }
+
+    #[test]
+    fn a_late_reservation_never_restarts_a_newer_window() {
+        let w = Window::new(2, TimeDelta::seconds(60));
+        let key = CounterKey::FailuresByEmail("a".into());
+        let c = w.reserve(key.clone(), at(61)).unwrap().apply(None);
+        let c = w.reserve(key.clone(), at(62)).unwrap().apply(c);
+        let late = w.reserve(key, at(59)).unwrap();
+        assert_eq!(late.apply(c), None, "the newer window is full; an older window's reservation does not reset it");
     }
 
     #[test]

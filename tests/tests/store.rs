@@ -216,6 +216,13 @@ fn a_bound_holds_exactly_across_fifty_connections() {
     let next = WriteBatch::Passcodes(PasscodesBatch { expect: None, ops: vec![PasscodesOp::Reserve(next)] });
     assert_eq!(store.write(&next).unwrap(), Commit::Applied);
     assert_eq!(count(&store), 1);
+    // A reservation of the earlier window that arrives late counts in the
+    // newer one; it never restarts it.
+    for _ in 0..19 {
+        assert_eq!(store.write(&reserve).unwrap(), Commit::Applied);
+    }
+    assert_eq!(count(&store), 20);
+    assert_eq!(store.write(&reserve).unwrap(), Commit::Conflict, "a late writer restarted a full window");
 }
 
 #[test]

@@ -541,10 +541,10 @@ fn reserve(tx: &Connection, reservation: &Reservation) -> Result<bool, StoreErro
             .prepare_cached(
                 "INSERT INTO counters (key, since, count, last) VALUES (?1, ?2, 1, ?3)
                  ON CONFLICT (key) DO UPDATE SET
-                     count = CASE WHEN counters.since = excluded.since THEN counters.count + 1 ELSE 1 END,
-                     since = excluded.since,
+                     count = CASE WHEN counters.since < excluded.since THEN 1 ELSE counters.count + 1 END,
+                     since = MAX(counters.since, excluded.since),
                      last = excluded.last
-                 WHERE counters.since <> excluded.since OR counters.count < ?4",
+                 WHERE counters.since < excluded.since OR counters.count < ?4",
             )?
             .execute(params![key, millis(since), at, max])?,
         Bound::Streak { max, lockout } => tx
