@@ -10,8 +10,10 @@ let through.
 Attacks (the first three as first measured against the server):
   per-email   failures_per_email 20, a fresh account, 30 parallel wrong
               logins from 30 addresses (127.0.0.1 to 127.0.0.30)
-  lockout     max_consecutive_failures 10 (windows off), three bursts of 32,
-              half of each on the old login port
+  lockout     max_consecutive_failures 10 (windows off), three bursts of 32
+  old-port    the same, half of each burst on the old login port, whose
+              clients are told `False` for a refusal too: so this one
+              reports the streak the server stored instead (at most 10)
   default     max_consecutive_failures 100 (windows off), 90 sequential
               failures, then 32 parallel
   per-ip      failures_per_ip 20 (the rest off), 32 parallel wrong logins for
@@ -94,6 +96,12 @@ def legacy_burst(addr, count):
     return sum(r.endswith(b"False\x94.") for r in replies)
 
 
+def stored_streak(server):
+    db = sqlite3.connect(f"file:{server.data}/op_passcodes.db?mode=ro", uri=True)
+    row = db.execute("SELECT count FROM counters WHERE key = 'streak/ada@example.com'").fetchone()
+    return row[0] if row else 0
+
+
 def passcode_line(email="ada@example.com"):
     return f"require_passcode|{MAC}|{PASSWORD}|5550100|{email}\n".encode()
 
@@ -148,9 +156,12 @@ def main():
     all_off = dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="0")
     attack(binary, "per-email (limit 20, 30 parallel from 30 addresses)",
            {"TOKENIZER_AUTH_FAILURES_PER_EMAIL": "20"}, lambda s: burst(s.addr, 30, spread=True))
-    attack(binary, "lockout (at 10, three bursts of 32, half on the old port)",
+    attack(binary, "lockout (at 10, three bursts of 32)",
+           dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="10"), lambda s: sum(burst(s.addr, 32) for _ in range(3)))
+    attack(binary, "old-port (lockout at 10, three bursts of 16 native + 16 old port)",
            dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="10"),
-           lambda s: sum(burst(s.addr, 16) + legacy_burst(s.legacy, 16) for _ in range(3)))
+           lambda s: [burst(s.addr, 16) + legacy_burst(s.legacy, 16) for _ in range(3)] and stored_streak(s),
+           "failures in the stored streak")
     attack(binary, "default lockout (at 100, 90 sequential then 32 parallel)",
            dict(off, TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES="100"),
            lambda s: sum(burst(s.addr, 1) for _ in range(90)) + burst(s.addr, 32))
