@@ -13,7 +13,7 @@ use tokenizer_auth_runtime_std::password::{Cost, Hasher};
 use tokenizer_auth_runtime_std::store::SqliteStore;
 
 fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    support::admin(dir, args, stdin)
+    support::run_on(dir, args, stdin)
 }
 
 fn ok(dir: &Path, args: &[&str], stdin: &str) -> String {

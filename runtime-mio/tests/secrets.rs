@@ -22,19 +22,8 @@ fn mode(path: &Path) -> u32 {
 const OTHER_MAC: &str = "11:22:33:44:55:66";
 
 fn run_client(server: &Server, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(&server.dir)
-        .args(["client", "--addr", &server.native.to_string()])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let addr = server.native.to_string();
+    let out = run_on(&server.dir, &[&["client", "--addr", &addr][..], args].concat(), stdin);
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -171,7 +160,7 @@ fn a_data_folder_left_open_is_tightened_with_one_log_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let run = |args: &[&str], stdin: &str| {
-        let out = admin(&dir, args, stdin);
+        let out = run_on(&dir, args, stdin);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stderr).unwrap()
     };

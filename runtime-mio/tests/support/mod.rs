@@ -128,9 +128,9 @@ impl Drop for Server {
     }
 }
 
-/// Runs an admin command (`user ...`, `session ...`, `limits ...`) on the
-/// data folder `dir`, with `stdin` as its standard input.
-pub fn admin(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+/// Runs a command of the binary (`user ...`, `client ...`, `limits ...`)
+/// on the data folder `dir`, with `stdin` as its standard input.
+pub fn run_on(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(dir)
