@@ -193,6 +193,15 @@ impl Window {
     }
 }
 
+/// What is attempted, and so which limits bind it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum AttemptKind {
+    /// A login: the failure limits.
+    Login,
+    /// A passcode request: its own limits and the failure limits.
+    PasscodeRequest,
+}
+
 /// All the brute-force bounds. Defaults are documented in `docs/PROTOCOL.md`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Limits {
@@ -286,93 +295,62 @@ impl Limits {
         ]
     }
 
-    /// Counters a login reads.
-    pub(crate) fn login_counters(&self, email: &str, ip: IpAddr) -> Vec<CounterKey> {
-        self.failure_counters(email, ip).into_iter().map(|(k, _)| k).collect()
+    /// The counters that bind an attempt, with their windows (`None`: the
+    /// streak), in the order a refusal names them. A passcode request
+    /// checks the password too, so it is bound by the login limits as well
+    /// as its own.
+    fn checks(&self, kind: AttemptKind, email: &str, ip: IpAddr) -> Vec<(CounterKey, Option<Window>)> {
+        let requests = match kind {
+            AttemptKind::Login => None,
+            AttemptKind::PasscodeRequest => Some(self.request_counters(email, ip)),
+        };
+        requests.into_iter().flatten().chain(self.failure_counters(email, ip)).collect()
     }
 
-    /// Counters a passcode request reads: a passcode request checks the
-    /// password too, so it is also bound by the login limits.
-    pub(crate) fn passcode_request_counters(&self, email: &str, ip: IpAddr) -> Vec<CounterKey> {
-        let requests = self.request_counters(email, ip).into_iter();
-        self.failure_counters(email, ip).into_iter().chain(requests).map(|(k, _)| k).collect()
+    /// The counters an attempt reads.
+    pub(crate) fn counters(&self, kind: AttemptKind, email: &str, ip: IpAddr) -> Vec<CounterKey> {
+        self.checks(kind, email, ip).into_iter().map(|(k, _)| k).collect()
     }
 
-    /// The first counter in `keys` whose bound is reached in `snapshot` at
-    /// `now`: the limit that refuses the request.
+    /// The limit that refuses an attempt in `snapshot` at `now`, before its
+    /// credentials are looked at, if one does: the first counter whose
+    /// bound is reached.
     pub(crate) fn refusal(
         &self,
+        kind: AttemptKind,
         snapshot: &Snapshot,
-        counters: &[(CounterKey, Option<Window>)],
+        email: &str,
+        ip: IpAddr,
         now: DateTime<Utc>,
     ) -> Option<CounterKey> {
-        counters.iter().find_map(|(key, window)| {
-            let stored = snapshot.counter(key);
+        self.checks(kind, email, ip).into_iter().find_map(|(key, window)| {
+            let stored = snapshot.counter(&key);
             let reached = match window {
                 Some(w) => w.exhausted(stored, now),
                 None => self.locked(stored, now),
             };
-            reached.then(|| key.clone())
+            reached.then_some(key)
         })
     }
 
-    /// The limit that refuses a login before its credentials are looked
-    /// at, if one does.
-    pub(crate) fn login_refusal(
+    /// The places an attempt reserves before its password is verified: one
+    /// on every counter that binds it (for a passcode request, the request
+    /// itself and one failure).
+    pub(crate) fn reservations(
         &self,
-        snapshot: &Snapshot,
+        kind: AttemptKind,
         email: &str,
         ip: IpAddr,
-        now: DateTime<Utc>,
-    ) -> Option<CounterKey> {
-        self.refusal(snapshot, &self.failure_counters(email, ip), now)
-    }
-
-    /// The limit that refuses a passcode request before its credentials
-    /// are looked at, if one does.
-    pub(crate) fn passcode_request_refusal(
-        &self,
-        snapshot: &Snapshot,
-        email: &str,
-        ip: IpAddr,
-        now: DateTime<Utc>,
-    ) -> Option<CounterKey> {
-        let mut counters = self.request_counters(email, ip).to_vec();
-        counters.extend(self.failure_counters(email, ip));
-        self.refusal(snapshot, &counters, now)
-    }
-
-    fn reservations(
-        &self,
-        counters: impl IntoIterator<Item = (CounterKey, Option<Window>)>,
         now: DateTime<Utc>,
     ) -> Vec<Reservation> {
         let streak = Bound::Streak { max: self.max_consecutive_failures, lockout: self.lockout };
-        counters
+        self.checks(kind, email, ip)
             .into_iter()
             .filter_map(|(key, window)| match window {
                 Some(w) => w.reserve(key, now),
                 None => self.lockout_on().then_some(Reservation { key, bound: streak, at: now }),
             })
             .collect()
-    }
-
-    /// The places a login reserves before its password is verified: one
-    /// failure on every failure counter.
-    pub(crate) fn login_reservations(&self, email: &str, ip: IpAddr, now: DateTime<Utc>) -> Vec<Reservation> {
-        self.reservations(self.failure_counters(email, ip), now)
-    }
-
-    /// The places a passcode request reserves before its password is
-    /// verified: the request itself, and one failure.
-    pub(crate) fn passcode_request_reservations(
-        &self,
-        email: &str,
-        ip: IpAddr,
-        now: DateTime<Utc>,
-    ) -> Vec<Reservation> {
-        let counters = self.request_counters(email, ip).into_iter().chain(self.failure_counters(email, ip));
-        self.reservations(counters, now)
     }
 
     /// What a check whose credentials held gives back of the failure it

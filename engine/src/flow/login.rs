@@ -23,7 +23,7 @@ use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::LoginRequest;
 use crate::effect::{Effect, EffectResult};
 use crate::flow::{Ctx, Flow, Step, credentials};
-use crate::limits::{CounterKey, Limits};
+use crate::limits::{AttemptKind, CounterKey, Limits};
 use crate::passcode::{PasscodeKey, PasscodeRecord};
 use crate::random;
 use crate::secret::Secret;
@@ -91,7 +91,7 @@ fn lookup(attempt: Attempt, limits: &Limits) -> Step {
         user: Some(attempt.key.email.clone()),
         passcode: Some(attempt.key.clone()),
         session: None,
-        counters: limits.login_counters(&attempt.key.email, attempt.key.ip),
+        counters: limits.counters(AttemptKind::Login, &attempt.key.email, attempt.key.ip),
     };
     Step::Await(Flow::Login(LoginFlow::Lookup(attempt)), Effect::Read(lookup))
 }
@@ -132,15 +132,18 @@ impl LoginFlow {
 fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapshot: Snapshot) -> Step {
     let limits = &ctx.config.limits;
     let key = &attempt.key;
-    if let Some(limit) = limits.login_refusal(&snapshot, &key.email, key.ip, ctx.now) {
+    if let Some(limit) = limits.refusal(AttemptKind::Login, &snapshot, &key.email, key.ip, ctx.now) {
         ctx.refused(limit, key.ip);
         return Step::Done(Reply::Error(ErrorCode::RateLimited));
     }
     if !ctx.password_capacity() {
         return Step::Done(Reply::Error(ErrorCode::Busy));
     }
-    let mut ops: Vec<PasscodesOp> =
-        limits.login_reservations(&key.email, key.ip, ctx.now).into_iter().map(PasscodesOp::Reserve).collect();
+    let mut ops: Vec<PasscodesOp> = limits
+        .reservations(AttemptKind::Login, &key.email, key.ip, ctx.now)
+        .into_iter()
+        .map(PasscodesOp::Reserve)
+        .collect();
     let policy = &ctx.config.passcode;
     let live = snapshot.passcode.as_ref().filter(|r| r.key == *key && policy.guessable(r, ctx.now));
     let expect = live.map(|record| {

@@ -20,7 +20,7 @@ use crate::codec::request::PasscodeRequest;
 use crate::device::Mac;
 use crate::effect::{Effect, EffectResult};
 use crate::flow::{Ctx, Flow, Step, credentials};
-use crate::limits::Limits;
+use crate::limits::{AttemptKind, Limits};
 use crate::mail;
 use crate::passcode::{PasscodeKey, PasscodeRecord, StoredPasscode};
 use crate::random;
@@ -76,7 +76,7 @@ pub(crate) fn start(request: &PasscodeRequest<'_>, ip: IpAddr, limits: &Limits) 
 fn lookup(claim: Claim, limits: &Limits) -> Step {
     let lookup = Lookup {
         user: Some(claim.email.clone()),
-        counters: limits.passcode_request_counters(&claim.email, claim.ip),
+        counters: limits.counters(AttemptKind::PasscodeRequest, &claim.email, claim.ip),
         ..Lookup::default()
     };
     Step::Await(Flow::Passcode(PasscodeFlow::Lookup(claim)), Effect::Read(lookup))
@@ -117,7 +117,9 @@ impl PasscodeFlow {
         let limits = &ctx.config.limits;
         match (self, result) {
             (PasscodeFlow::Lookup(mut claim), EffectResult::Read(snapshot)) => {
-                if let Some(limit) = limits.passcode_request_refusal(&snapshot, &claim.email, claim.ip, ctx.now) {
+                if let Some(limit) =
+                    limits.refusal(AttemptKind::PasscodeRequest, &snapshot, &claim.email, claim.ip, ctx.now)
+                {
                     ctx.refused(limit, claim.ip);
                     return Step::Done(Reply::Error(ErrorCode::RateLimited));
                 }
@@ -125,7 +127,7 @@ impl PasscodeFlow {
                     return Step::Done(Reply::Error(ErrorCode::Busy));
                 }
                 claim.reserved_at = ctx.now;
-                let reservations = limits.passcode_request_reservations(&claim.email, claim.ip, ctx.now);
+                let reservations = limits.reservations(AttemptKind::PasscodeRequest, &claim.email, claim.ip, ctx.now);
                 let state = Box::new((claim, *snapshot));
                 if reservations.is_empty() {
                     // Every limit is off: nothing to count.
