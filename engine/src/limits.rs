@@ -240,13 +240,15 @@ impl Default for Limits {
 impl Limits {
     /// Whether the account's failure streak has it locked at `now`.
     pub fn locked(&self, streak: Option<&Counter>, now: DateTime<Utc>) -> bool {
-        streak.is_some_and(|c| c.count >= self.max_consecutive_failures && now < c.last + self.lockout)
+        self.lockout_on()
+            && streak.is_some_and(|c| c.count >= self.max_consecutive_failures && now < c.last + self.lockout)
     }
 
-    /// Whether the lockout is on at all (`0` for either setting turns it
-    /// off; the settings spell an unlimited streak as `u32::MAX`).
+    /// Whether the lockout is on at all: `0` for either setting turns it
+    /// off, as `max = 0` does a window (the configuration also spells an
+    /// unlimited streak as `u32::MAX`).
     fn lockout_on(&self) -> bool {
-        self.max_consecutive_failures != u32::MAX && self.lockout > TimeDelta::zero()
+        !matches!(self.max_consecutive_failures, 0 | u32::MAX) && self.lockout > TimeDelta::zero()
     }
 
     /// The address the per-IP limits count `ip` under: an IPv4 address as
@@ -405,6 +407,16 @@ mod tests {
         let c = w.reserve(key.clone(), at(62)).unwrap().apply(c);
         assert_eq!(w.refund(key.clone(), at(62)).unwrap().apply(c).map(|c| c.count), Some(1));
         assert_eq!(w.refund(key, at(10)).unwrap().apply(c).map(|c| c.count), Some(2), "another window's refund");
+    }
+
+    #[test]
+    fn a_streak_bound_of_zero_is_off() {
+        let limits = Limits { max_consecutive_failures: 0, ..Limits::default() };
+        let key = CounterKey::FailureStreak("a".into());
+        let reservations = limits.reservations(AttemptKind::Login, "a", "192.0.2.1".parse().unwrap(), at(1));
+        assert!(reservations.iter().all(|r| r.key != key), "no streak is counted");
+        let stored = Counter { since: at(0), count: 1, last: at(0) };
+        assert!(!limits.locked(Some(&stored), at(1)));
     }
 
     #[test]
