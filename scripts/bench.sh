@@ -36,7 +36,7 @@ OUT=${1:-target/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 DATA="$OUT/data"
 
-cargo build --release -p tokenizer-auth-runtime-mio -p tokenizer-auth-bench
+cargo build --release -p tokenizer-auth -p tokenizer-auth-bench
 BIN=${SERVER_BIN:-target/release/tokenizer-auth}
 BENCH=target/release/tokenizer-auth-bench
 

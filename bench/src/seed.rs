@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokenizer_auth_effects::store::{Commit, SqliteStore};
 use tokenizer_auth_engine::{BaseToken, CredsBatch, CredsOp, MasterToken, SessionRecord, WriteBatch};
-use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
 
 use crate::tokens::{TokensWriter, base_bytes, hex32, mac_for};
 

@@ -9,9 +9,9 @@ use std::process::Command;
 use std::sync::mpsc;
 
 use serde_json::Value;
-use tokenizer_auth_runtime_std::password::Cost;
+use tokenizer_auth_effects::password::Cost;
+use tokenizer_auth_effects::settings::Settings;
 use tokenizer_auth_runtime_std::server::{Bound, Stop, serve_with};
-use tokenizer_auth_runtime_std::settings::Settings;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokenizer-auth-bench");
 

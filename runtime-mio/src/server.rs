@@ -3,7 +3,7 @@
 //! One thread runs a mio event loop that owns every socket and the engine.
 //! It reads what sockets offer (only while the engine wants input), feeds
 //! it to the engine, writes what the engine transmits, and hands effects to
-//! the worker pools of `runtime-std` (store, hash, mail). Workers send
+//! the worker pools of `tokenizer-auth-effects` (store, hash, mail). Workers send
 //! results back through a channel and wake the loop with a `mio::Waker`;
 //! the loop feeds them to the engine in the order they arrive. The engine's
 //! next deadline is the poll timeout. So the loop never blocks on SQLite,
@@ -35,12 +35,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::SockRef;
+use tokenizer_auth_effects::password::Hasher;
+use tokenizer_auth_effects::pool::EffectPool;
+use tokenizer_auth_effects::serve::{CaptureFile, Listeners, OsRng, ServeError, log_notices, now, os_rng};
+use tokenizer_auth_effects::settings::Settings;
+use tokenizer_auth_effects::socket;
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
-use tokenizer_auth_runtime_std::password::Hasher;
-use tokenizer_auth_runtime_std::pool::EffectPool;
-use tokenizer_auth_runtime_std::serve::{CaptureFile, Listeners, ServeError, log_notices, now, os_rng};
-use tokenizer_auth_runtime_std::settings::Settings;
-use tokenizer_auth_runtime_std::socket;
 
 /// The most read from a socket at a time (the engine's contract).
 const READ_CHUNK: usize = 64 * 1024;
@@ -72,7 +72,7 @@ struct Conn {
 struct EventLoop {
     poll: Poll,
     engine: Engine,
-    rng: rand_core::UnwrapErr<getrandom::SysRng>,
+    rng: OsRng,
     listeners: Vec<(Listener, TcpListener)>,
     conns: Slab<Conn>,
     pool: EffectPool,
@@ -106,7 +106,7 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
     let (tx, results) = unbounded();
     let wake_pending = Arc::new(AtomicBool::new(false));
     let pending = wake_pending.clone();
-    let done: tokenizer_auth_runtime_std::pool::Done = Arc::new(move |id, result| {
+    let done: tokenizer_auth_effects::pool::Done = Arc::new(move |id, result| {
         // The loop outlives the pool's workers, so a failed send only
         // happens while it is returning.
         let _ = tx.send((id, result));

@@ -35,12 +35,12 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokenizer_auth_engine::{ConnId, Engine, Input, Listener, Output};
 
-use crate::password::Hasher;
-use crate::pool::{Done, EffectPool};
-use crate::serve::{self, CaptureFile, Listeners, ServeError};
-use crate::settings::Settings;
-use crate::socket;
 use socket2::SockRef;
+use tokenizer_auth_effects::password::Hasher;
+use tokenizer_auth_effects::pool::{Done, EffectPool};
+use tokenizer_auth_effects::serve::{self, CaptureFile, Listeners, OsRng, ServeError};
+use tokenizer_auth_effects::settings::Settings;
+use tokenizer_auth_effects::socket;
 
 /// Stack of a connection thread. It reads into a heap buffer and calls the
 /// engine; nothing deep runs on it.
@@ -270,7 +270,7 @@ struct Shared {
 /// What the engine lock guards.
 struct Core {
     engine: Engine,
-    rng: rand_core::UnwrapErr<getrandom::SysRng>,
+    rng: OsRng,
     /// Open connections, by id; a `Close` removes one.
     conns: HashMap<ConnId, Arc<Conn>>,
     /// Taken out at the end of the shutdown.
@@ -471,7 +471,7 @@ impl Shared {
                 }
             }
         }
-        crate::serve::log_notices(&mut core.engine);
+        tokenizer_auth_effects::serve::log_notices(&mut core.engine);
         if let Some(capture) = &mut core.capture {
             capture.append(&mut core.engine);
         }

@@ -8,13 +8,13 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use tokenizer_auth_effects::mail::{DEFAULT_FROM, MailConfig, SmtpConfig, SmtpSecurity};
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::serve::ServeError;
+use tokenizer_auth_effects::settings::Settings;
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{LOGIN_PREFIX, Secret};
-use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, MailConfig, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::serve::ServeError;
 use tokenizer_auth_runtime_std::server::{Bound, Stop, serve_with};
-use tokenizer_auth_runtime_std::settings::Settings;
-use tokenizer_auth_runtime_std::store::SqliteStore;
 
 const EMAIL: &str = "ada@example.com";
 const PHONE: &str = "+15550100";

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use tokenizer_auth_effects::executor::Executor;
+use tokenizer_auth_effects::mail::{MailConfig, Mailer};
+use tokenizer_auth_effects::password::Hasher;
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::Config;
 use tokenizer_auth_engine::testkit::World;
-use tokenizer_auth_runtime_std::executor::Executor;
-use tokenizer_auth_runtime_std::mail::{MailConfig, Mailer};
-use tokenizer_auth_runtime_std::password::Hasher;
-use tokenizer_auth_runtime_std::store::SqliteStore;
 
 /// A world (seeded with `seed`) whose effects run against the real store,
 /// `hasher`, and an outbox, all in `dir`.

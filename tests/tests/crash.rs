@@ -24,9 +24,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension};
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{BaseToken, Mac, MasterToken, Secret, ServerKey, StoredPasscode};
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::SqliteStore;
 use tokenizer_auth_tests::crash::{GROUP, group_master};
 
 const EMAIL: &str = "crash@example.com";

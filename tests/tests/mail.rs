@@ -7,9 +7,9 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
+use tokenizer_auth_effects::mail::{DEFAULT_FROM, MailConfig, MailErrorKind, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_engine::mail::{SUBJECT, find_passcode};
 use tokenizer_auth_engine::{Mail, PASSCODE_LENGTH, Secret};
-use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, MailConfig, MailErrorKind, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_tests::smtp::SmtpServer;
 
 const PASSCODE: &str = "Q4ZK7M";

@@ -1,5 +1,5 @@
 //! Captures recorded from the real servers (`serve --capture`, one per
-//! runtime; see `runtime-mio/tests/capture.rs`) replay through a fresh
+//! runtime; see `cli/tests/capture.rs`) replay through a fresh
 //! engine with every output matching, given the key they were recorded
 //! with (and only with it).
 
@@ -9,7 +9,7 @@ use tokenizer_auth_engine::ServerKey;
 use tokenizer_auth_engine::capture::{Replay, ReplayError};
 
 /// The `server_key` the fixtures were recorded with (see
-/// `runtime-mio/tests/capture.rs`).
+/// `cli/tests/capture.rs`).
 const CAPTURE_KEY: &str = "7e57ab1e0000000000000000000000000000000000000000000000000000c0de";
 
 #[test]

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::Connection;
+use tokenizer_auth_effects::mail::{MailConfig, SmtpConfig, SmtpSecurity};
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::testkit::World;
 use tokenizer_auth_engine::{Config, LOGIN_PREFIX, Listener, Secret};
-use tokenizer_auth_runtime_std::mail::{MailConfig, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::SqliteStore;
 use tokenizer_auth_tests::real;
 use tokenizer_auth_tests::smtp::SmtpServer;
 

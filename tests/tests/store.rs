@@ -10,14 +10,14 @@ use std::sync::{Arc, Barrier};
 
 use chrono::TimeDelta;
 use rusqlite::Connection;
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::store::{Commit, SessionCache, SqliteStore};
 use tokenizer_auth_engine::testkit::{World, epoch};
 use tokenizer_auth_engine::{
     BaseToken, Config, CounterKey, CredsBatch, CredsExpectation, CredsOp, Listener, Lookup, Mac, MasterToken,
     PasscodeExpectation, PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Secret, SessionRecord,
     Snapshot, StoredPasscode, Window, WriteBatch,
 };
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::{Commit, SessionCache, SqliteStore};
 use tokenizer_auth_tests::real::{self, outbox_passcode};
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";

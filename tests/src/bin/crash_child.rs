@@ -23,15 +23,15 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use chrono::TimeDelta;
+use tokenizer_auth_effects::executor::Executor;
+use tokenizer_auth_effects::mail::{MailConfig, Mailer};
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::store::{Commit, SqliteStore};
 use tokenizer_auth_engine::testkit::World;
 use tokenizer_auth_engine::{
     Config, CredsBatch, CredsExpectation, CredsOp, Effect, EffectResult, LOGIN_PREFIX, Limits, Listener, SessionRecord,
     Window, WriteBatch,
 };
-use tokenizer_auth_runtime_std::executor::Executor;
-use tokenizer_auth_runtime_std::mail::{MailConfig, Mailer};
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::{Commit, SqliteStore};
 use tokenizer_auth_tests::crash::{GROUP, group_master};
 
 /// The account every round logs in to.

@@ -2,9 +2,9 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{Mac, NewPasswordRule, Secret};
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::SqliteStore;
 
 use super::config::Configuration;
 use super::{Failure, SessionCommand, UserCommand};
@@ -53,7 +53,7 @@ pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), 
             if store.users()?.iter().any(|u| &u.email == email) {
                 return Err(Failure::Other(format!("user {email} already exists")));
             }
-            tokenizer_auth_runtime_std::mail::recipient(email).map_err(|e| Failure::Usage(e.to_string()))?;
+            tokenizer_auth_effects::mail::recipient(email).map_err(|e| Failure::Usage(e.to_string()))?;
             let password = read_password(config, email, phone, *password_stdin)?;
             store.add_user(email, phone, &hasher()?.hash(&password)?)?;
             writeln!(out, "added {email}")?;

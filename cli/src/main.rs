@@ -8,7 +8,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokenizer_auth_runtime_mio::cli::{Cli, Failure, logging};
+use tokenizer_auth::{Cli, Failure, logging};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {

@@ -159,8 +159,11 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// The OS CSPRNG, as the engine takes it.
+pub type OsRng = rand_core::UnwrapErr<getrandom::SysRng>;
+
 /// The OS CSPRNG, as the engine takes it. It panics only if the OS cannot
 /// provide randomness at all, when no token could be issued safely anyway.
-pub fn os_rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
+pub fn os_rng() -> OsRng {
     rand_core::UnwrapErr(getrandom::SysRng)
 }

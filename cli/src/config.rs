@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use tokenizer_auth_effects::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
+use tokenizer_auth_effects::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
 use tokenizer_auth_engine::{Config, Secret, ServerKey};
-use tokenizer_auth_runtime_std::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_runtime_std::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
 
 use super::duration;
 
@@ -853,7 +853,7 @@ mod tests {
 
     #[test]
     fn every_key_is_documented() {
-        let docs = include_str!("../../../docs/CONFIGURATION.md");
+        let docs = include_str!("../../docs/CONFIGURATION.md");
         for key in KEYS {
             assert!(docs.contains(&format!("| `{key}` |")), "{key} is not in docs/CONFIGURATION.md");
         }

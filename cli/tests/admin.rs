@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{BaseToken, CredsBatch, CredsOp, Mac, MasterToken, Secret, SessionRecord, WriteBatch};
-use tokenizer_auth_runtime_std::password::{Cost, Hasher};
-use tokenizer_auth_runtime_std::store::SqliteStore;
 
 fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
     support::run_on(dir, args, stdin)

@@ -1,7 +1,7 @@
-//! `serve`: builds the runtime's [`Settings`](tokenizer_auth_runtime_std::settings::Settings)
+//! `serve`: builds the runtime's [`Settings`](tokenizer_auth_effects::settings::Settings)
 //! from the configuration and runs the chosen runtime until it stops.
 
-use tokenizer_auth_runtime_std::mail::{MailConfig, SmtpSecurity};
+use tokenizer_auth_effects::mail::{MailConfig, SmtpSecurity};
 
 use super::Failure;
 use super::config::{Configuration, Runtime};
@@ -41,7 +41,7 @@ pub(super) fn run(config: &Configuration) -> Result<(), Failure> {
         "starting"
     );
     let served = match runtime {
-        Runtime::Mio => crate::server::serve(settings),
+        Runtime::Mio => tokenizer_auth_runtime_mio::server::serve(settings),
         Runtime::Std => tokenizer_auth_runtime_std::server::serve(settings),
     };
     served.map_err(|e| Failure::Other(e.to_string()))

@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tokenizer_auth_effects::private;
 use tokenizer_auth_engine::{BaseToken, LOGIN_PREFIX, Mac, Secret};
-use tokenizer_auth_runtime_std::private;
 
 use super::config::{self, Configuration};
 use super::{ClientArgs, ClientCommand, Failure, duration};

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
+use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{Counter, CounterKey, Limits, normalize_ip};
-use tokenizer_auth_runtime_std::store::SqliteStore;
 
 use super::config::Configuration;
 use super::{Failure, LimitsCommand};

@@ -196,7 +196,7 @@ fn a_data_folder_left_open_is_tightened_with_one_log_line() {
 
 #[test]
 fn passcodes_stored_before_the_key_are_keyed_when_the_server_starts() {
-    use tokenizer_auth_runtime_std::store::SqliteStore;
+    use tokenizer_auth_effects::store::SqliteStore;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // The old server's plaintext, and an unkeyed digest of an earlier

@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use tokenizer_auth_effects::server_key;
 use tokenizer_auth_engine::capture::{Replay, ReplayError};
-use tokenizer_auth_runtime_std::server_key;
 
 use super::Failure;
 use super::config::Configuration;

@@ -1,0 +1,44 @@
+//! Carries out the engine's effects, for both runtimes of tokenizer-auth,
+//! and starts what a server needs.
+//!
+//! The engine (`tokenizer-auth-engine`) decides everything and does no IO;
+//! it asks for effects. This crate runs them, blocking, on worker threads:
+//!
+//! - [`store::SqliteStore`]: reads and write batches against the two SQLite
+//!   files of the old server (`op_creds.db`, `op_passcodes.db`), migrated in
+//!   place, in WAL mode, each batch's expectation checked inside its write
+//!   transaction; [`store::SessionCache`] keeps the sessions in memory,
+//!   coherent with the file through a counter its triggers bump on every
+//!   session change;
+//! - [`password::Hasher`]: argon2id hashing and verification;
+//! - [`mail::Mailer`]: SMTP through lettre, or an outbox folder of `.eml`
+//!   files;
+//! - [`executor::Executor`]: one of each, turning an
+//!   [`Effect`](tokenizer_auth_engine::Effect) into an
+//!   [`EffectResult`](tokenizer_auth_engine::EffectResult) on the calling
+//!   thread (tools and tests);
+//! - [`pool::EffectPool`]: the servers' worker threads: store readers that
+//!   answer what is queued from one read transaction, one writer per file
+//!   that commits what is queued as one group (one `fsync`), hashers and
+//!   mailers;
+//! - [`settings`] and [`serve`]: what a server runs with, and the start-up
+//!   both runtimes share (listeners, capture file, clock, OS randomness);
+//! - [`private`] and [`server_key`]: the data folder's permissions (0700,
+//!   files 0600) and the server key that keys the passcode digests.
+//!
+//! Every call here blocks; the runtimes (`tokenizer-auth-runtime-mio`, the
+//! event loop, and `tokenizer-auth-runtime-std`, a thread per connection)
+//! run them on the pools so that no thread serving sockets waits on a disk,
+//! a hash or a relay. Neither runtime depends on the other: both depend on
+//! this crate and the engine.
+
+pub mod executor;
+pub mod mail;
+pub mod password;
+pub mod pool;
+pub mod private;
+pub mod serve;
+pub mod server_key;
+pub mod settings;
+pub mod socket;
+pub mod store;
