@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{Mac, NewPasswordRule, Secret};
 
@@ -14,8 +14,8 @@ fn open(config: &Configuration) -> Result<SqliteStore, Failure> {
     SqliteStore::open(dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())))
 }
 
-fn hasher() -> Result<Hasher, Failure> {
-    Ok(Hasher::new(Cost::PRODUCT)?)
+fn hasher() -> Result<PasswordHasher, Failure> {
+    Ok(PasswordHasher::new(Cost::PRODUCT)?)
 }
 
 /// A new password for the account (`email`, `phone`), from standard input

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{BaseToken, CredsBatch, CredsOp, Mac, MasterToken, Secret, SessionRecord, WriteBatch};
 
@@ -33,7 +33,7 @@ fn verifies(dir: &Path, email: &str, password: &str) -> bool {
     let store = SqliteStore::open(dir).unwrap();
     let user = store.read(&tokenizer_auth_engine::Lookup { user: Some(email.into()), ..Default::default() }).unwrap();
     let hash = user.user.expect("the user exists").password;
-    Hasher::new(Cost::TEST_ONLY).unwrap().verify(&hash, &Secret::new(password))
+    PasswordHasher::new(Cost::TEST_ONLY).unwrap().verify(&hash, &Secret::new(password))
 }
 
 #[test]

@@ -10,10 +10,10 @@
 //!   transaction; [`store::SessionCache`] keeps the sessions in memory,
 //!   coherent with the file through a counter its triggers bump on every
 //!   session change;
-//! - [`password::Hasher`]: argon2id hashing and verification;
+//! - [`password::PasswordHasher`]: argon2id hashing and verification;
 //! - [`mail::Mailer`]: SMTP through lettre, or an outbox folder of `.eml`
 //!   files;
-//! - [`executor::Executor`]: one of each, turning an
+//! - [`runner::EffectRunner`]: one of each, turning an
 //!   [`Effect`](tokenizer_auth_engine::Effect) into an
 //!   [`EffectResult`](tokenizer_auth_engine::EffectResult) on the calling
 //!   thread (tools and tests);
@@ -32,11 +32,11 @@
 //! a hash or a relay. Neither runtime depends on the other: both depend on
 //! this crate and the engine.
 
-pub mod executor;
 pub mod mail;
 pub mod password;
 pub mod pool;
 pub mod private;
+pub mod runner;
 pub mod serve;
 pub mod server_key;
 pub mod settings;

@@ -1,21 +1,24 @@
 //! Passwords: argon2id hashing and verification, run outside the engine.
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
 use subtle::ConstantTimeEq;
 use tokenizer_auth_engine::{PasswordHash, Secret};
 
-/// Hashing failed (parameters out of range, or no OS randomness).
-#[derive(Debug)]
-pub struct HashError(String);
-
-impl std::fmt::Display for HashError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "password hashing failed: {}", self.0)
-    }
+/// Hashing failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HashError {
+    /// The cost is out of argon2's range.
+    #[error("password hashing failed: {0}")]
+    Cost(argon2::Error),
+    /// The OS gave no randomness for the dummy password.
+    #[error("password hashing failed: {0}")]
+    NoRandomness(getrandom::Error),
+    /// argon2 refused to hash (it draws its salt from the OS).
+    #[error("password hashing failed: {0}")]
+    Hash(argon2::password_hash::Error),
 }
-
-impl std::error::Error for HashError {}
 
 /// Argon2id cost parameters.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -37,23 +40,23 @@ impl Cost {
     pub const TEST_ONLY: Cost = Cost { memory_kib: 64, iterations: 1, parallelism: 1 };
 }
 
-/// Hashes and verifies passwords with argon2id at one cost.
+/// Hashes and verifies passwords with argon2id at one cost. (Not argon2's
+/// `PasswordHasher` trait, which it uses.)
 #[derive(Clone)]
-pub struct Hasher {
+pub struct PasswordHasher {
     argon2: Argon2<'static>,
     dummy: PasswordHash,
 }
 
-impl Hasher {
+impl PasswordHasher {
     /// A hasher at `cost`. It makes its dummy hash (for unknown emails) at
     /// once, so it costs one hash to build.
-    pub fn new(cost: Cost) -> Result<Hasher, HashError> {
-        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None)
-            .map_err(|e| HashError(e.to_string()))?;
+    pub fn new(cost: Cost) -> Result<PasswordHasher, HashError> {
+        let params = Params::new(cost.memory_kib, cost.iterations, cost.parallelism, None).map_err(HashError::Cost)?;
         let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-        let mut hasher = Hasher { argon2, dummy: PasswordHash::Phc(String::new()) };
+        let mut hasher = PasswordHasher { argon2, dummy: PasswordHash::Phc(String::new()) };
         let mut random = [0u8; 24];
-        getrandom::fill(&mut random).map_err(|e| HashError(e.to_string()))?;
+        getrandom::fill(&mut random).map_err(HashError::NoRandomness)?;
         let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
         hasher.dummy = hasher.hash(&Secret::new(password))?;
         Ok(hasher)
@@ -67,7 +70,7 @@ impl Hasher {
 
     /// Hashes a password into a PHC string, with a fresh random salt.
     pub fn hash(&self, password: &Secret) -> Result<PasswordHash, HashError> {
-        let phc = self.argon2.hash_password(password.expose().as_bytes()).map_err(|e| HashError(e.to_string()))?;
+        let phc = self.argon2.hash_password(password.expose().as_bytes()).map_err(HashError::Hash)?;
         Ok(PasswordHash::Phc(phc.to_string()))
     }
 
@@ -110,7 +113,7 @@ mod tests {
     #[test]
     fn hashes_verify_and_plaintexts_compare() {
         // Cheap parameters: this test checks behaviour, not cost.
-        let hasher = Hasher::new(Cost::TEST_ONLY).unwrap();
+        let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap();
         let pw = Secret::new("correct horse");
         let hash = hasher.hash(&pw).unwrap();
         let PasswordHash::Phc(phc) = &hash else { panic!() };

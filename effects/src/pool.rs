@@ -25,14 +25,15 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use tokenizer_auth_engine::{Effect, EffectId, EffectResult, WriteBatch};
 
-use crate::executor::{run_hash, run_mail, run_store_group};
 use crate::mail::Mailer;
-use crate::password::Hasher;
+use crate::password::PasswordHasher;
+use crate::runner::{run_hash, run_mail, run_store_group};
+use crate::serve::ServeError;
 use crate::settings::Settings;
-use crate::store::{SessionCache, SqliteStore, StoreError};
+use crate::store::{SessionCache, SqliteStore};
 
 /// Called with each effect's result, on a worker thread.
-pub type Done = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
+pub type OnResult = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
 
 type Job = (EffectId, Effect);
 
@@ -75,7 +76,7 @@ fn spawn<S: Send + 'static>(
     count: usize,
     group: usize,
     jobs: &Receiver<Job>,
-    done: &Done,
+    done: &OnResult,
     make: impl Fn() -> S,
     run: impl Fn(&mut S, &[&Effect]) -> Vec<EffectResult> + Send + Clone + 'static,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
@@ -102,7 +103,7 @@ impl EffectPool {
     /// Starts the workers. Each store worker has its own connections to
     /// the files, which are opened and migrated once here first (so a bad
     /// data folder fails now).
-    pub fn start(settings: &Settings, hasher: &Hasher, done: Done) -> Result<EffectPool, StoreError> {
+    pub fn start(settings: &Settings, hasher: &PasswordHasher, done: OnResult) -> Result<EffectPool, ServeError> {
         // One cache for every store connection of this process; its rules
         // are in `store::cache`.
         let mut store = SqliteStore::open(&settings.data_dir)?;
@@ -111,13 +112,13 @@ impl EffectPool {
             0 => store,
             bound => store.with_cache(Arc::new(SessionCache::new(bound))),
         };
-        let mailer = Mailer::new(&settings.mail).map_err(|e| StoreError::new(e.to_string()))?;
+        let mailer = Mailer::new(&settings.mail)?;
         let (reads, reads_rx) = unbounded();
         let (creds_writes, creds_rx) = unbounded();
         let (passcode_writes, passcodes_rx) = unbounded();
         let (hash, hash_rx) = unbounded();
         let (mail, mail_rx) = unbounded();
-        let io = |e: std::io::Error| StoreError::new(format!("cannot start a worker: {e}"));
+        let io = ServeError::os("cannot start a worker");
         let open = || store.attach().ok();
         let run_store = |store: &mut Option<SqliteStore>, effects: &[&Effect]| match store {
             Some(store) => run_store_group(store, effects),

@@ -1,33 +1,121 @@
-//! What both runtimes share around serving: binding the three listeners,
-//! announcing them, the clock, the OS randomness, the engine's notices, and
-//! start-up errors.
+//! What both runtimes share around serving: the start-up, in one order
+//! ([`Start`]), the three listeners, the capture file, the clock, the OS
+//! randomness, the engine's notices, and why a server stops.
 
-use std::fmt;
+use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use tokenizer_auth_engine::{Engine, Listener, Notice};
 
+use crate::mail::MailError;
+use crate::password::{HashError, PasswordHasher};
+use crate::pool::{EffectPool, OnResult};
+use crate::server_key::KeyError;
 use crate::settings::Settings;
+use crate::store::StoreError;
 
 /// Why a server could not start or keep running.
-#[derive(Debug)]
-pub struct ServeError(String);
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The password hasher could not be made.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// There is no server key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The mail settings cannot work.
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The capture file could not be created.
+    #[error("cannot create the capture file {}: {source}", path.display())]
+    Capture {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The OS refused what the runtime needs: a thread, the event loop,
+    /// the signal handlers.
+    #[error("{what}: {source}")]
+    Os {
+        /// What the runtime was doing.
+        what: &'static str,
+        /// Why it failed.
+        source: io::Error,
+    },
+    /// The engine panicked (a bug); the server stopped, finishing what it
+    /// could.
+    #[error("the engine panicked")]
+    EnginePanicked,
+}
 
 impl ServeError {
-    /// An error with this one-line reason.
-    pub fn new(reason: impl Into<String>) -> ServeError {
-        ServeError(reason.into())
+    /// The OS refused `what`.
+    pub fn os(what: &'static str) -> impl Fn(io::Error) -> ServeError + Copy {
+        move |source| ServeError::Os { what, source }
     }
 }
 
-impl fmt::Display for ServeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// The start-up both runtimes go through, so that each step is written
+/// once: the password hasher and its dummy hash (which makes an unknown
+/// email cost as much as a known one), the server key, the engine with its
+/// capture, the worker pools and the listeners. Each runtime calls the
+/// steps in the order its own wiring needs.
+pub struct Start {
+    settings: Settings,
+    hasher: PasswordHasher,
 }
 
-impl std::error::Error for ServeError {}
+impl Start {
+    /// Makes the hasher (one hash, for the dummy) and resolves the server
+    /// key, both into the engine's configuration.
+    pub fn new(mut settings: Settings) -> Result<Start, ServeError> {
+        let hasher = PasswordHasher::new(settings.cost)?;
+        settings.engine.dummy_password = hasher.dummy().clone();
+        settings.engine.server_key = settings.resolve_server_key()?;
+        Ok(Start { settings, hasher })
+    }
+
+    /// The settings, with the engine's dummy password and server key set.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// A new engine, recording into the capture file if one is set.
+    pub fn engine(&self) -> Result<(Engine, Option<CaptureFile>), ServeError> {
+        let mut engine = Engine::new(self.settings.engine.clone());
+        let capture = match &self.settings.capture {
+            Some(path) => Some(CaptureFile::start(path, self.settings.capture_max_bytes, &mut engine)?),
+            None => None,
+        };
+        Ok((engine, capture))
+    }
+
+    /// Opens the store and starts the workers, which hand each result to
+    /// `on_result`.
+    pub fn pool(&self, on_result: OnResult) -> Result<EffectPool, ServeError> {
+        EffectPool::start(&self.settings, &self.hasher, on_result)
+    }
+
+    /// Binds the three listeners.
+    pub fn listeners(&self) -> Result<Listeners, ServeError> {
+        Listeners::bind(&self.settings)
+    }
+}
 
 /// Logs the notices the engine has for the operator: call it after
 /// draining the outputs. A request refused by a brute-force limit is logged
@@ -52,9 +140,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds the three addresses of `settings` (port 0 picks a free port).
     pub fn bind(settings: &Settings) -> Result<Listeners, ServeError> {
-        let bind = |addr: SocketAddr| {
-            TcpListener::bind(addr).map_err(|e| ServeError::new(format!("cannot listen on {addr}: {e}")))
-        };
+        let bind = |addr: SocketAddr| TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source });
         Ok(Listeners {
             all: [
                 (Listener::Native, bind(settings.listen)?),
@@ -102,7 +188,7 @@ impl CaptureFile {
     /// never overwritten.
     pub fn start(path: &std::path::Path, max_bytes: u64, engine: &mut Engine) -> Result<CaptureFile, ServeError> {
         let file = crate::private::create_new_file(path)
-            .map_err(|e| ServeError::new(format!("cannot create the capture file {}: {e}", path.display())))?;
+            .map_err(|source| ServeError::Capture { path: path.to_owned(), source })?;
         let mut capture = CaptureFile {
             file: std::io::BufWriter::new(file),
             path: path.to_owned(),

@@ -9,7 +9,6 @@
 //! file of any other size is an error, never replaced: replacing it would
 //! void every live passcode without a word.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,16 +21,34 @@ use crate::private;
 pub const KEY_FILE: &str = "server.key";
 
 /// Why there is no key.
-#[derive(Debug)]
-pub struct KeyError(String);
-
-impl fmt::Display for KeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The data folder could not be created.
+    #[error("cannot create the data folder {}: {source}", dir.display())]
+    DataDir {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The key file could not be created.
+    #[error("cannot create the server key {}: {source}", path.display())]
+    Create {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The key file could not be read, or holds no key.
+    #[error("cannot read the server key {}: {source}", path.display())]
+    Read {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
 }
-
-impl std::error::Error for KeyError {}
 
 /// The key file of the data folder `dir`.
 pub fn key_path(dir: &Path) -> PathBuf {
@@ -44,22 +61,18 @@ pub fn load_or_create(dir: &Path) -> Result<ServerKey, KeyError> {
     let path = key_path(dir);
     match read(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        other => return other.map_err(|e| read_error(&path, &e)),
+        other => return other.map_err(|source| KeyError::Read { path, source }),
     }
-    private::create_dir(dir).map_err(|e| KeyError(format!("cannot create the data folder {}: {e}", dir.display())))?;
-    create(dir, &path).map_err(|e| KeyError(format!("cannot create the server key {}: {e}", path.display())))?;
-    read(&path).map_err(|e| read_error(&path, &e))
+    private::create_dir(dir).map_err(|source| KeyError::DataDir { dir: dir.to_owned(), source })?;
+    create(dir, &path).map_err(|source| KeyError::Create { path: path.clone(), source })?;
+    read(&path).map_err(|source| KeyError::Read { path, source })
 }
 
 /// Reads the data folder's key; never creates one (for `replay`, which
 /// needs the key a capture was recorded with).
 pub fn load(dir: &Path) -> Result<ServerKey, KeyError> {
     let path = key_path(dir);
-    read(&path).map_err(|e| read_error(&path, &e))
-}
-
-fn read_error(path: &Path, e: &io::Error) -> KeyError {
-    KeyError(format!("cannot read the server key {}: {e}", path.display()))
+    read(&path).map_err(|source| KeyError::Read { path, source })
 }
 
 fn read(path: &Path) -> io::Result<ServerKey> {

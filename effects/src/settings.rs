@@ -109,7 +109,7 @@ impl Settings {
         let (key, from) = match &self.server_key {
             Some(key) => (key.clone(), "server_key".to_owned()),
             None => (
-                server_key::load_or_create(&self.data_dir).map_err(|e| ServeError::new(e.to_string()))?,
+                server_key::load_or_create(&self.data_dir)?,
                 server_key::key_path(&self.data_dir).display().to_string(),
             ),
         };

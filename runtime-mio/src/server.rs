@@ -35,9 +35,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::SockRef;
-use tokenizer_auth_effects::password::Hasher;
-use tokenizer_auth_effects::pool::EffectPool;
-use tokenizer_auth_effects::serve::{CaptureFile, Listeners, OsRng, ServeError, log_notices, now, os_rng};
+use tokenizer_auth_effects::pool::{EffectPool, OnResult};
+use tokenizer_auth_effects::serve::{CaptureFile, OsRng, ServeError, Start, log_notices, now, os_rng};
 use tokenizer_auth_effects::settings::Settings;
 use tokenizer_auth_effects::socket;
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
@@ -49,10 +48,6 @@ const WAKER: Token = Token(3);
 const SIGNALS: Token = Token(4);
 /// Tokens below this are the listeners (0–2), the waker and the signals.
 const FIRST_CONN: usize = 5;
-
-fn io_error(what: &str) -> impl Fn(io::Error) -> ServeError + '_ {
-    move |e| ServeError::new(format!("{what}: {e}"))
-}
 
 /// One client socket.
 struct Conn {
@@ -96,17 +91,15 @@ struct EventLoop {
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
 /// returns.
-pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
-    let hasher = Hasher::new(settings.cost).map_err(|e| ServeError::new(e.to_string()))?;
-    settings.engine.dummy_password = hasher.dummy().clone();
-    settings.engine.server_key = settings.resolve_server_key()?;
-    let bound = Listeners::bind(&settings)?;
-    let poll = Poll::new().map_err(io_error("cannot create the event loop"))?;
-    let waker = Waker::new(poll.registry(), WAKER).map_err(io_error("cannot create a waker"))?;
+pub fn serve(settings: Settings) -> Result<(), ServeError> {
+    let start = Start::new(settings)?;
+    let bound = start.listeners()?;
+    let poll = Poll::new().map_err(ServeError::os("cannot create the event loop"))?;
+    let waker = Waker::new(poll.registry(), WAKER).map_err(ServeError::os("cannot create a waker"))?;
     let (tx, results) = unbounded();
     let wake_pending = Arc::new(AtomicBool::new(false));
     let pending = wake_pending.clone();
-    let done: tokenizer_auth_effects::pool::Done = Arc::new(move |id, result| {
+    let on_result: OnResult = Arc::new(move |id, result| {
         // The loop outlives the pool's workers, so a failed send only
         // happens while it is returning.
         let _ = tx.send((id, result));
@@ -116,28 +109,26 @@ pub fn serve(mut settings: Settings) -> Result<(), ServeError> {
             let _ = waker.wake();
         }
     });
-    let pool = EffectPool::start(&settings, &hasher, done).map_err(|e| ServeError::new(e.to_string()))?;
+    let pool = start.pool(on_result)?;
 
     let mut listeners = Vec::new();
     for (i, (which, socket)) in bound.all.iter().enumerate() {
-        socket.set_nonblocking(true).map_err(io_error("cannot configure a listener"))?;
-        let socket = socket.try_clone().map_err(io_error("cannot configure a listener"))?;
+        socket.set_nonblocking(true).map_err(ServeError::os("cannot configure a listener"))?;
+        let socket = socket.try_clone().map_err(ServeError::os("cannot configure a listener"))?;
         let mut listener = TcpListener::from_std(socket);
         poll.registry()
             .register(&mut listener, Token(i), Interest::READABLE)
-            .map_err(io_error("cannot watch a listener"))?;
+            .map_err(ServeError::os("cannot watch a listener"))?;
         listeners.push((*which, listener));
     }
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(io_error("cannot catch signals"))?;
-    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(io_error("cannot watch signals"))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServeError::os("cannot catch signals"))?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(ServeError::os("cannot watch signals"))?;
     bound.announce("mio");
     drop(bound);
 
-    let mut engine = Engine::new(settings.engine.clone());
-    let capture = match &settings.capture {
-        Some(path) => Some(CaptureFile::start(path, settings.capture_max_bytes, &mut engine)?),
-        None => None,
-    };
+    let (engine, capture) = start.engine()?;
     let mut event_loop = EventLoop {
         poll,
         engine,
@@ -173,7 +164,7 @@ impl EventLoop {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(ServeError::new(format!("event loop failed: {e}")));
+                return Err(ServeError::Os { what: "event loop failed", source: e });
             }
             for event in events.iter() {
                 match event.token() {
@@ -195,7 +186,7 @@ impl EventLoop {
                     }
                 }
             }
-            self.take_results();
+            self.feed_results();
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
             }
@@ -395,7 +386,7 @@ impl EventLoop {
         }
     }
 
-    fn take_results(&mut self) {
+    fn feed_results(&mut self) {
         // Cleared first: a result sent after this point wakes the loop again.
         // A swap, not a store, so the results sent before a worker's swap
         // that saw the flag set are visible to the reads below.

@@ -36,9 +36,8 @@ use signal_hook::iterator::Signals;
 use tokenizer_auth_engine::{ConnId, Engine, Input, Listener, Output};
 
 use socket2::SockRef;
-use tokenizer_auth_effects::password::Hasher;
-use tokenizer_auth_effects::pool::{Done, EffectPool};
-use tokenizer_auth_effects::serve::{self, CaptureFile, Listeners, OsRng, ServeError};
+use tokenizer_auth_effects::pool::{EffectPool, OnResult};
+use tokenizer_auth_effects::serve::{self, CaptureFile, Listeners, OsRng, ServeError, Start};
 use tokenizer_auth_effects::settings::Settings;
 use tokenizer_auth_effects::socket;
 
@@ -137,8 +136,7 @@ impl Stop {
 /// returns.
 pub fn serve(settings: Settings) -> Result<(), ServeError> {
     let stop = Stop::new();
-    let mut signals = Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| ServeError::new(format!("cannot watch for SIGINT and SIGTERM: {e}")))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServeError::os("cannot watch for SIGINT and SIGTERM"))?;
     let signals_handle = signals.handle();
     let watcher = {
         let stop = stop.clone();
@@ -150,7 +148,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
                     stop.stop();
                 }
             })
-            .map_err(|e| ServeError::new(format!("cannot start the signal thread: {e}")))?
+            .map_err(ServeError::os("cannot start the signal thread"))?
     };
     let result = serve_with(settings, |_| {}, stop);
     signals_handle.close();
@@ -161,33 +159,25 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 /// Serves until `stop` is used, then finishes the requests in flight and
 /// returns. `ready` is called with the bound addresses once the listeners
 /// are bound and announced and the server is taking connections.
-pub fn serve_with(mut settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> Result<(), ServeError> {
-    let hasher = Hasher::new(settings.cost).map_err(|e| ServeError::new(e.to_string()))?;
-    settings.engine.dummy_password = hasher.dummy().clone();
-    settings.engine.server_key = settings.resolve_server_key()?;
-    let mut engine = Engine::new(settings.engine.clone());
-    let capture = match &settings.capture {
-        Some(path) => Some(CaptureFile::start(path, settings.capture_max_bytes, &mut engine)?),
-        None => None,
-    };
-    let shared = Arc::new(Shared::new(engine, stop.clone()));
-    shared.core().capture = capture;
+pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> Result<(), ServeError> {
+    let start = Start::new(settings)?;
+    let (engine, capture) = start.engine()?;
+    let server = Arc::new(Server::new(engine, stop.clone()));
+    server.state().capture = capture;
 
     // The callback holds the runtime weakly: the pool lives inside it.
-    let weak: Weak<Shared> = Arc::downgrade(&shared);
-    let done: Done = Arc::new(move |id, result| {
-        if let Some(shared) = weak.upgrade() {
-            shared.feed(None, Input::Completed { id, result });
+    let weak: Weak<Server> = Arc::downgrade(&server);
+    let on_result: OnResult = Arc::new(move |id, result| {
+        if let Some(server) = weak.upgrade() {
+            server.feed(None, Input::Completed { id, result });
         }
     });
-    // Its errors already say what failed (a file, the mail settings).
-    let pool = EffectPool::start(&settings, &hasher, done).map_err(|e| ServeError::new(e.to_string()))?;
-    shared.core().pool = Some(pool);
+    server.state().pool = Some(start.pool(on_result)?);
 
-    let listeners = match Listeners::bind(&settings) {
+    let listeners = match start.listeners() {
         Ok(listeners) => listeners,
         Err(e) => {
-            shared.finish(&[]);
+            server.finish(&[]);
             return Err(e);
         }
     };
@@ -199,17 +189,17 @@ pub fn serve_with(mut settings: Settings, ready: impl FnOnce(Bound), stop: Stop)
     listeners.announce("std");
 
     let mut pokes = Vec::new();
-    let started = start_threads(&shared, listeners, &mut pokes);
+    let started = start_threads(&server, listeners, &mut pokes);
     match started {
         Ok(()) => ready(bound),
         // Stops the server: the wait below returns at once.
-        Err(e) => shared.fail(e),
+        Err(e) => server.fail(e),
     }
 
     stop.wait();
-    shared.finish(&pokes);
-    match lock(&shared.failure).take() {
-        Some(reason) => Err(ServeError::new(reason)),
+    server.finish(&pokes);
+    match lock(&server.failure).take() {
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }
@@ -222,13 +212,13 @@ fn addr(listeners: &Listeners, which: Listener) -> SocketAddr {
 
 /// Starts the timer and one acceptor per listener. `pokes` collects the
 /// addresses that wake the acceptors that did start.
-fn start_threads(shared: &Arc<Shared>, listeners: Listeners, pokes: &mut Vec<SocketAddr>) -> Result<(), String> {
-    let timer = Arc::clone(shared);
-    shared.spawn("timer".to_owned(), None, move || timer.run_timer())?;
+fn start_threads(server: &Arc<Server>, listeners: Listeners, pokes: &mut Vec<SocketAddr>) -> Result<(), ServeError> {
+    let timer = Arc::clone(server);
+    server.spawn("timer".to_owned(), None, move || timer.run_timer())?;
     for (which, listener) in listeners.all {
-        let local = listener.local_addr().map_err(|e| format!("cannot read a listener's address: {e}"))?;
-        let acceptor = Arc::clone(shared);
-        shared.spawn(format!("accept-{}", local.port()), None, move || acceptor.accept(&listener, which))?;
+        let local = listener.local_addr().map_err(ServeError::os("cannot read a listener's address"))?;
+        let acceptor = Arc::clone(server);
+        server.spawn(format!("accept-{}", local.port()), None, move || acceptor.accept(&listener, which))?;
         pokes.push(poke_address(local));
     }
     Ok(())
@@ -252,11 +242,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// What every thread shares.
-struct Shared {
-    core: Mutex<Core>,
-    /// Paired with `core`: the timer thread sleeps on it.
+struct Server {
+    state: Mutex<EngineState>,
+    /// Paired with `state`: the timer thread sleeps on it.
     timer_wake: Condvar,
-    /// Paired with `core`: the shutdown waits on it for `stopped`.
+    /// Paired with `state`: the shutdown waits on it for `stopped`.
     stopped_wake: Condvar,
     stop: Stop,
     /// The engine's `max_backlog`, for each accepted socket's send buffer.
@@ -264,11 +254,11 @@ struct Shared {
     next_conn: AtomicU64,
     threads: Mutex<usize>,
     threads_done: Condvar,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<ServeError>>,
 }
 
 /// What the engine lock guards.
-struct Core {
+struct EngineState {
     engine: Engine,
     rng: OsRng,
     /// Open connections, by id; a `Close` removes one.
@@ -327,7 +317,7 @@ enum Writer {
 }
 
 /// Ends a tracked thread's life in the count, however the thread ends.
-struct ThreadGuard(Arc<Shared>);
+struct ThreadGuard(Arc<Server>);
 
 impl Drop for ThreadGuard {
     fn drop(&mut self) {
@@ -336,11 +326,11 @@ impl Drop for ThreadGuard {
     }
 }
 
-impl Shared {
-    fn new(engine: Engine, stop: Stop) -> Shared {
+impl Server {
+    fn new(engine: Engine, stop: Stop) -> Server {
         let max_backlog = engine.config().max_backlog;
-        Shared {
-            core: Mutex::new(Core {
+        Server {
+            state: Mutex::new(EngineState {
                 engine,
                 rng: serve::os_rng(),
                 conns: HashMap::new(),
@@ -363,15 +353,15 @@ impl Shared {
 
     /// The engine lock. Poisoned means the engine panicked, which is a bug:
     /// the server stops (finishing what it can) and returns the error.
-    fn core(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|poisoned| {
-            self.fail("the engine panicked; stopping".to_owned());
+    fn state(&self) -> MutexGuard<'_, EngineState> {
+        self.state.lock().unwrap_or_else(|poisoned| {
+            self.fail(ServeError::EnginePanicked);
             poisoned.into_inner()
         })
     }
 
     /// Records why the server must stop, and stops it.
-    fn fail(&self, reason: String) {
+    fn fail(&self, reason: ServeError) {
         let mut failure = lock(&self.failure);
         if failure.is_none() {
             tracing::error!(%reason, "stopping");
@@ -387,7 +377,7 @@ impl Shared {
         name: String,
         stack: Option<usize>,
         body: impl FnOnce() + Send + 'static,
-    ) -> Result<(), String> {
+    ) -> Result<(), ServeError> {
         *lock(&self.threads) += 1;
         // The guard moves into the thread; if the spawn fails, the closure
         // (and the guard) is dropped here, and the count goes back down.
@@ -402,7 +392,7 @@ impl Shared {
                 body();
             })
             .map(drop)
-            .map_err(|e| format!("cannot start a thread: {e}"))
+            .map_err(ServeError::os("cannot start a thread"))
     }
 
     /// Feeds one input, then writes out what it produced. `owner` is the
@@ -415,22 +405,22 @@ impl Shared {
     /// Feeds one input under the engine lock; returns the connections whose
     /// queues it filled.
     fn handle(&self, input: Input<'_>) -> Touched {
-        let mut core = self.core();
-        let core = &mut *core;
-        core.engine.handle(serve::now(), &mut core.rng, input);
-        self.dispatch(core)
+        let mut state = self.state();
+        let state = &mut *state;
+        state.engine.handle(serve::now(), &mut state.rng, input);
+        self.dispatch(state)
     }
 
     /// Drains the engine's outputs, in order, under the engine lock: bytes
     /// go onto connection queues (written by the caller once the lock is
     /// released), closes shut sockets down, effects go to the pool. Then
     /// wakes the timer if the deadline moved earlier.
-    fn dispatch(&self, core: &mut Core) -> Touched {
+    fn dispatch(&self, state: &mut EngineState) -> Touched {
         let mut touched = Touched::new();
-        while let Some(output) = core.engine.poll_output() {
+        while let Some(output) = state.engine.poll_output() {
             match output {
                 Output::Transmit { conn, bytes } => {
-                    if let Some(c) = core.conns.get(&conn) {
+                    if let Some(c) = state.conns.get(&conn) {
                         let mut out = lock(&c.out);
                         out.queue.extend_from_slice(&bytes);
                         out.generation += 1;
@@ -439,7 +429,7 @@ impl Shared {
                     }
                 }
                 Output::HalfClose { conn } => {
-                    if let Some(c) = core.conns.get(&conn) {
+                    if let Some(c) = state.conns.get(&conn) {
                         // Everything was written (the engine counted it
                         // taken). Fails only if the peer is gone, which the
                         // next read reports.
@@ -447,7 +437,7 @@ impl Shared {
                     }
                 }
                 Output::Close { conn } => {
-                    if let Some(c) = core.conns.remove(&conn) {
+                    if let Some(c) = state.conns.remove(&conn) {
                         let mut out = lock(&c.out);
                         out.closed = true;
                         out.queue = Vec::new();
@@ -459,26 +449,26 @@ impl Shared {
                         c.changed.notify_all();
                     }
                 }
-                Output::Perform { id, effect } => match &core.pool {
+                Output::Perform { id, effect } => match &state.pool {
                     Some(pool) => pool.submit(id, effect),
                     // Only after the shutdown: the server is going away and
                     // nobody waits for the reply.
                     None => tracing::warn!(?id, "effect dropped: the effect workers have stopped"),
                 },
                 Output::Stopped => {
-                    core.stopped = true;
+                    state.stopped = true;
                     self.stopped_wake.notify_all();
                 }
             }
         }
-        tokenizer_auth_effects::serve::log_notices(&mut core.engine);
-        if let Some(capture) = &mut core.capture {
-            capture.append(&mut core.engine);
+        tokenizer_auth_effects::serve::log_notices(&mut state.engine);
+        if let Some(capture) = &mut state.capture {
+            capture.append(&mut state.engine);
         }
-        if let Some(at) = core.engine.poll_timeout()
-            && core.timer_at.is_none_or(|t| at < t)
+        if let Some(at) = state.engine.poll_timeout()
+            && state.timer_at.is_none_or(|t| at < t)
         {
-            core.timer_at = Some(at);
+            state.timer_at = Some(at);
             self.timer_wake.notify_one();
         }
         touched
@@ -582,10 +572,10 @@ impl Shared {
             match accepted {
                 Ok((stream, peer)) => {
                     let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-                    let shared = Arc::clone(self);
+                    let server = Arc::clone(self);
                     let name = format!("conn-{}", id.0);
                     if let Err(e) =
-                        self.spawn(name, Some(CONNECTION_STACK), move || shared.connection(stream, peer, which, id))
+                        self.spawn(name, Some(CONNECTION_STACK), move || server.connection(stream, peer, which, id))
                     {
                         // The socket went with the closure; the engine never
                         // heard of it.
@@ -611,15 +601,15 @@ impl Shared {
         }
         let conn = Arc::new(Conn { id, stream, out: Mutex::default(), changed: Condvar::new() });
         let touched = {
-            let mut core = self.core();
-            let core = &mut *core;
-            if core.stopped {
+            let mut state = self.state();
+            let state = &mut *state;
+            if state.stopped {
                 // Accepted as the server stopped: nothing is served.
                 return;
             }
-            core.conns.insert(id, Arc::clone(&conn));
-            core.engine.handle(serve::now(), &mut core.rng, Input::Opened { conn: id, peer: peer.ip(), listener });
-            self.dispatch(core)
+            state.conns.insert(id, Arc::clone(&conn));
+            state.engine.handle(serve::now(), &mut state.rng, Input::Opened { conn: id, peer: peer.ip(), listener });
+            self.dispatch(state)
         };
         tracing::debug!(conn = id.0, peer = %peer.ip(), ?listener, "connection opened");
         self.write_out(Some(id), touched);
@@ -644,7 +634,7 @@ impl Shared {
                 }
                 out.generation
             };
-            if read_done || !self.core().engine.wants_input(conn.id) {
+            if read_done || !self.state().engine.wants_input(conn.id) {
                 let out = lock(&conn.out);
                 if out.generation == generation {
                     let _ = conn.changed.wait_timeout(out, RECHECK);
@@ -669,31 +659,31 @@ impl Shared {
 
     /// The timer thread: feeds [`Input::Timeout`] whenever the engine's
     /// deadline has passed, and otherwise sleeps until it (or until a
-    /// `handle` moves it earlier, see [`Shared::dispatch`]).
+    /// `handle` moves it earlier, see [`Server::dispatch`]).
     fn run_timer(&self) {
-        let mut core = self.core();
+        let mut state = self.state();
         loop {
-            if core.timer_stopped {
+            if state.timer_stopped {
                 return;
             }
             let now = serve::now();
-            match core.engine.poll_timeout() {
+            match state.engine.poll_timeout() {
                 Some(at) if at <= now => {
                     let touched = {
-                        let core = &mut *core;
-                        core.engine.handle(now, &mut core.rng, Input::Timeout);
-                        self.dispatch(core)
+                        let state = &mut *state;
+                        state.engine.handle(now, &mut state.rng, Input::Timeout);
+                        self.dispatch(state)
                     };
-                    drop(core);
+                    drop(state);
                     self.write_out(None, touched);
-                    core = self.core();
+                    state = self.state();
                 }
                 next => {
-                    core.timer_at = next;
+                    state.timer_at = next;
                     let sleep = next.map_or(MAX_TIMER_SLEEP, |at| {
                         (at - now).to_std().unwrap_or(Duration::ZERO).min(MAX_TIMER_SLEEP)
                     });
-                    core = self.timer_wake.wait_timeout(core, sleep).unwrap_or_else(PoisonError::into_inner).0;
+                    state = self.timer_wake.wait_timeout(state, sleep).unwrap_or_else(PoisonError::into_inner).0;
                 }
             }
         }
@@ -709,29 +699,29 @@ impl Shared {
 
         self.feed(None, Input::Shutdown);
         let pool = {
-            let mut core = self.core();
+            let mut state = self.state();
             // The timer feeds the engine's deadlines, its grace among them;
             // the cap only guards against a timer that never ran.
-            let cap = Instant::now() + core.engine.config().shutdown_grace.to_std().unwrap_or_default() + THREADS_CAP;
-            while !core.stopped && Instant::now() < cap {
-                core = self.stopped_wake.wait_timeout(core, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
+            let cap = Instant::now() + state.engine.config().shutdown_grace.to_std().unwrap_or_default() + THREADS_CAP;
+            while !state.stopped && Instant::now() < cap {
+                state = self.stopped_wake.wait_timeout(state, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
             }
-            core.timer_stopped = true;
+            state.timer_stopped = true;
             self.timer_wake.notify_all();
             // Only if the wait gave up (a timer that never ran): the
             // connections the engine did not close end here, with their
             // threads.
-            for (_, conn) in core.conns.drain() {
+            for (_, conn) in state.conns.drain() {
                 lock(&conn.out).closed = true;
                 let _ = conn.stream.shutdown(Shutdown::Both);
                 conn.changed.notify_all();
             }
-            core.pool.take()
+            state.pool.take()
         };
         if let Some(pool) = pool {
             pool.shutdown();
         }
-        if let Some(capture) = &mut self.core().capture {
+        if let Some(capture) = &mut self.state().capture {
             capture.flush();
         }
 

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use tokenizer_auth_effects::mail::{DEFAULT_FROM, MailConfig, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::serve::ServeError;
 use tokenizer_auth_effects::settings::Settings;
 use tokenizer_auth_effects::store::SqliteStore;
@@ -58,7 +58,7 @@ fn start(dir: &Path, configure: impl FnOnce(&mut Settings)) -> Running {
 
 /// Adds the test account.
 fn add_user(dir: &Path) {
-    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap();
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap();
     SqliteStore::open(dir).unwrap().add_user(EMAIL, PHONE, &hasher.hash(&Secret::new(PASSWORD)).unwrap()).unwrap();
 }
 

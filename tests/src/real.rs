@@ -3,24 +3,24 @@
 
 use std::path::{Path, PathBuf};
 
-use tokenizer_auth_effects::executor::Executor;
 use tokenizer_auth_effects::mail::{MailConfig, Mailer};
-use tokenizer_auth_effects::password::Hasher;
+use tokenizer_auth_effects::password::PasswordHasher;
+use tokenizer_auth_effects::runner::EffectRunner;
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::Config;
 use tokenizer_auth_engine::testkit::World;
 
 /// A world (seeded with `seed`) whose effects run against the real store,
 /// `hasher`, and an outbox, all in `dir`.
-pub fn world(dir: &Path, hasher: &Hasher, config: Config, seed: u64) -> World {
+pub fn world(dir: &Path, hasher: &PasswordHasher, config: Config, seed: u64) -> World {
     world_with_mail(dir, hasher, config, seed, &MailConfig::Outbox { dir: dir.join("outbox") })
 }
 
 /// [`world`], with mail sent as `mail` says (an SMTP relay, say).
-pub fn world_with_mail(dir: &Path, hasher: &Hasher, config: Config, seed: u64, mail: &MailConfig) -> World {
+pub fn world_with_mail(dir: &Path, hasher: &PasswordHasher, config: Config, seed: u64, mail: &MailConfig) -> World {
     let store = SqliteStore::open(dir).expect("open the store");
     let mailer = Mailer::new(mail).expect("set up the mailer");
-    let mut executor = Executor { store, hasher: hasher.clone(), mailer };
+    let mut executor = EffectRunner { store, hasher: hasher.clone(), mailer };
     let config = Config { dummy_password: hasher.dummy().clone(), ..config };
     let mut world = World::new(config, seed);
     world.set_executor(move |effect| executor.run(effect));

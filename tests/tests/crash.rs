@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension};
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{BaseToken, Mac, MasterToken, Secret, ServerKey, StoredPasscode};
 use tokenizer_auth_tests::crash::{GROUP, group_master};
@@ -151,7 +151,7 @@ fn kill_9_at_random_moments_loses_nothing_a_client_was_told() {
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: the child uses the same
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap(); // cheap: the child uses the same
     SqliteStore::open(dir).unwrap().add_user(EMAIL, "", &hasher.hash(&Secret::new(PASSWORD)).unwrap()).unwrap();
 
     let mut chains: BTreeMap<String, Chain> = BTreeMap::new();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 use tokenizer_auth_effects::mail::{MailConfig, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::testkit::World;
 use tokenizer_auth_engine::{Config, LOGIN_PREFIX, Listener, Secret};
@@ -35,7 +35,7 @@ fn relay(port: u16) -> MailConfig {
 
 fn world(dir: &Path, email: &str, mail: &MailConfig) -> World {
     // Cheap argon2 parameters: this test is about mail.
-    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap();
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap();
     SqliteStore::open(dir).unwrap().add_user(email, "", &hasher.hash(&Secret::new(PASSWORD)).unwrap()).unwrap();
     real::world_with_mail(dir, &hasher, Config::default(), 1, mail)
 }

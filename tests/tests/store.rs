@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 
 use chrono::TimeDelta;
 use rusqlite::Connection;
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::store::{Commit, SessionCache, SqliteStore};
 use tokenizer_auth_engine::testkit::{World, epoch};
 use tokenizer_auth_engine::{
@@ -29,7 +29,7 @@ fn local() -> IpAddr {
     "127.0.0.1".parse().unwrap()
 }
 
-fn real_world(dir: &Path, hasher: &Hasher) -> World {
+fn real_world(dir: &Path, hasher: &PasswordHasher) -> World {
     real::world(dir, hasher, Config::default(), 42)
 }
 
@@ -73,7 +73,7 @@ fn the_old_servers_files_open_and_the_whole_flow_works_on_them() {
     let old_token = BaseToken::parse("0123456789abcdef".repeat(4).as_bytes()).unwrap();
     old_server_files(dir, &old_token);
     // The product's argon2id cost: this test shows the real rehash.
-    let hasher = Hasher::new(Cost::PRODUCT).unwrap();
+    let hasher = PasswordHasher::new(Cost::PRODUCT).unwrap();
     let mut world = real_world(dir, &hasher);
 
     // The old server's session still works, and renews.
@@ -121,7 +121,7 @@ fn user_rehash_hashes_every_plaintext_password() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     old_server_files(dir, &BaseToken::parse("ab".repeat(32).as_bytes()).unwrap());
-    let hasher = Hasher::new(Cost::PRODUCT).unwrap();
+    let hasher = PasswordHasher::new(Cost::PRODUCT).unwrap();
     let mut store = SqliteStore::open(dir).unwrap();
     assert!(store.users().unwrap()[0].plaintext);
     assert_eq!(store.rehash_plaintext(&hasher).unwrap(), 1);
@@ -229,7 +229,7 @@ fn a_bound_holds_exactly_across_fifty_connections() {
 fn fifty_simultaneous_logins_with_one_passcode_give_one_token() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test is about the race, not the cost
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test is about the race, not the cost
     let mut store = SqliteStore::open(dir).unwrap();
     store.add_user(EMAIL, PHONE, &hasher.hash(&Secret::new(PASSWORD)).unwrap()).unwrap();
     // Room for all fifty password checks at once, and no per-email limit on
@@ -284,7 +284,7 @@ fn full_flow(world: &mut World, dir: &Path, password: &str) -> Vec<String> {
 fn no_secret_is_left_in_the_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
     let mut store = SqliteStore::open(dir).unwrap();
     let password = "a rather long passphrase";
     store.add_user(EMAIL, PHONE, &hasher.hash(&Secret::new(password)).unwrap()).unwrap();
@@ -300,7 +300,7 @@ fn the_old_servers_secrets_are_gone_once_rehashed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     old_server_files(dir, &BaseToken::parse("cd".repeat(32).as_bytes()).unwrap());
-    let hasher = Hasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).unwrap(); // cheap: this test reads bytes, not costs
     let store = SqliteStore::open(dir).unwrap();
     // Opening sealed the old plaintext passcode.
     assert_no_secret_in_files(dir, &["Q7ZK2M".to_owned()], "after opening");

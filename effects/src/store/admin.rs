@@ -8,7 +8,38 @@ use tokenizer_auth_engine::{Mac, PasswordHash, Secret};
 
 use super::columns::from_millis;
 use super::{SqliteStore, StoreError};
-use crate::password::Hasher;
+use crate::mail::MailError;
+use crate::password::{HashError, PasswordHasher};
+
+/// Why an account could not be added or its passwords rehashed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The email cannot travel in a request line.
+    #[error("invalid email {0:?}: it needs an @, at most {MAX_EMAIL} bytes, and no | or control characters")]
+    InvalidEmail(String),
+    /// The mailer would refuse the email as a recipient.
+    #[error(transparent)]
+    Recipient(#[from] MailError),
+    /// The phone cannot travel in a request line.
+    #[error("invalid phone {0:?}: at most {MAX_PHONE} bytes, no | or control characters")]
+    InvalidPhone(String),
+    /// An account with this email exists.
+    #[error("user {0} already exists")]
+    UserExists(String),
+    /// A password could not be hashed.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for AdminError {
+    fn from(e: rusqlite::Error) -> AdminError {
+        AdminError::Store(e.into())
+    }
+}
 
 /// An account as `user list` shows it.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -40,30 +71,26 @@ pub struct SessionSummary {
 /// and that the mailer will take the email (with its own parser,
 /// [`crate::mail::recipient`]), so a bad address is refused here rather
 /// than later as a retryable `mail_unavailable`.
-fn check_account(email: &str, phone: &str) -> Result<(), StoreError> {
+fn check_account(email: &str, phone: &str) -> Result<(), AdminError> {
     let field_ok = |s: &str| !s.contains('|') && !s.chars().any(char::is_control);
     if email.is_empty() || email.len() > MAX_EMAIL || !email.contains('@') || !field_ok(email) {
-        return Err(StoreError::new(format!(
-            "invalid email {email:?}: it needs an @, at most {MAX_EMAIL} bytes, and no | or control characters"
-        )));
+        return Err(AdminError::InvalidEmail(email.to_owned()));
     }
-    crate::mail::recipient(email).map_err(|e| StoreError::new(e.to_string()))?;
+    crate::mail::recipient(email)?;
     if phone.len() > MAX_PHONE || !field_ok(phone) {
-        return Err(StoreError::new(format!(
-            "invalid phone {phone:?}: at most {MAX_PHONE} bytes, no | or control characters"
-        )));
+        return Err(AdminError::InvalidPhone(phone.to_owned()));
     }
     Ok(())
 }
 
 impl SqliteStore {
     /// Adds an account. Fails if one with this email exists.
-    pub fn add_user(&mut self, email: &str, phone: &str, password: &PasswordHash) -> Result<(), StoreError> {
+    pub fn add_user(&mut self, email: &str, phone: &str, password: &PasswordHash) -> Result<(), AdminError> {
         check_account(email, phone)?;
         let tx = self.creds.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx.query_row("SELECT 1 FROM op_creds WHERE email = ?1", [email], |_| Ok(())).optional()?;
         if exists.is_some() {
-            return Err(StoreError::new(format!("user {email} already exists")));
+            return Err(AdminError::UserExists(email.to_owned()));
         }
         tx.execute(
             "INSERT INTO op_creds (mac, password, email, phone, token, expiry) VALUES ('', ?1, ?2, ?3, NULL, NULL)",
@@ -144,10 +171,10 @@ impl SqliteStore {
 
     /// Hashes every plaintext password left by the old server (`user
     /// rehash`). Returns how many were hashed.
-    pub fn rehash_plaintext(&mut self, hasher: &Hasher) -> Result<usize, StoreError> {
+    pub fn rehash_plaintext(&mut self, hasher: &PasswordHasher) -> Result<usize, AdminError> {
         let mut hashed = 0;
         for (email, plain) in self.plaintext_passwords()? {
-            let new = hasher.hash(&plain).map_err(|e| StoreError::new(e.to_string()))?;
+            let new = hasher.hash(&plain)?;
             if self.replace_password(&email, &PasswordHash::Plain(plain), &new)? {
                 hashed += 1;
             }

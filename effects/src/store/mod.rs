@@ -36,7 +36,6 @@ mod columns;
 mod counters;
 mod schema;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,28 +67,73 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// memory.
 const MMAP_SIZE: u64 = 1 << 30;
 
-/// A store failure: the file could not be opened, read or written.
-#[derive(Debug)]
-pub struct StoreError(String);
-
-impl StoreError {
-    pub(crate) fn new(what: impl Into<String>) -> StoreError {
-        StoreError(what.into())
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> StoreError {
-        StoreError(e.to_string())
-    }
+/// A store failure: the files could not be opened, read or written. The
+/// engine sees any of them as a failed effect (a retryable
+/// `store_unavailable` for the client); the kinds are for the log and for
+/// the commands, which say which file and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data folder could not be created or made private.
+    #[error("cannot {action} data folder {}: {source}", dir.display())]
+    DataDir {
+        /// "create" or "tighten the permissions of".
+        action: &'static str,
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A database file could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A database file could not be opened.
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// The file system does not support SQLite's write-ahead log.
+    #[error("{} cannot use WAL mode (got {mode})", path.display())]
+    NoWal {
+        /// The file.
+        path: PathBuf,
+        /// The journal mode SQLite chose instead.
+        mode: String,
+    },
+    /// A schema migration failed (nothing of it was committed).
+    #[error("cannot migrate {file}: {source}")]
+    Migrate {
+        /// The file's name.
+        file: &'static str,
+        /// SQLite's reason.
+        source: rusqlite::Error,
+    },
+    /// The OS gave no randomness for a salt.
+    #[error("no OS randomness: {0}")]
+    NoRandomness(getrandom::Error),
+    /// A statement failed.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// A group's transaction failed after its batches were applied, so
+    /// none of them is durable.
+    #[error("commit failed: {0}")]
+    Commit(String),
+    /// SQLite rolled the group's transaction back on its own (a full disk,
+    /// say) before this batch ran.
+    #[error("the transaction was rolled back")]
+    RolledBack,
+    /// A batch of a group got no outcome. Never expected: it fails that
+    /// batch rather than the server.
+    #[error("no outcome for a batch")]
+    NoOutcome,
 }
 
 /// Whether a batch was applied.
@@ -113,17 +157,16 @@ pub struct SqliteStore {
 fn open_file(path: &Path) -> Result<Connection, StoreError> {
     // Created 0600 before SQLite creates it 0644; the WAL and shared-memory
     // files take its mode (docs/SECURITY.md, "Secrets at rest").
-    crate::private::precreate_file(path)
-        .map_err(|e| StoreError::new(format!("cannot create {}: {e}", path.display())))?;
+    crate::private::precreate_file(path).map_err(|source| StoreError::Create { path: path.to_owned(), source })?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| StoreError::new(format!("cannot open {}: {e}", path.display())))?;
+    .map_err(|source| StoreError::Open { path: path.to_owned(), source })?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::new(format!("{} cannot use WAL mode (got {mode})", path.display())));
+        return Err(StoreError::NoWal { path: path.to_owned(), mode });
     }
     // FULL: a commit is synced before it is reported to the engine (SQLite's
     // guarantee against power loss; the tests cover the process's death).
@@ -139,9 +182,8 @@ fn open_file(path: &Path) -> Result<Connection, StoreError> {
 /// Creates the data folder if needed (mode 0700: it holds password
 /// hashes), or tightens one that others can read (see `private`).
 fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
-    let what = if dir.is_dir() { "cannot tighten the permissions of" } else { "cannot create" };
-    crate::private::tighten_data_dir(dir)
-        .map_err(|e| StoreError::new(format!("{what} data folder {}: {e}", dir.display())))
+    let action = if dir.is_dir() { "tighten the permissions of" } else { "create" };
+    crate::private::tighten_data_dir(dir).map_err(|source| StoreError::DataDir { action, dir: dir.to_owned(), source })
 }
 
 impl SqliteStore {
@@ -149,10 +191,10 @@ impl SqliteStore {
     pub fn open(dir: &Path) -> Result<SqliteStore, StoreError> {
         ensure_dir(dir)?;
         let mut creds = open_file(&dir.join(CREDS_FILE))?;
-        schema::migrate_creds(&mut creds).map_err(|e| StoreError::new(format!("cannot migrate {CREDS_FILE}: {e}")))?;
+        schema::migrate_creds(&mut creds).map_err(|source| StoreError::Migrate { file: CREDS_FILE, source })?;
         let mut passcodes = open_file(&dir.join(PASSCODES_FILE))?;
         schema::migrate_passcodes(&mut passcodes)
-            .map_err(|e| StoreError::new(format!("cannot migrate {PASSCODES_FILE}: {e}")))?;
+            .map_err(|source| StoreError::Migrate { file: PASSCODES_FILE, source })?;
         let store = SqliteStore { creds, passcodes, dir: dir.to_owned(), cache: None };
         // Migrations may have sealed or replaced secrets: fold the WAL into
         // the main files now, so no old page with a plaintext lingers.
@@ -261,7 +303,7 @@ impl SqliteStore {
 
     /// Commits a batch, or nothing if its expectation does not hold.
     pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
-        self.write_group(&[batch]).pop().unwrap_or_else(|| Err(StoreError::new("no result for a batch")))
+        self.write_group(&[batch]).pop().unwrap_or(Err(StoreError::NoOutcome))
     }
 
     /// Commits batches together: one transaction (one `fsync`) per file,
@@ -281,7 +323,7 @@ impl SqliteStore {
         group_commit(&mut self.passcodes, &passcodes, write_passcodes, &mut results, None);
         let hook = self.cache.as_deref().map(|cache| (cache, (|b: &CredsBatch| b.ops.as_slice()) as SessionOps<_>));
         group_commit(&mut self.creds, &creds, write_creds, &mut results, hook);
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(StoreError::new("no result for a batch")))).collect()
+        results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NoOutcome))).collect()
     }
 
     fn user(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -386,7 +428,7 @@ fn group_commit<B>(
         Ok(tx) => tx,
         Err(e) => {
             for (i, _) in items {
-                results[*i] = Some(Err(StoreError::new(e.to_string())));
+                results[*i] = Some(Err(StoreError::Commit(e.to_string())));
             }
             return;
         }
@@ -399,7 +441,7 @@ fn group_commit<B>(
             // SQLite rolled the whole transaction back (a full disk, say):
             // a savepoint now would start and commit a transaction of its
             // own, outside the group.
-            outcomes.push((*i, Err(StoreError::new("the transaction was rolled back"))));
+            outcomes.push((*i, Err(StoreError::RolledBack)));
             continue;
         }
         let outcome = tx.savepoint().map_err(StoreError::from).and_then(|mut savepoint| {
@@ -430,7 +472,7 @@ fn group_commit<B>(
     for (i, outcome) in outcomes {
         results[i] = Some(match (&committed, outcome) {
             // Nothing of the group is durable: no batch was applied.
-            (Err(e), Ok(Commit::Applied)) => Err(StoreError::new(format!("commit failed: {e}"))),
+            (Err(e), Ok(Commit::Applied)) => Err(StoreError::Commit(e.clone())),
             (_, outcome) => outcome,
         });
     }

@@ -159,7 +159,7 @@ impl SqliteStore {
             for (rowid, text) in rows {
                 let stored = StoredPasscode::from_column(&text);
                 let mut salt = [0u8; 16];
-                getrandom::fill(&mut salt).map_err(|e| StoreError::new(format!("no OS randomness: {e}")))?;
+                getrandom::fill(&mut salt).map_err(StoreError::NoRandomness)?;
                 let sealed = stored.keyed(key, salt);
                 if sealed != stored {
                     update.execute(params![rowid, sealed.to_column()])?;

@@ -23,9 +23,9 @@ use std::net::IpAddr;
 use std::rc::Rc;
 
 use chrono::TimeDelta;
-use tokenizer_auth_effects::executor::Executor;
 use tokenizer_auth_effects::mail::{MailConfig, Mailer};
-use tokenizer_auth_effects::password::{Cost, Hasher};
+use tokenizer_auth_effects::password::{Cost, PasswordHasher};
+use tokenizer_auth_effects::runner::EffectRunner;
 use tokenizer_auth_effects::store::{Commit, SqliteStore};
 use tokenizer_auth_engine::testkit::World;
 use tokenizer_auth_engine::{
@@ -48,10 +48,10 @@ fn main() {
     }
 
     // Cheap argon2 parameters: this test is about crashes, not hashing cost.
-    let hasher = Hasher::new(Cost::TEST_ONLY).expect("hasher");
+    let hasher = PasswordHasher::new(Cost::TEST_ONLY).expect("hasher");
     let store = SqliteStore::open(&dir).expect("store");
     let mailer = Mailer::new(&MailConfig::Outbox { dir: dir.join("outbox") }).expect("outbox");
-    let mut executor = Executor { store, hasher: hasher.clone(), mailer };
+    let mut executor = EffectRunner { store, hasher: hasher.clone(), mailer };
     // The passcode is taken from the mail effect itself; mail is not what
     // this test is about.
     let mailed: Rc<RefCell<Option<String>>> = Rc::default();

@@ -4,22 +4,22 @@
 use tokenizer_auth_engine::{Effect, EffectResult, WriteBatch};
 
 use crate::mail::Mailer;
-use crate::password::Hasher;
+use crate::password::PasswordHasher;
 use crate::store::{Commit, SqliteStore, StoreError};
 
 /// Runs every kind of effect, blocking, on one thread (tests, tools and
 /// the crash-safety child use it; servers spread the kinds over
 /// [`crate::pool::EffectPool`]).
-pub struct Executor {
+pub struct EffectRunner {
     /// The store.
     pub store: SqliteStore,
     /// The password hasher.
-    pub hasher: Hasher,
+    pub hasher: PasswordHasher,
     /// The mail relay or outbox.
     pub mailer: Mailer,
 }
 
-impl Executor {
+impl EffectRunner {
     /// Carries out `effect` and returns its result. Failures become
     /// [`EffectResult::Failed`]; the engine turns that into a retryable error
     /// for the client.
@@ -79,7 +79,7 @@ fn settle(outcome: Result<EffectResult, StoreError>) -> EffectResult {
 }
 
 /// A password effect.
-pub(crate) fn run_hash(hasher: &Hasher, effect: &Effect) -> EffectResult {
+pub(crate) fn run_hash(hasher: &PasswordHasher, effect: &Effect) -> EffectResult {
     match effect {
         Effect::VerifyPassword { hash, candidate } => EffectResult::Verified(hasher.verify(hash, candidate)),
         Effect::HashPassword { password } => hasher.hash(password).map_or_else(
