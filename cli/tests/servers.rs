@@ -374,7 +374,10 @@ fn a_client_that_never_reads_is_bounded_and_dropped(runtime: &str) {
         grew >> 10,
         latencies.len()
     );
-    assert!(p99 < Duration::from_millis(50), "p99 of the well-behaved client {p99:?} ({} checks)", latencies.len());
+    // A server the flooder held up would answer in seconds (it is dropped
+    // after write_timeout, 10 s); the margin is wide because this machine
+    // may be busy with other tests.
+    assert!(p99 < Duration::from_millis(500), "p99 of the well-behaved client {p99:?} ({} checks)", latencies.len());
 }
 
 both_runtimes!(

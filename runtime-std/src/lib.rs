@@ -5,4 +5,5 @@
 //! The engine decides; this crate moves bytes. Effects run on the worker
 //! pools of `tokenizer-auth-effects`, exactly as under the event loop.
 
+mod connection;
 pub mod server;
