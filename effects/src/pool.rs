@@ -11,7 +11,11 @@
 //!
 //! Store workers take everything queued when they wake (up to a bound):
 //! a reader answers it from one read transaction, a writer commits it as
-//! one group with one `fsync` (see [`SqliteStore::write_group`]). One
+//! one group with one `fsync` (see [`SqliteStore::write_group`]).
+//!
+//! [`EffectPool::submit`] is the one place that looks at which kind an
+//! effect is: each queue carries its kind's payload, so a worker never
+//! meets an effect it cannot run. One
 //! writer per file is what makes groups form: batches queue while the
 //! previous group syncs, and the next group takes them all.
 //!
@@ -23,11 +27,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use tokenizer_auth_engine::{Effect, EffectId, EffectResult, WriteBatch};
+use tokenizer_auth_engine::{
+    CredsBatch, Effect, EffectId, EffectResult, Lookup, Mail, PasscodesBatch, PasswordHash, Secret, WriteBatch,
+};
 
 use crate::mail::Mailer;
 use crate::password::PasswordHasher;
-use crate::runner::{run_hash, run_mail, run_store_group};
+use crate::runner::{committed, hash, read, send, settle, verify};
 use crate::serve::ServeError;
 use crate::settings::Settings;
 use crate::store::{SessionCache, SqliteStore};
@@ -35,7 +41,11 @@ use crate::store::{SessionCache, SqliteStore};
 /// Called with each effect's result, on a worker thread.
 pub type OnResult = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
 
-type Job = (EffectId, Effect);
+/// The work of the hashers.
+enum PasswordJob {
+    Verify { hash: PasswordHash, candidate: Secret },
+    Hash { password: Secret },
+}
 
 /// The most lookups a reader answers from one read transaction.
 const READ_GROUP: usize = 64;
@@ -54,44 +64,39 @@ fn warm(store: &SqliteStore) {
     }
 }
 
-/// A worker's `run` that takes its effects one at a time.
-fn one_by_one<S>(run: fn(&S, &Effect) -> EffectResult) -> impl Fn(&mut S, &[&Effect]) -> Vec<EffectResult> + Clone {
-    move |state: &mut S, effects: &[&Effect]| effects.iter().map(|e| run(state, e)).collect()
-}
-
 /// The effect workers.
 pub struct EffectPool {
-    reads: Sender<Job>,
-    creds_writes: Sender<Job>,
-    passcode_writes: Sender<Job>,
-    hash: Sender<Job>,
-    mail: Sender<Job>,
+    reads: Sender<(EffectId, Lookup)>,
+    creds_writes: Sender<(EffectId, CredsBatch)>,
+    passcode_writes: Sender<(EffectId, PasscodesBatch)>,
+    passwords: Sender<(EffectId, PasswordJob)>,
+    mail: Sender<(EffectId, Mail)>,
     threads: Vec<JoinHandle<()>>,
 }
 
 /// Starts `count` threads that each take up to `group` queued jobs at a
 /// time and hand them to `run`, which returns one result per job.
-fn spawn<S: Send + 'static>(
+fn spawn<S: Send + 'static, J: Send + 'static>(
     name: &str,
     count: usize,
     group: usize,
-    jobs: &Receiver<Job>,
-    done: &OnResult,
+    jobs: &Receiver<(EffectId, J)>,
+    on_result: &OnResult,
     make: impl Fn() -> S,
-    run: impl Fn(&mut S, &[&Effect]) -> Vec<EffectResult> + Send + Clone + 'static,
+    run: impl Fn(&mut S, &[&J]) -> Vec<EffectResult> + Send + Clone + 'static,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..count.max(1))
         .map(|i| {
-            let (jobs, done, run, mut state) = (jobs.clone(), done.clone(), run.clone(), make());
+            let (jobs, on_result, run, mut state) = (jobs.clone(), on_result.clone(), run.clone(), make());
             std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
-                let mut taken: Vec<Job> = Vec::with_capacity(group);
+                let mut taken: Vec<(EffectId, J)> = Vec::with_capacity(group);
                 while let Ok(first) = jobs.recv() {
                     taken.push(first);
                     taken.extend(jobs.try_iter().take(group - 1));
-                    let effects: Vec<&Effect> = taken.iter().map(|(_, e)| e).collect();
-                    let mut results = run(&mut state, &effects).into_iter();
+                    let work: Vec<&J> = taken.iter().map(|(_, j)| j).collect();
+                    let mut results = run(&mut state, &work).into_iter();
                     for (id, _) in taken.drain(..) {
-                        done(id, results.next().unwrap_or(EffectResult::Failed));
+                        on_result(id, results.next().unwrap_or(EffectResult::Failed));
                     }
                 }
             })
@@ -99,11 +104,20 @@ fn spawn<S: Send + 'static>(
         .collect()
 }
 
+/// A store worker's connections; `None` if they could not be opened, and
+/// then each of its effects fails (retryable for the client).
+type StoreConn = Option<SqliteStore>;
+
+/// A store worker's answer when it has no connection.
+fn unavailable(count: usize) -> Vec<EffectResult> {
+    vec![EffectResult::Failed; count]
+}
+
 impl EffectPool {
     /// Starts the workers. Each store worker has its own connections to
     /// the files, which are opened and migrated once here first (so a bad
     /// data folder fails now).
-    pub fn start(settings: &Settings, hasher: &PasswordHasher, done: OnResult) -> Result<EffectPool, ServeError> {
+    pub fn start(settings: &Settings, hasher: &PasswordHasher, on_result: OnResult) -> Result<EffectPool, ServeError> {
         // One cache for every store connection of this process; its rules
         // are in `store::cache`.
         let mut store = SqliteStore::open(&settings.data_dir)?;
@@ -116,58 +130,105 @@ impl EffectPool {
         let (reads, reads_rx) = unbounded();
         let (creds_writes, creds_rx) = unbounded();
         let (passcode_writes, passcodes_rx) = unbounded();
-        let (hash, hash_rx) = unbounded();
+        let (passwords, passwords_rx) = unbounded();
         let (mail, mail_rx) = unbounded();
         let io = ServeError::os("cannot start a worker");
         let open = || store.attach().ok();
-        let run_store = |store: &mut Option<SqliteStore>, effects: &[&Effect]| match store {
-            Some(store) => run_store_group(store, effects),
-            None => vec![EffectResult::Failed; effects.len()],
-        };
         let mut threads = Vec::new();
-        for (name, count, group, jobs) in [
-            ("store-read", settings.workers.store, READ_GROUP, &reads_rx),
-            ("store-write-creds", 1, WRITE_GROUP, &creds_rx),
-            ("store-write-passcodes", 1, WRITE_GROUP, &passcodes_rx),
-        ] {
-            threads.extend(spawn(name, count, group, jobs, &done, open, run_store).map_err(io)?);
-        }
+        let (workers, on) = (&settings.workers, &on_result);
+        threads.extend(
+            spawn("store-read", workers.store, READ_GROUP, &reads_rx, on, open, |s: &mut StoreConn, lookups| match s {
+                Some(store) => read(store, lookups),
+                None => unavailable(lookups.len()),
+            })
+            .map_err(io)?,
+        );
+        threads.extend(
+            spawn("store-write-creds", 1, WRITE_GROUP, &creds_rx, on, open, |s: &mut StoreConn, batches| match s {
+                Some(store) => store.write_creds_group(batches).into_iter().map(|r| settle(r.map(committed))).collect(),
+                None => unavailable(batches.len()),
+            })
+            .map_err(io)?,
+        );
+        threads.extend(
+            spawn(
+                "store-write-passcodes",
+                1,
+                WRITE_GROUP,
+                &passcodes_rx,
+                on,
+                open,
+                |s: &mut StoreConn, batches| match s {
+                    Some(store) => {
+                        store.write_passcodes_group(batches).into_iter().map(|r| settle(r.map(committed))).collect()
+                    }
+                    None => unavailable(batches.len()),
+                },
+            )
+            .map_err(io)?,
+        );
         // The first store's connections go on to fill the cache.
         if settings.session_cache > 0 {
             threads
                 .push(std::thread::Builder::new().name("store-warm".into()).spawn(move || warm(&store)).map_err(io)?);
         }
         threads.extend(
-            spawn("hash", settings.workers.hash, 1, &hash_rx, &done, || hasher.clone(), one_by_one(run_hash))
-                .map_err(io)?,
+            spawn(
+                "hash",
+                workers.hash,
+                1,
+                &passwords_rx,
+                on,
+                || hasher.clone(),
+                |h: &mut PasswordHasher, jobs| {
+                    jobs.iter()
+                        .map(|job| match job {
+                            PasswordJob::Verify { hash: stored, candidate } => verify(h, stored, candidate),
+                            PasswordJob::Hash { password } => hash(h, password),
+                        })
+                        .collect()
+                },
+            )
+            .map_err(io)?,
         );
         threads.extend(
-            spawn("mail", settings.workers.mail, 1, &mail_rx, &done, || mailer.clone(), one_by_one(run_mail))
-                .map_err(io)?,
+            spawn(
+                "mail",
+                workers.mail,
+                1,
+                &mail_rx,
+                on,
+                || mailer.clone(),
+                |m: &mut Mailer, mails| mails.iter().map(|mail| send(m, mail)).collect(),
+            )
+            .map_err(io)?,
         );
-        Ok(EffectPool { reads, creds_writes, passcode_writes, hash, mail, threads })
+        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads })
     }
 
-    /// Queues an effect on the pool that carries out its kind.
+    /// Queues an effect on the workers that carry out its kind.
     pub fn submit(&self, id: EffectId, effect: Effect) {
-        let queue = match &effect {
-            Effect::Read(_) => &self.reads,
-            Effect::Write(WriteBatch::Creds(_)) => &self.creds_writes,
-            Effect::Write(WriteBatch::Passcodes(_)) => &self.passcode_writes,
-            Effect::VerifyPassword { .. } | Effect::HashPassword { .. } => &self.hash,
-            Effect::SendMail(_) => &self.mail,
-        };
         // The workers live as long as the pool; a send can only fail after
         // a worker panicked, and then the effect is lost with it.
-        if queue.send((id, effect)).is_err() {
+        let sent = match effect {
+            Effect::Read(lookup) => self.reads.send((id, lookup)).is_ok(),
+            Effect::Write(WriteBatch::Creds(batch)) => self.creds_writes.send((id, batch)).is_ok(),
+            Effect::Write(WriteBatch::Passcodes(batch)) => self.passcode_writes.send((id, batch)).is_ok(),
+            Effect::VerifyPassword { hash, candidate } => {
+                self.passwords.send((id, PasswordJob::Verify { hash, candidate })).is_ok()
+            }
+            Effect::HashPassword { password } => self.passwords.send((id, PasswordJob::Hash { password })).is_ok(),
+            Effect::SendMail(mail) => self.mail.send((id, mail)).is_ok(),
+        };
+        if !sent {
             tracing::error!(?id, "effect worker gone");
         }
     }
 
     /// Lets the queued effects finish, then stops the workers.
     pub fn shutdown(self) {
-        let EffectPool { reads, creds_writes, passcode_writes, hash, mail, threads } = self;
-        drop((reads, creds_writes, passcode_writes, hash, mail));
+        let EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads } = self;
+        drop((reads, creds_writes, passcode_writes, passwords, mail));
         for thread in threads {
             let _ = thread.join();
         }

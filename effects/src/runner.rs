@@ -1,14 +1,16 @@
 //! Carries out the engine's effects: reads and writes on the store,
-//! password checks on the hasher, mail on the mailer.
+//! password checks on the hasher, mail on the mailer. Each function takes
+//! one kind of effect, already routed: [`EffectRunner::run`] and the pool's
+//! `submit` are the only places that look at which kind an effect is.
 
-use tokenizer_auth_engine::{Effect, EffectResult, WriteBatch};
+use tokenizer_auth_engine::{Effect, EffectResult, Lookup, Mail, PasswordHash, Secret};
 
 use crate::mail::Mailer;
 use crate::password::PasswordHasher;
 use crate::store::{Commit, SqliteStore, StoreError};
 
-/// Runs every kind of effect, blocking, on one thread (tests, tools and
-/// the crash-safety child use it; servers spread the kinds over
+/// Runs every kind of effect, blocking, on the calling thread (tests, tools
+/// and the crash-safety child use it; servers spread the kinds over
 /// [`crate::pool::EffectPool`]).
 pub struct EffectRunner {
     /// The store.
@@ -24,85 +26,66 @@ impl EffectRunner {
     /// [`EffectResult::Failed`]; the engine turns that into a retryable error
     /// for the client.
     pub fn run(&mut self, effect: &Effect) -> EffectResult {
+        let one = |mut results: Vec<EffectResult>| results.pop().unwrap_or(EffectResult::Failed);
         match effect {
-            Effect::Read(_) | Effect::Write(_) => run_store(&mut self.store, effect),
-            Effect::VerifyPassword { .. } | Effect::HashPassword { .. } => run_hash(&self.hasher, effect),
-            Effect::SendMail(_) => run_mail(&self.mailer, effect),
+            Effect::Read(lookup) => one(read(&self.store, &[lookup])),
+            Effect::Write(batch) => {
+                let outcome = self.store.write_group(&[batch]).pop().unwrap_or(Err(StoreError::NoOutcome));
+                settle(outcome.map(committed))
+            }
+            Effect::VerifyPassword { hash, candidate } => verify(&self.hasher, hash, candidate),
+            Effect::HashPassword { password } => hash(&self.hasher, password),
+            Effect::SendMail(mail) => send(&self.mailer, mail),
         }
     }
 }
 
-/// A store effect. Failures are logged (never with a secret: store errors
-/// name files and SQLite's reason).
-pub(crate) fn run_store(store: &mut SqliteStore, effect: &Effect) -> EffectResult {
-    run_store_group(store, &[effect]).pop().unwrap_or(EffectResult::Failed)
+/// Lookups answered from one read transaction, in order.
+pub(crate) fn read(store: &SqliteStore, lookups: &[&Lookup]) -> Vec<EffectResult> {
+    let snapshots = store.read_many(lookups.iter().copied());
+    snapshots.into_iter().map(|r| settle(r.map(|s| EffectResult::Read(Box::new(s))))).collect()
 }
 
-/// Store effects taken together: each run of consecutive reads is answered
-/// from one read transaction, each run of consecutive writes is committed
-/// as one group. Runs keep their order, so a read after a write sees it.
-pub(crate) fn run_store_group(store: &mut SqliteStore, effects: &[&Effect]) -> Vec<EffectResult> {
-    let mut results = Vec::with_capacity(effects.len());
-    let mut rest = effects;
-    while let Some(first) = rest.first() {
-        let kind = std::mem::discriminant(*first);
-        let (now, later) = rest.split_at(rest.iter().take_while(|e| std::mem::discriminant(**e) == kind).count());
-        rest = later;
-        match first {
-            Effect::Read(_) => {
-                let lookups = now.iter().filter_map(|e| if let Effect::Read(l) = e { Some(l) } else { None });
-                let snapshots = store.read_many(lookups);
-                results.extend(snapshots.into_iter().map(|r| settle(r.map(|s| EffectResult::Read(Box::new(s))))));
-            }
-            Effect::Write(_) => {
-                let batches: Vec<&WriteBatch> =
-                    now.iter().filter_map(|e| if let Effect::Write(b) = e { Some(b) } else { None }).collect();
-                results.extend(store.write_group(&batches).into_iter().map(|r| {
-                    settle(r.map(|commit| match commit {
-                        Commit::Applied => EffectResult::Committed,
-                        Commit::Conflict => EffectResult::Conflict,
-                    }))
-                }));
-            }
-            // Not a store effect: it has no business here.
-            _ => results.extend(std::iter::repeat_n(EffectResult::Failed, now.len())),
-        }
+/// A store outcome as the engine takes it.
+pub(crate) fn committed(commit: Commit) -> EffectResult {
+    match commit {
+        Commit::Applied => EffectResult::Committed,
+        Commit::Conflict => EffectResult::Conflict,
     }
-    results
 }
 
-fn settle(outcome: Result<EffectResult, StoreError>) -> EffectResult {
+/// A store failure is logged (never with a secret: store errors name files
+/// and SQLite's reason) and reported as failed.
+pub(crate) fn settle(outcome: Result<EffectResult, StoreError>) -> EffectResult {
     outcome.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "store effect failed");
         EffectResult::Failed
     })
 }
 
-/// A password effect.
-pub(crate) fn run_hash(hasher: &PasswordHasher, effect: &Effect) -> EffectResult {
-    match effect {
-        Effect::VerifyPassword { hash, candidate } => EffectResult::Verified(hasher.verify(hash, candidate)),
-        Effect::HashPassword { password } => hasher.hash(password).map_or_else(
-            |e| {
-                tracing::warn!(error = %e, "password hashing failed");
-                EffectResult::Failed
-            },
-            EffectResult::Hashed,
-        ),
-        _ => EffectResult::Failed,
-    }
+/// Verifies a password against its stored hash.
+pub(crate) fn verify(hasher: &PasswordHasher, hash: &PasswordHash, candidate: &Secret) -> EffectResult {
+    EffectResult::Verified(hasher.verify(hash, candidate))
 }
 
-/// A mail effect.
-pub(crate) fn run_mail(mailer: &Mailer, effect: &Effect) -> EffectResult {
-    match effect {
-        Effect::SendMail(mail) => match mailer.send(mail) {
-            Ok(()) => EffectResult::Sent,
-            Err(e) => {
-                tracing::warn!(error = %e, "mail not sent");
-                EffectResult::Failed
-            }
+/// Hashes a password for storage.
+pub(crate) fn hash(hasher: &PasswordHasher, password: &Secret) -> EffectResult {
+    hasher.hash(password).map_or_else(
+        |e| {
+            tracing::warn!(error = %e, "password hashing failed");
+            EffectResult::Failed
         },
-        _ => EffectResult::Failed,
+        EffectResult::Hashed,
+    )
+}
+
+/// Hands a message to the relay or the outbox.
+pub(crate) fn send(mailer: &Mailer, mail: &Mail) -> EffectResult {
+    match mailer.send(mail) {
+        Ok(()) => EffectResult::Sent,
+        Err(e) => {
+            tracing::warn!(error = %e, "mail not sent");
+            EffectResult::Failed
+        }
     }
 }

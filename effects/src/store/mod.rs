@@ -311,6 +311,8 @@ impl SqliteStore {
     /// expectation checked after the batches before it. A batch that
     /// conflicts or fails is rolled back alone; the others commit. Results
     /// come in the batches' order, each only once its commit is durable.
+    /// (The servers' writers, one per file, use [`Self::write_creds_group`]
+    /// and [`Self::write_passcodes_group`], their batches already sorted.)
     pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
         let mut results: Vec<Option<Result<Commit, StoreError>>> = batches.iter().map(|_| None).collect();
         let (mut creds, mut passcodes) = (Vec::new(), Vec::new());
@@ -320,10 +322,36 @@ impl SqliteStore {
                 WriteBatch::Passcodes(b) => passcodes.push((i, b)),
             }
         }
-        group_commit(&mut self.passcodes, &passcodes, write_passcodes, &mut results, None);
+        self.commit_passcodes(&passcodes, &mut results);
+        self.commit_creds(&creds, &mut results);
+        outcomes(results)
+    }
+
+    /// [`Self::write_group`] for batches of `op_creds.db` alone.
+    pub fn write_creds_group(&mut self, batches: &[&CredsBatch]) -> Vec<Result<Commit, StoreError>> {
+        let mut results = batches.iter().map(|_| None).collect::<Vec<_>>();
+        self.commit_creds(&batches.iter().copied().enumerate().collect::<Vec<_>>(), &mut results);
+        outcomes(results)
+    }
+
+    /// [`Self::write_group`] for batches of `op_passcodes.db` alone.
+    pub fn write_passcodes_group(&mut self, batches: &[&PasscodesBatch]) -> Vec<Result<Commit, StoreError>> {
+        let mut results = batches.iter().map(|_| None).collect::<Vec<_>>();
+        self.commit_passcodes(&batches.iter().copied().enumerate().collect::<Vec<_>>(), &mut results);
+        outcomes(results)
+    }
+
+    fn commit_creds(&mut self, items: &[(usize, &CredsBatch)], results: &mut [Option<Result<Commit, StoreError>>]) {
         let hook = self.cache.as_deref().map(|cache| (cache, (|b: &CredsBatch| b.ops.as_slice()) as SessionOps<_>));
-        group_commit(&mut self.creds, &creds, write_creds, &mut results, hook);
-        results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NoOutcome))).collect()
+        group_commit(&mut self.creds, items, write_creds, results, hook);
+    }
+
+    fn commit_passcodes(
+        &mut self,
+        items: &[(usize, &PasscodesBatch)],
+        results: &mut [Option<Result<Commit, StoreError>>],
+    ) {
+        group_commit(&mut self.passcodes, items, write_passcodes, results, None);
     }
 
     fn user(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -409,6 +437,11 @@ fn session_epoch(conn: &Connection) -> Option<i64> {
 /// prepared once per connection: readers run these for every batch.
 fn run(conn: &Connection, sql: &str) -> bool {
     conn.prepare_cached(sql).and_then(|mut s| s.execute([])).is_ok()
+}
+
+/// Every slot filled by a group commit, in order.
+fn outcomes(results: Vec<Option<Result<Commit, StoreError>>>) -> Vec<Result<Commit, StoreError>> {
+    results.into_iter().map(|r| r.unwrap_or(Err(StoreError::NoOutcome))).collect()
 }
 
 /// One transaction for `items` (all on `conn`'s file); see
