@@ -9,9 +9,9 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
-use crate::Listener;
 use crate::codec::reply::Reply;
 use crate::config::Config;
+use crate::io::Listener;
 use crate::token::Peer;
 
 /// Where a connection is in its life.

@@ -14,7 +14,7 @@ use crate::codec::request::ParseError;
 use crate::config::Config;
 use crate::device::Mac;
 use crate::effect::{EffectId, EffectResult};
-use crate::engine::{ConnId, Listener, Output};
+use crate::io::{ConnId, Listener, Output};
 use crate::limits::{Counter, CounterKey, Limits, Window};
 use crate::passcode::{PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
 use crate::password::PasswordHash;

@@ -74,7 +74,8 @@ pub use wire::DecodeError;
 
 use crate::codec::request::{ParseError, Request};
 use crate::config::Config;
-use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::engine::Engine;
+use crate::io::{ConnId, Input, Listener, Output};
 use crate::server_key::{Fingerprint, ServerKey};
 use codec::{read_config, read_event, read_recorded, read_request_line, read_time};
 pub(crate) use playback::Playback;

@@ -7,7 +7,8 @@ use chrono::TimeDelta;
 
 use crate::codec::request::Request;
 use crate::config::Config;
-use crate::engine::{ConnId, Engine, Input, Listener};
+use crate::engine::Engine;
+use crate::io::{ConnId, Input, Listener};
 use crate::testkit::{TestRng, epoch};
 
 /// The `capture_reader` target. The bytes are read as a capture, and as the

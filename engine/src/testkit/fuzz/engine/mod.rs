@@ -12,7 +12,8 @@ use crate::codec::request::{REQUIRE_PASSCODE, Request};
 use crate::config::Config;
 use crate::device::{Mac, normalize_ip};
 use crate::effect::{Effect, EffectId, EffectResult};
-use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::engine::Engine;
+use crate::io::{ConnId, Input, Listener, Output};
 use crate::mail::find_passcode;
 use crate::passcode::{ALPHABET, LENGTH};
 use crate::store::{
