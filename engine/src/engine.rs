@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
-use crate::capture::{Playback, Recorder, RecordingRng};
 use crate::codec::legacy;
 use crate::codec::native::{Frame, next_frame};
 use crate::codec::reply::{ErrorCode, Reply};
@@ -21,6 +20,7 @@ use crate::effect::{Effect, EffectId, EffectResult};
 use crate::flow::{self, Ctx, Flow, Step};
 use crate::io::{ConnId, Input, Listener, Output};
 use crate::notice::Notice;
+use crate::recording::{Playback, Recorder, RecordingRng};
 use crate::timers::Timers;
 
 /// What the runtime may buffer for a connection that ignores
@@ -453,7 +453,7 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let seq = conn.open_slot();
         // A capture keeps the line's parse outcome, never a password (see
-        // `capture::redact`); a replay takes that outcome back.
+        // `recording::redact`); a replay takes that outcome back.
         let played = self.playback.as_mut().map(Playback::next);
         let parsed = match &played {
             Some(recorded) => recorded.parse(),

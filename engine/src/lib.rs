@@ -98,6 +98,7 @@ mod notice;
 mod passcode;
 mod password;
 mod random;
+mod recording;
 mod secret;
 mod server_key;
 mod session;
