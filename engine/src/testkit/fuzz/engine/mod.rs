@@ -1056,7 +1056,7 @@ fn model_frame(rest: &[u8], max_line: usize) -> ModelFrame<'_> {
 fn is_consumption(batch: &WriteBatch) -> bool {
     match batch {
         WriteBatch::Passcodes(PasscodesBatch { expect: Some(_), ops }) => {
-            ops.iter().any(|op| matches!(op, PasscodesOp::Reset(crate::limits::CounterKey::FailureStreak(_))))
+            ops.iter().any(|op| matches!(op, PasscodesOp::Reset(crate::counters::CounterKey::FailureStreak(_))))
         }
         _ => false,
     }
