@@ -150,7 +150,7 @@ fn show(recorded: Option<&Recorded>) -> String {
 
 impl<'a> Replay<'a> {
     /// [`Replay::with_key`] with the placeholder key of
-    /// [`Config::default`], which engines in tests run with.
+    /// [`crate::Config::default`], which engines in tests run with.
     pub fn new(bytes: &'a [u8]) -> Result<Replay<'a>, ReplayError> {
         Replay::with_key(bytes, &ServerKey::default())
     }
