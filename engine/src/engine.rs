@@ -1,5 +1,11 @@
 //! The engine: connections in, requests through their flows, replies and
 //! effects out. See the crate docs for the driving contract.
+//!
+//! The engine routes events and owns what is shared between connections
+//! (the effects in flight, the output queue, the timers, the shutdown); a
+//! connection's own life is the state machine in `connection`, whose
+//! transitions the engine calls, and its framing is the connection's
+//! [`Framing`], so nothing here asks which listener a connection came from.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -9,130 +15,18 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
-use crate::capture::{Playback, Recorder, RecordingRng};
-use crate::codec::legacy;
-use crate::codec::native::{Frame, next_frame};
+use crate::codec::native::Frame;
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::Request;
 use crate::config::Config;
-use crate::connection::{Connection, Due, Phase};
+use crate::connection::{Connection, Due, Framing, PeerClosed, Receipt, Settled};
 use crate::device::normalize_ip;
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::flow::{self, Ctx, Flow, Step};
+use crate::io::{ConnId, Input, Listener, Output};
 use crate::notice::Notice;
+use crate::recording::{Playback, Recorder, RecordingRng};
 use crate::timers::Timers;
-
-/// Names a connection. Chosen by the runtime; unique among open
-/// connections, and may be reused once the connection is closed.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
-pub struct ConnId(pub u64);
-
-/// Which listener accepted a connection, and so which protocol it speaks.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum Listener {
-    /// The native line protocol (default port 7160).
-    Native,
-    /// The old server's passcode port (7158): one pickled request.
-    LegacyPasscode,
-    /// The old server's login port (7159): one pickled request.
-    LegacyLogin,
-}
-
-/// Something that happened outside the engine.
-#[derive(Debug)]
-pub enum Input<'a> {
-    /// A client connected.
-    Opened {
-        /// Its id.
-        conn: ConnId,
-        /// Its address, as the socket reports it.
-        peer: IpAddr,
-        /// The listener that accepted it.
-        listener: Listener,
-    },
-    /// Bytes arrived.
-    Received {
-        /// From which connection.
-        conn: ConnId,
-        /// The bytes, as read.
-        bytes: &'a [u8],
-    },
-    /// The client will send nothing more: it closed (or half-closed) its
-    /// side. Replies still owed are sent before the engine closes.
-    Closed {
-        /// Which connection.
-        conn: ConnId,
-    },
-    /// The socket failed (a reset, a failed write): nothing more goes in
-    /// or out. The engine drops what it owes and closes.
-    Failed {
-        /// Which connection.
-        conn: ConnId,
-    },
-    /// The connection's socket took `bytes` more of what was transmitted.
-    /// Until it does, those bytes count against `max_backlog`, and a peer
-    /// that takes none for `write_timeout` is dropped.
-    Sent {
-        /// Which connection.
-        conn: ConnId,
-        /// How many bytes the socket took.
-        bytes: usize,
-    },
-    /// An effect finished.
-    Completed {
-        /// Which effect.
-        id: EffectId,
-        /// Its result.
-        result: EffectResult,
-    },
-    /// The deadline from [`Engine::poll_timeout`] has passed.
-    Timeout,
-    /// Stop: take no new connection or request, finish the requests in
-    /// flight and send their replies, for at most `shutdown_grace`; then
-    /// close what is left and say [`Output::Stopped`].
-    Shutdown,
-}
-
-/// Something the runtime must do.
-#[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Output {
-    /// Write these bytes to the connection, in full and in order.
-    Transmit {
-        /// Which connection.
-        conn: ConnId,
-        /// What to write.
-        bytes: Vec<u8>,
-    },
-    /// Everything owed was transmitted and taken: shut the write side of
-    /// the connection. Keep reading while [`Engine::wants_input`] says so
-    /// and feeding what arrives (it is discarded) until [`Output::Close`].
-    HalfClose {
-        /// Which connection.
-        conn: ConnId,
-    },
-    /// Close the connection now, dropping whatever of its bytes is not yet
-    /// written. The engine has forgotten it; this is the only way it
-    /// forgets one.
-    Close {
-        /// Which connection.
-        conn: ConnId,
-    },
-    /// Carry out an effect and report its result with
-    /// [`Input::Completed`].
-    Perform {
-        /// Its id.
-        id: EffectId,
-        /// What to do.
-        effect: Effect,
-    },
-    /// After [`Input::Shutdown`]: every connection is closed and nothing is
-    /// in flight (or the grace ran out). Said once; the runtime may stop.
-    Stopped,
-}
-
-/// What the runtime may buffer for a connection that ignores
-/// [`Engine::wants_input`]; past it the connection is closed.
-const MAX_BUFFERED: usize = 256 * 1024;
 
 /// Hash maps keyed by ids that the runtime and the engine choose, never a
 /// client: a multiplicative hash is enough, and it is deterministic (no OS
@@ -204,7 +98,7 @@ pub struct Engine {
     next_effect: u64,
     next_epoch: u64,
     password_checks: usize,
-    /// Connections in [`Phase::Lingering`].
+    /// Connections lingering after their last reply.
     lingering: usize,
     shutdown: Shutdown,
     notices: VecDeque<Notice>,
@@ -252,7 +146,7 @@ impl Engine {
     /// [`Output::Close`]).
     #[cfg(feature = "testkit")]
     pub(crate) fn has_connection(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| c.phase != Phase::Closed)
+        self.conns.get(&conn).is_some_and(|c| !c.is_closed())
     }
 
     /// Bytes a connection owes its peer: encoded, and not yet taken by its
@@ -343,17 +237,14 @@ impl Engine {
             match queued {
                 Queued::Perform(id, effect) => return Some(Output::Perform { id, effect }),
                 Queued::Transmit(conn, epoch) => {
-                    if let Some(c) = self.conns.get_mut(&conn).filter(|c| c.epoch == epoch) {
-                        c.transmit_queued = false;
-                        if !c.outbuf.is_empty() {
-                            let bytes = mem::take(&mut c.outbuf);
-                            c.unacked += bytes.len();
-                            return Some(Output::Transmit { conn, bytes });
-                        }
+                    if let Some(bytes) =
+                        self.conns.get_mut(&conn).filter(|c| c.epoch == epoch).and_then(|c| c.transmit())
+                    {
+                        return Some(Output::Transmit { conn, bytes });
                     }
                 }
                 Queued::HalfClose(conn, epoch) => {
-                    if self.conns.get(&conn).is_some_and(|c| c.epoch == epoch && c.phase != Phase::Closed) {
+                    if self.conns.get(&conn).is_some_and(|c| c.epoch == epoch && !c.is_closed()) {
                         return Some(Output::HalfClose { conn });
                     }
                 }
@@ -392,20 +283,7 @@ impl Engine {
     /// closing) the runtime leaves the socket unread; check again after
     /// draining outputs.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| match c.phase {
-            // Read only to be discarded, so the close is not a reset.
-            Phase::Lingering(_) => true,
-            Phase::Draining | Phase::Closed => false,
-            Phase::Open => match c.listener {
-                Listener::Native => {
-                    // One byte past the line limit: a CR whose LF is still to come.
-                    c.in_flight() < self.config.max_pipeline
-                        && c.unsent() < self.config.max_backlog.max(1)
-                        && c.inbuf.len() <= self.config.max_line.saturating_add(1)
-                }
-                Listener::LegacyPasscode | Listener::LegacyLogin => !c.legacy_started,
-            },
-        })
+        self.conns.get(&conn).is_some_and(|c| c.wants_input(&self.config))
     }
 
     fn open(&mut self, id: ConnId, peer: IpAddr, listener: Listener) {
@@ -414,15 +292,13 @@ impl Engine {
         let mut conn = Connection::new(self.next_epoch, normalize_ip(peer), listener, self.now);
         if self.shutdown != Shutdown::No {
             // Accepted just before the listeners closed: nothing is served.
-            conn.phase = Phase::Closed;
+            conn.abort();
             self.queue.push_back(Queued::Close(id, conn.epoch));
             self.conns.insert(id, conn);
             return;
         }
         if full {
-            let seq = conn.open_slot();
-            conn.fill(seq, Reply::Error(ErrorCode::TooManyConnections));
-            conn.phase = Phase::Draining;
+            conn.refuse(Reply::Error(ErrorCode::TooManyConnections));
         }
         self.conns.insert(id, conn);
         self.pump(id);
@@ -430,87 +306,58 @@ impl Engine {
 
     fn receive(&mut self, id: ConnId, bytes: &[u8]) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.phase != Phase::Open {
-            // Lingering input is discarded; a runtime that reads past
-            // `wants_input` elsewhere loses what it read.
-            return;
+        match conn.receive(bytes, self.now) {
+            Receipt::Buffered => self.pump(id),
+            Receipt::Ignored => {}
+            Receipt::Overflow => self.close_now(id),
         }
-        conn.last_active = self.now;
-        match conn.listener {
-            Listener::Native => {
-                if conn.inbuf.len() + bytes.len() > MAX_BUFFERED {
-                    self.close_now(id);
-                    return;
-                }
-                conn.inbuf.extend_from_slice(bytes);
-            }
-            Listener::LegacyPasscode | Listener::LegacyLogin => {
-                if conn.legacy_started {
-                    return;
-                }
-                if bytes.is_empty() {
-                    return;
-                }
-                let room = legacy::MAX_REQUEST - conn.inbuf.len().min(legacy::MAX_REQUEST);
-                conn.inbuf.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                conn.partial_since.get_or_insert(self.now);
-                if legacy::is_whole(&conn.inbuf) {
-                    self.start_legacy(id);
-                    return;
-                }
-            }
-        }
-        self.pump(id);
     }
 
-    /// Takes what requests it can from a native connection's buffer,
-    /// encodes the replies that are ready (within `max_backlog`), moves the
-    /// connection on in its life once it owes nothing, and re-arms its
-    /// deadline. Every change of a connection ends here.
+    /// Takes what requests it can from a connection's buffer, encodes the
+    /// replies that are ready (within `max_backlog`), moves the connection
+    /// on in its life once it owes nothing, and re-arms its deadline. Every
+    /// change of a connection ends here.
     fn pump(&mut self, id: ConnId) {
         let (now, max_backlog) = (self.now, self.config.max_backlog);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         // Replies that are ready leave first, making room in the pipeline
-        // for the lines still waiting.
+        // for the requests still waiting.
         conn.flush(now, max_backlog);
-        if conn.listener == Listener::Native && conn.phase == Phase::Open && !conn.inbuf.is_empty() {
-            self.take_lines(id);
-        }
+        self.take_requests(id);
         let Some(conn) = self.conns.get_mut(&id) else { return };
         conn.flush(now, max_backlog);
-        if !conn.outbuf.is_empty() && !conn.transmit_queued {
-            conn.transmit_queued = true;
+        if conn.queue_transmit() {
             self.queue.push_back(Queued::Transmit(id, conn.epoch));
         }
-        if conn.phase == Phase::Draining && conn.owes_nothing() {
-            if conn.peer_done {
-                conn.phase = Phase::Closed;
+        match conn.settle(now, &self.config) {
+            Some(Settled::Closed) => {
                 self.queue.push_back(Queued::Close(id, conn.epoch));
                 return;
             }
-            conn.phase = Phase::Lingering(now + self.config.close_linger);
-            self.lingering += 1;
-            self.queue.push_back(Queued::HalfClose(id, conn.epoch));
+            Some(Settled::HalfClosed) => {
+                self.lingering += 1;
+                self.queue.push_back(Queued::HalfClose(id, conn.epoch));
+            }
+            None => {}
         }
-        if let Some((at, _)) = conn.deadline(&self.config)
-            && conn.timer_at.is_none_or(|t| at < t)
-        {
-            conn.timer_at = Some(at);
+        if let Some(at) = conn.arm(&self.config) {
             self.timers.schedule(at, id, conn.epoch);
         }
     }
 
-    fn take_lines(&mut self, id: ConnId) {
+    /// Starts the whole requests buffered on a connection that takes them,
+    /// while its pipeline has room.
+    fn take_requests(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        let buf = mem::take(&mut conn.inbuf);
-        let (epoch, peer) = (conn.epoch, conn.peer.ip());
+        let Some(buf) = conn.take_input() else { return };
+        let (epoch, peer, framing) = (conn.epoch, conn.peer.ip(), conn.framing());
+        let pipeline = framing.pipeline(&self.config);
         let mut consumed = 0;
-        let mut too_long = false;
-        while self.conns.get(&id).is_some_and(|c| c.in_flight() < self.config.max_pipeline) {
-            match next_frame(&buf[consumed..], self.config.max_line) {
+        while self.conns.get(&id).is_some_and(|c| c.in_flight() < pipeline) {
+            match framing.next_request(&buf[consumed..], self.config.max_line) {
                 Frame::Line { line, consumed: n } => {
                     consumed += n;
-                    self.start_request(id, epoch, peer, line, Listener::Native);
+                    self.start_request(id, epoch, peer, line, framing);
                     // Replies decided at once leave the pipeline now (while
                     // the backlog has room), so a burst of them cannot fill
                     // it and stall the rest.
@@ -521,46 +368,35 @@ impl Engine {
                 }
                 Frame::Incomplete => break,
                 Frame::TooLong => {
-                    too_long = true;
-                    break;
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.line_too_long();
+                    }
+                    return;
                 }
             }
         }
-        let Some(conn) = self.conns.get_mut(&id) else { return };
-        if too_long {
-            let seq = conn.open_slot();
-            conn.fill(seq, Reply::Error(ErrorCode::LineTooLong));
-            conn.phase = Phase::Draining;
-            conn.partial_since = None;
-            return;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.took(buf, consumed, self.now);
         }
-        let mut buf = buf;
-        buf.drain(..consumed);
-        if buf.is_empty() {
-            conn.partial_since = None;
-        } else if consumed > 0 || conn.partial_since.is_none() {
-            conn.partial_since = Some(self.now);
-        }
-        conn.inbuf = buf;
     }
 
-    fn start_legacy(&mut self, id: ConnId) {
+    /// The rest of a request did not come in time: what came is served as
+    /// it is, and nothing more is read.
+    fn serve_as_is(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        conn.legacy_started = true;
-        conn.phase = Phase::Draining;
-        let buf = mem::take(&mut conn.inbuf);
-        let (epoch, peer, listener) = (conn.epoch, conn.peer.ip(), conn.listener);
-        self.start_request(id, epoch, peer, legacy::request(&buf), listener);
+        let (epoch, peer, framing) = (conn.epoch, conn.peer.ip(), conn.framing());
+        let buf = conn.give_up_waiting();
+        self.start_request(id, epoch, peer, framing.as_is(&buf), framing);
         self.pump(id);
     }
 
     /// Parses one request and starts its flow. Requests that cannot be
     /// served get their reply at once (still in order).
-    fn start_request(&mut self, id: ConnId, epoch: u64, peer: IpAddr, line: &[u8], listener: Listener) {
+    fn start_request(&mut self, id: ConnId, epoch: u64, peer: IpAddr, line: &[u8], framing: Framing) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let seq = conn.open_slot();
         // A capture keeps the line's parse outcome, never a password (see
-        // `capture::redact`); a replay takes that outcome back.
+        // `recording::redact`); a replay takes that outcome back.
         let played = self.playback.as_mut().map(Playback::next);
         let parsed = match &played {
             Some(recorded) => recorded.parse(),
@@ -569,16 +405,12 @@ impl Engine {
         if let Some(recorder) = &mut self.capture {
             recorder.request(line, &parsed);
         }
-        let step = match (parsed, listener) {
-            (Ok(Request::Token(r)), Listener::Native) => flow::token_check::start(&r, &mut conn.peer),
-            (Ok(Request::Passcode(r)), Listener::Native | Listener::LegacyPasscode) => {
-                flow::passcode_request::start(&r, peer, &self.config.limits)
-            }
-            (Ok(Request::Login(r)), Listener::Native | Listener::LegacyLogin) => {
-                flow::login::start(&r, peer, &self.config.limits)
-            }
-            (Ok(_), _) => Step::Done(Reply::False),
-            (Err(_), _) => Step::Done(Reply::Error(ErrorCode::Malformed)),
+        let step = match parsed {
+            Ok(request) if !framing.serves(&request) => Step::Done(Reply::False),
+            Ok(Request::Token(r)) => flow::token_check::start(&r, &mut conn.peer),
+            Ok(Request::Passcode(r)) => flow::passcode_request::start(&r, peer, &self.config.limits),
+            Ok(Request::Login(r)) => flow::login::start(&r, peer, &self.config.limits),
+            Err(_) => Step::Done(Reply::Error(ErrorCode::Malformed)),
         };
         match step {
             Step::Done(reply) => conn.fill(seq, reply),
@@ -636,15 +468,10 @@ impl Engine {
     /// connection closes.
     fn peer_closed(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        conn.peer_done = true;
-        match conn.phase {
-            Phase::Closed => {}
-            // Nothing more will come to discard.
-            Phase::Lingering(_) => self.close_now(id),
-            Phase::Open | Phase::Draining => {
-                conn.stop_reading();
-                self.pump(id);
-            }
+        match conn.peer_closed() {
+            PeerClosed::Nothing => {}
+            PeerClosed::Drain => self.pump(id),
+            PeerClosed::Abort => self.close_now(id),
         }
     }
 
@@ -652,7 +479,7 @@ impl Engine {
     fn sent(&mut self, id: ConnId, bytes: usize) {
         let now = self.now;
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        if conn.phase == Phase::Closed {
+        if conn.is_closed() {
             return;
         }
         conn.taken(bytes, now);
@@ -662,12 +489,10 @@ impl Engine {
     /// Closes a connection at once, dropping replies and bytes not yet out.
     fn close_now(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        match conn.phase {
-            Phase::Closed => return,
-            Phase::Lingering(_) => self.lingering -= 1,
-            Phase::Open | Phase::Draining => {}
+        let Some(aborted) = conn.abort() else { return };
+        if aborted.lingered {
+            self.lingering -= 1;
         }
-        conn.abandon();
         self.queue.push_back(Queued::Close(id, conn.epoch));
     }
 
@@ -686,14 +511,13 @@ impl Engine {
         }
         while let Some((at, id, epoch)) = self.timers.pop_due(now) {
             let Some(conn) = self.conns.get_mut(&id) else { continue };
-            if conn.epoch != epoch || conn.timer_at != Some(at) {
+            if conn.epoch != epoch || !conn.fired(at) {
                 continue;
             }
-            conn.timer_at = None;
             match conn.deadline(&self.config) {
                 Some((due, why)) if due <= now => match why {
                     Due::WriteStall | Due::Linger => self.close_now(id),
-                    Due::LegacyServe => self.start_legacy(id),
+                    Due::ServeAsIs => self.serve_as_is(id),
                     Due::Quiet => {
                         conn.stop_reading();
                         self.pump(id);
@@ -726,7 +550,7 @@ impl Engine {
     fn check_stopped(&mut self) {
         if matches!(self.shutdown, Shutdown::Until(_))
             && self.tasks.is_empty()
-            && self.conns.values().all(|c| c.phase == Phase::Closed)
+            && self.conns.values().all(Connection::is_closed)
         {
             self.shutdown = Shutdown::Done;
             self.queue.push_back(Queued::Stopped);

@@ -77,6 +77,22 @@
 //! Bytes from the network never make the engine panic; a panic is a bug in
 //! the engine. A runtime that makes a protocol decision is a bug in the
 //! runtime: the decision belongs here.
+//!
+//! # Layout
+//!
+//! The modules depend on each other one way only, from the top of this
+//! list down (`tests/module_graph.rs` fails on any import cycle):
+//!
+//! 1. `capture` (the replay) and `testkit` drive an [`Engine`].
+//! 2. `engine`: connections in, requests through their flows, effects and
+//!    replies out.
+//! 3. What the engine holds, none of which knows the engine or each other:
+//!    `connection` (a connection's life, and its framing per listener),
+//!    `flow/` (one state machine per request), `recording` (a capture
+//!    being written, and the format it shares with replay), `timers`.
+//! 4. Plain types and pure rules: `io` (inputs and outputs), `effect`,
+//!    `store`, `limits` over `counters`, `codec/`, `config`, and the domain
+//!    types (tokens, passcodes, passwords, sessions, devices, secrets).
 
 // Inputs, effects and flow states are moved a few times per request; boxing
 // their large variants would add an allocation per effect on the hot path.
@@ -86,17 +102,20 @@ pub mod capture;
 pub mod codec;
 mod config;
 mod connection;
+mod counters;
 mod device;
 mod effect;
 mod engine;
 mod flow;
 mod hex;
+mod io;
 mod limits;
 pub mod mail;
 mod notice;
 mod passcode;
 mod password;
 mod random;
+mod recording;
 mod secret;
 mod server_key;
 mod session;
@@ -109,10 +128,12 @@ pub mod testkit;
 
 pub use codec::reply::{ErrorCode, LOGIN_PREFIX, Reply};
 pub use config::{Config, DEFAULT_DUMMY_PASSWORD, MAX_DURATION, MAX_LINE};
+pub use counters::{Bound, Counter, CounterKey, Refund, Reservation};
 pub use device::{Mac, normalize_ip};
 pub use effect::{Effect, EffectId, EffectResult, Mail};
-pub use engine::{ConnId, Engine, Input, Listener, Output};
-pub use limits::{Bound, Counter, CounterKey, Limits, Refund, Reservation, Window};
+pub use engine::Engine;
+pub use io::{ConnId, Input, Listener, Output};
+pub use limits::{Limits, Window};
 pub use notice::Notice;
 pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
 pub use password::{DEFAULT_MIN_PASSWORD_LENGTH, NewPasswordRule, PasswordHash};

@@ -12,8 +12,8 @@
 
 use chrono::{DateTime, Utc};
 
+use crate::counters::{Counter, CounterKey, Refund, Reservation};
 use crate::device::Mac;
-use crate::limits::{Counter, CounterKey, Refund, Reservation};
 use crate::passcode::{PasscodeKey, PasscodeRecord, StoredPasscode};
 use crate::password::PasswordHash;
 use crate::token::MasterToken;

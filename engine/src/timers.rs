@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 
 use chrono::{DateTime, Utc};
 
-use crate::ConnId;
+use crate::io::ConnId;
 
 #[derive(Default)]
 pub(crate) struct Timers {

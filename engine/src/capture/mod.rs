@@ -5,7 +5,7 @@
 //! recorded bytes back and the recorded request lines in place of parsing,
 //! and checks that every output comes out the same, byte for byte.
 //!
-//! No password is ever written ([`redact`](self) says how): received bytes
+//! No password is ever written (`recording/redact.rs` says how): received bytes
 //! are masked down to the bytes that frame lines, each request line is kept
 //! as its parse outcome (a parsed line without its password, a line that
 //! does not parse as the reason only), a legacy plaintext password in a read
@@ -60,190 +60,23 @@
 //! Version 1 (before the server key) had no fingerprint; its passcodes were
 //! unkeyed, so this engine could not replay it faithfully, and it is
 //! refused.
+//!
+//! # Layout
+//!
+//! This module is the replay side: [`Replay`] drives an engine, so it
+//! depends on `engine.rs`. The recording side, which an engine holds while
+//! it records (and the format and redaction both sides share), is the
+//! private module `recording`, which knows the inputs and outputs but never
+//! the engine. So the engine depends on `recording`, this module on both,
+//! and nothing on this module but the crate's users.
 
-mod codec;
-mod playback;
-pub(crate) mod redact;
-mod rng;
-mod wire;
-
-use chrono::{DateTime, Utc};
-
-pub use codec::{Event, Recorded};
-pub use wire::DecodeError;
-
-use crate::codec::request::{ParseError, Request};
-use crate::config::Config;
-use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::engine::Engine;
+use crate::io::Input;
+use crate::recording::codec::{read_config, read_event, read_recorded, read_request_line, read_time};
+use crate::recording::wire::Reader;
+pub use crate::recording::{DecodeError, Event, MAGIC, Recorded, VERSION};
+use crate::recording::{Playback, PlaybackRng};
 use crate::server_key::{Fingerprint, ServerKey};
-use codec::{read_config, read_event, read_recorded, read_request_line, read_time};
-pub(crate) use playback::Playback;
-use redact::RequestLine;
-use rng::PlaybackRng;
-pub(crate) use rng::RecordingRng;
-use wire::{Reader, Writer};
-
-/// The first bytes of every capture.
-pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
-/// The format version this engine writes and reads.
-pub const VERSION: u32 = 2;
-/// The end mark: a record length no record has.
-const END: [u8; 4] = 0u32.to_le_bytes();
-
-/// What an engine keeps while it records.
-pub(crate) struct Recorder {
-    /// Each open connection's listener, which says how to mask its bytes.
-    listeners: std::collections::BTreeMap<ConnId, Listener>,
-    body: Option<Writer>,
-    lines: Writer,
-    line_count: u32,
-    outputs: Writer,
-    count: u32,
-    done: Vec<u8>,
-    /// Bytes of the capture so far: the header and the finished records.
-    size: u64,
-    /// The most the capture may hold, end mark included.
-    max: u64,
-    /// The bound was reached: the end mark is written, nothing more is.
-    stopped: bool,
-}
-
-impl Recorder {
-    /// A recorder whose capture, `header` included, stays within `max`
-    /// bytes, and the file header for an engine with `config`.
-    pub(crate) fn start(config: &Config, max: u64) -> (Recorder, Vec<u8>) {
-        let mut w = Writer::default();
-        w.buf.extend_from_slice(MAGIC);
-        w.u32(VERSION);
-        codec::config(&mut w, config);
-        let mut recorder = Recorder {
-            listeners: Default::default(),
-            body: None,
-            lines: Writer::default(),
-            line_count: 0,
-            outputs: Writer::default(),
-            count: 0,
-            done: Vec::new(),
-            size: w.buf.len() as u64,
-            max,
-            stopped: false,
-        };
-        if recorder.size + END.len() as u64 > max {
-            recorder.stop();
-        }
-        (recorder, w.buf)
-    }
-
-    /// Whether calls are still recorded.
-    pub(crate) fn recording(&self) -> bool {
-        !self.stopped
-    }
-
-    /// Whether the capture stopped at its bound.
-    pub(crate) fn stopped(&self) -> bool {
-        self.stopped
-    }
-
-    /// Starts the record of one `handle` call.
-    pub(crate) fn begin(&mut self, now: DateTime<Utc>, input: &Input<'_>) {
-        self.finish();
-        if self.stopped {
-            return;
-        }
-        let event = match input {
-            Input::Opened { conn, peer, listener } => {
-                self.listeners.insert(*conn, *listener);
-                Event::Opened { conn: *conn, peer: *peer, listener: *listener }
-            }
-            Input::Received { conn, bytes } => {
-                // Bytes for a connection the engine does not hold are
-                // ignored by it; masked as native, they keep the least.
-                let listener = self.listeners.get(conn).copied().unwrap_or(Listener::Native);
-                Event::Received { conn: *conn, bytes: redact::mask(listener, bytes) }
-            }
-            Input::Closed { conn } => Event::Closed { conn: *conn },
-            Input::Completed { id, result } => Event::Completed { id: *id, result: result.clone() },
-            Input::Timeout => Event::Timeout,
-            Input::Failed { conn } => Event::Failed { conn: *conn },
-            Input::Sent { conn, bytes } => Event::Sent { conn: *conn, bytes: *bytes as u64 },
-            Input::Shutdown => Event::Shutdown,
-        };
-        let mut w = Writer::default();
-        codec::time(&mut w, now);
-        codec::event(&mut w, &event);
-        self.body = Some(w);
-    }
-
-    /// A request line the call took, with its parse outcome.
-    pub(crate) fn request(&mut self, line: &[u8], parsed: &Result<Request<'_>, ParseError>) {
-        if self.body.is_some() {
-            codec::request_line(&mut self.lines, &RequestLine::of(line, parsed));
-            self.line_count += 1;
-        }
-    }
-
-    /// The randomness the call drew.
-    pub(crate) fn drew(&mut self, bytes: &[u8]) {
-        if let Some(w) = &mut self.body {
-            w.bytes(bytes);
-        }
-    }
-
-    /// One output of the call.
-    pub(crate) fn output(&mut self, output: &Output) {
-        if self.body.is_some() {
-            codec::recorded(&mut self.outputs, &Recorded::of(output));
-            self.count += 1;
-        }
-    }
-
-    /// Closes the current record; or, if it would take the capture past its
-    /// bound, drops it and ends the capture.
-    fn finish(&mut self) {
-        let lines = core::mem::take(&mut self.lines.buf);
-        let outputs = core::mem::take(&mut self.outputs.buf);
-        let (line_count, count) = (self.line_count, self.count);
-        (self.line_count, self.count) = (0, 0);
-        let Some(mut body) = self.body.take() else { return };
-        body.u32(line_count);
-        body.buf.extend_from_slice(&lines);
-        body.u32(count);
-        body.buf.extend_from_slice(&outputs);
-        let mut framed = Writer::default();
-        framed.bytes(&body.buf);
-        let size = self.size + framed.buf.len() as u64;
-        if size + END.len() as u64 > self.max {
-            self.stop();
-            return;
-        }
-        self.size = size;
-        self.done.append(&mut framed.buf);
-        // The buffers keep their capacity for the next record.
-        self.lines.buf = lines;
-        self.lines.buf.clear();
-        self.outputs.buf = outputs;
-        self.outputs.buf.clear();
-    }
-
-    fn stop(&mut self) {
-        self.stopped = true;
-        self.body = None;
-        self.listeners.clear();
-        self.done.extend_from_slice(&END);
-        self.size += END.len() as u64;
-    }
-
-    /// Whole records not yet taken.
-    pub(crate) fn take(&mut self) -> Vec<u8> {
-        self.finish();
-        std::mem::take(&mut self.done)
-    }
-
-    /// Forgets a connection the engine closed.
-    pub(crate) fn forget(&mut self, conn: ConnId) {
-        self.listeners.remove(&conn);
-    }
-}
 
 /// Why a capture does not replay.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -317,7 +150,7 @@ fn show(recorded: Option<&Recorded>) -> String {
 
 impl<'a> Replay<'a> {
     /// [`Replay::with_key`] with the placeholder key of
-    /// [`Config::default`], which engines in tests run with.
+    /// [`crate::Config::default`], which engines in tests run with.
     pub fn new(bytes: &'a [u8]) -> Result<Replay<'a>, ReplayError> {
         Replay::with_key(bytes, &ServerKey::default())
     }

@@ -21,9 +21,10 @@ use rand_core::CryptoRng;
 
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::LoginRequest;
+use crate::counters::CounterKey;
 use crate::effect::{Effect, EffectResult};
 use crate::flow::{Ctx, Flow, Step, credentials};
-use crate::limits::{AttemptKind, CounterKey, Limits};
+use crate::limits::{AttemptKind, Limits};
 use crate::passcode::{PasscodeKey, PasscodeRecord};
 use crate::random;
 use crate::secret::Secret;

@@ -10,8 +10,8 @@ use rand_core::CryptoRng;
 
 use crate::codec::reply::Reply;
 use crate::config::Config;
+use crate::counters::CounterKey;
 use crate::effect::{Effect, EffectResult};
-use crate::limits::CounterKey;
 use crate::notice::Notice;
 
 pub(crate) mod credentials;

@@ -8,9 +8,9 @@ use std::hash::{BuildHasherDefault, DefaultHasher};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::counters::{Counter, CounterKey};
 use crate::effect::EffectResult;
 use crate::hex;
-use crate::limits::{Counter, CounterKey};
 use crate::passcode::{PasscodeKey, PasscodeRecord};
 use crate::password::PasswordHash;
 use crate::secret::Secret;

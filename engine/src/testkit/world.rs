@@ -10,7 +10,8 @@ use rand_core::Rng;
 use crate::codec::reply::LOGIN_PREFIX;
 use crate::config::Config;
 use crate::effect::{Effect, EffectId, EffectResult, Mail};
-use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::engine::Engine;
+use crate::io::{ConnId, Input, Listener, Output};
 use crate::mail::find_passcode;
 use crate::testkit::{MemoryStore, TestRng, test_hash, test_verify};
 

@@ -7,7 +7,8 @@ use chrono::TimeDelta;
 
 use crate::codec::request::Request;
 use crate::config::Config;
-use crate::engine::{ConnId, Engine, Input, Listener};
+use crate::engine::Engine;
+use crate::io::{ConnId, Input, Listener};
 use crate::testkit::{TestRng, epoch};
 
 /// The `capture_reader` target. The bytes are read as a capture, and as the
@@ -21,8 +22,8 @@ use crate::testkit::{TestRng, epoch};
 /// parse to the same outcome (same kind and fields, same reason when
 /// malformed) with no password.
 pub fn capture_reader(data: &[u8]) {
-    use crate::capture::redact::{RequestLine, mask};
     use crate::capture::{MAGIC, Replay};
+    use crate::recording::redact::{RequestLine, mask};
     let replay_all = |bytes: &[u8]| {
         if let Ok(replay) = Replay::new(bytes) {
             let _ = replay.run();

@@ -11,7 +11,7 @@ use crate::codec::legacy;
 use crate::codec::pickle;
 use crate::codec::request::Request;
 use crate::config::Config;
-use crate::engine::Listener;
+use crate::io::Listener;
 use crate::store::UserRecord;
 use crate::testkit::World;
 

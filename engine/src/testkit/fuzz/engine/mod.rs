@@ -12,7 +12,8 @@ use crate::codec::request::{REQUIRE_PASSCODE, Request};
 use crate::config::Config;
 use crate::device::{Mac, normalize_ip};
 use crate::effect::{Effect, EffectId, EffectResult};
-use crate::engine::{ConnId, Engine, Input, Listener, Output};
+use crate::engine::Engine;
+use crate::io::{ConnId, Input, Listener, Output};
 use crate::mail::find_passcode;
 use crate::passcode::{ALPHABET, LENGTH};
 use crate::store::{
@@ -1055,7 +1056,7 @@ fn model_frame(rest: &[u8], max_line: usize) -> ModelFrame<'_> {
 fn is_consumption(batch: &WriteBatch) -> bool {
     match batch {
         WriteBatch::Passcodes(PasscodesBatch { expect: Some(_), ops }) => {
-            ops.iter().any(|op| matches!(op, PasscodesOp::Reset(crate::limits::CounterKey::FailureStreak(_))))
+            ops.iter().any(|op| matches!(op, PasscodesOp::Reset(crate::counters::CounterKey::FailureStreak(_))))
         }
         _ => false,
     }

@@ -7,7 +7,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use chrono::TimeDelta;
 
 use crate::config::Config;
-use crate::engine::Listener;
+use crate::io::Listener;
 use crate::limits::{Limits, Window};
 use crate::passcode::PasscodePolicy;
 use crate::password::PasswordHash;

@@ -26,7 +26,7 @@
 //! outcome, so every output comes out the same.
 
 use crate::codec::request::{ParseError, Request};
-use crate::engine::Listener;
+use crate::io::Listener;
 
 /// What a masked byte becomes.
 pub(crate) const MASK: u8 = b'*';
