@@ -7,7 +7,7 @@
 //! passcode from.
 //!
 //! [`Mailer::send`] returns `Ok(())` only once the relay accepted the message
-//! (or the file is durably in the outbox); the executor then answers
+//! (or the file is durably in the outbox); the runner then answers
 //! [`EffectResult::Sent`](tokenizer_auth_engine::EffectResult::Sent), and on
 //! any error [`EffectResult::Failed`](tokenizer_auth_engine::EffectResult::Failed).
 //!
