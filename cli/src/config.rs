@@ -107,19 +107,7 @@ const KEYS: &[Key] = &[
     key!("passcode_requests_per_ip", engine.limits.passcode_requests_per_ip.max, |raw| raw.count(0), number),
     key!("failures_per_email", engine.limits.failures_per_email.max, |raw| raw.count(0), number),
     key!("failures_per_ip", engine.limits.failures_per_ip.max, |raw| raw.count(0), number),
-    // 0 turns the lockout off, like 0 for the windows.
-    Key {
-        name: "max_consecutive_failures",
-        set: |c, raw| {
-            raw.count(0).map(|n| c.engine.limits.max_consecutive_failures = if n == 0 { u32::MAX } else { n })
-        },
-        show: |c| {
-            number(&match c.engine.limits.max_consecutive_failures {
-                u32::MAX => 0,
-                n => n,
-            })
-        },
-    },
+    key!("max_consecutive_failures", engine.limits.max_consecutive_failures, |raw| raw.count(0), number),
     key!("lockout", engine.limits.lockout, |raw| raw.delta(true), delta),
     key!(
         "ipv6_limit_prefix",
@@ -797,7 +785,7 @@ mod tests {
         let engine = &config.settings().engine;
         assert_eq!(engine.session.max_age, TimeDelta::zero());
         assert_eq!(engine.legacy_wait, TimeDelta::milliseconds(250));
-        assert_eq!(engine.limits.max_consecutive_failures, u32::MAX);
+        assert_eq!(engine.limits.max_consecutive_failures, 0);
         assert_eq!(engine.limits.failures_per_email.period, TimeDelta::minutes(15));
         assert_eq!(config.settings().capture_max_bytes, 1 << 20);
         let MailConfig::Smtp(relay) = config.mail() else { panic!("no relay") };
