@@ -523,6 +523,7 @@ impl Configuration {
 }
 
 /// How `config show` prints one key.
+#[derive(PartialEq, Debug)]
 enum Shown {
     Value(toml::Value),
     Unset(&'static str),
@@ -806,10 +807,28 @@ mod tests {
     }
 
     #[test]
-    fn every_key_is_documented() {
+    fn every_key_is_documented_with_its_default() {
+        // A row is "| `key` | default | meaning |". A default in backticks
+        // must load to the real one; one in words is for a key not set by
+        // default, or for hash_workers, which the machine decides.
         let docs = include_str!("../../docs/CONFIGURATION.md");
-        for key in KEYS.iter().map(|key| key.name) {
-            assert!(docs.contains(&format!("| `{key}` |")), "{key} is not in docs/CONFIGURATION.md");
+        let rows: Vec<(&str, &str)> =
+            docs.lines().filter_map(|line| line.strip_prefix("| `")?.split_once("` | ")).collect();
+        assert_eq!(rows.len(), KEYS.len(), "docs/CONFIGURATION.md should list each key once and nothing else");
+        let defaults = Configuration::default();
+        for key in KEYS {
+            let name = key.name;
+            let Some((_, cell)) = rows.iter().find(|(row, _)| *row == name) else {
+                panic!("{name} is not in docs/CONFIGURATION.md")
+            };
+            let real = (key.show)(&defaults);
+            if let Some((value, _)) = cell.strip_prefix('`').and_then(|rest| rest.split_once('`')) {
+                let mut documented = Configuration::default();
+                (key.set)(&mut documented, &Raw::Text(value)).unwrap_or_else(|e| panic!("{name} = {value:?}: {e}"));
+                assert_eq!((key.show)(&documented), real, "{name}: the docs say {value}");
+            } else {
+                assert!(matches!(real, Shown::Unset(_)) || name == "hash_workers", "{name}: the docs give no default");
+            }
         }
     }
 
