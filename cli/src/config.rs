@@ -28,52 +28,171 @@ pub const ENV_PREFIX: &str = "TOKENIZER_AUTH_";
 /// The environment variable naming the configuration file (as `--config`).
 pub const ENV_CONFIG: &str = "TOKENIZER_AUTH_CONFIG";
 
+/// One key: how a value from any layer sets it and how `config show` prints
+/// it, side by side so that neither can be added without the other.
+struct Key {
+    name: &'static str,
+    set: fn(&mut Configuration, &Raw<'_>) -> Result<(), String>,
+    show: fn(&Configuration) -> Shown,
+}
+
+/// The [`Key`] of a key held in one field: either `parse` makes the
+/// field's value from `raw` and `show` prints a reference to it, or the
+/// value is one of a few words (the `match` in `show` makes sure each value
+/// has one).
+macro_rules! key {
+    ($name:literal, $($field:ident).+, |$raw:ident| $parse:expr, $show:expr) => {
+        Key {
+            name: $name,
+            set: |c, $raw| {
+                c.$($field).+ = $parse?;
+                Ok(())
+            },
+            show: |c| $show(&c.$($field).+),
+        }
+    };
+    ($name:literal, $($field:ident).+, [$($word:literal => $value:path),+]) => {
+        Key {
+            name: $name,
+            set: |c, raw| {
+                c.$($field).+ = match raw.text()? {
+                    $($word => $value,)+
+                    other => return Err(format!("{other:?}: expected {}", one_of(&[$($word),+]))),
+                };
+                Ok(())
+            },
+            show: |c| text(match c.$($field).+ { $($value => $word,)+ }),
+        }
+    };
+}
+
 /// Every key, in the order `config show` prints them.
-pub const KEYS: &[&str] = &[
-    "data_dir",
-    "runtime",
-    "listen",
-    "legacy_passcode_listen",
-    "legacy_login_listen",
-    "capture",
-    "capture_max_bytes",
-    "passcode_ttl",
-    "token_ttl",
-    "session_max_age",
-    "idle_timeout",
-    "partial_line_timeout",
-    "legacy_wait",
-    "max_line",
-    "max_connections",
-    "max_pipeline",
-    "max_backlog",
-    "write_timeout",
-    "close_linger",
-    "shutdown_grace",
-    "max_password_checks",
-    "passcode_requests_per_email",
-    "passcode_requests_per_ip",
-    "failures_per_email",
-    "failures_per_ip",
-    "max_consecutive_failures",
-    "lockout",
-    "ipv6_limit_prefix",
-    "store_workers",
-    "hash_workers",
-    "mail_workers",
-    "session_cache",
-    "server_key",
-    "min_password_length",
-    "log_format",
-    "log_level",
-    "smtp_host",
-    "smtp_port",
-    "smtp_security",
-    "smtp_username",
-    "smtp_password",
-    "smtp_from",
-    "smtp_timeout",
+const KEYS: &[Key] = &[
+    key!(
+        "data_dir",
+        data_dir,
+        |raw| match raw.text()? {
+            "" => Err("empty path".to_owned()),
+            dir => Ok(PathBuf::from(dir)),
+        },
+        path
+    ),
+    key!("runtime", runtime, ["mio" => Runtime::Mio, "std" => Runtime::Std]),
+    key!("listen", listen, |raw| address(raw.text()?), text),
+    key!("legacy_passcode_listen", legacy_passcode_listen, |raw| address(raw.text()?), text),
+    key!("legacy_login_listen", legacy_login_listen, |raw| address(raw.text()?), text),
+    Key {
+        name: "capture",
+        set: |c, raw| raw.text().map(|t| c.capture = Some(t).filter(|t| !t.is_empty()).map(PathBuf::from)),
+        show: |c| c.capture.as_deref().map_or(Shown::Unset(": no capture is recorded"), path),
+    },
+    // At most i64::MAX, so that `config show` writes it as a TOML integer;
+    // at least 4096, so never negative.
+    key!("capture_max_bytes", capture_max_bytes, |raw| raw.count(MIN_CAPTURE_MAX_BYTES).map(i64::unsigned_abs), number),
+    key!("passcode_ttl", engine.passcode.lifetime, |raw| raw.delta(false), delta),
+    key!("token_ttl", engine.session.token_ttl, |raw| raw.delta(false), delta),
+    key!("session_max_age", engine.session.max_age, |raw| raw.delta(true), delta),
+    key!("idle_timeout", engine.idle_timeout, |raw| raw.delta(false), delta),
+    key!("partial_line_timeout", engine.partial_line_timeout, |raw| raw.delta(false), delta),
+    key!("legacy_wait", engine.legacy_wait, |raw| raw.delta(true), delta),
+    key!("max_line", engine.max_line, |raw| raw.count(1), number),
+    key!("max_connections", engine.max_connections, |raw| raw.count(1), number),
+    key!("max_pipeline", engine.max_pipeline, |raw| raw.count(1), number),
+    key!("max_backlog", engine.max_backlog, |raw| raw.count(1), number),
+    key!("write_timeout", engine.write_timeout, |raw| raw.delta(false), delta),
+    key!("close_linger", engine.close_linger, |raw| raw.delta(true), delta),
+    key!("shutdown_grace", engine.shutdown_grace, |raw| raw.delta(true), delta),
+    key!("max_password_checks", engine.max_password_checks, |raw| raw.count(1), number),
+    key!("passcode_requests_per_email", engine.limits.passcode_requests_per_email.max, |raw| raw.count(0), number),
+    key!("passcode_requests_per_ip", engine.limits.passcode_requests_per_ip.max, |raw| raw.count(0), number),
+    key!("failures_per_email", engine.limits.failures_per_email.max, |raw| raw.count(0), number),
+    key!("failures_per_ip", engine.limits.failures_per_ip.max, |raw| raw.count(0), number),
+    key!("max_consecutive_failures", engine.limits.max_consecutive_failures, |raw| raw.count(0), number),
+    key!("lockout", engine.limits.lockout, |raw| raw.delta(true), delta),
+    key!(
+        "ipv6_limit_prefix",
+        engine.limits.ipv6_prefix,
+        |raw| match raw.count::<u8>(0)? {
+            bits @ 0..=128 => Ok(bits),
+            bits => Err(format!("{bits}: an IPv6 prefix is 0 to 128 bits")),
+        },
+        number
+    ),
+    key!("store_workers", workers.store, |raw| raw.count(1), number),
+    key!("hash_workers", workers.hash, |raw| raw.count(1), number),
+    key!("mail_workers", workers.mail, |raw| raw.count(1), number),
+    key!("session_cache", session_cache, |raw| raw.count(0), number),
+    // Never echo the value: not even a wrong one says what it was.
+    Key {
+        name: "server_key",
+        set: |c, raw| {
+            let text = raw.text().map_err(|_| "expected a string".to_owned())?;
+            c.server_key = match text.trim() {
+                "" => None,
+                hex => Some(ServerKey::from_hex(hex).ok_or_else(|| {
+                    format!(
+                        "expected 64 hex digits (32 bytes; e.g. from `od -An -tx1 data/server.key | tr -d ' \\n'`), \
+                         got {} characters",
+                        hex.chars().count()
+                    )
+                })?),
+            };
+            Ok(())
+        },
+        show: |c| secret(c.server_key.is_some(), ": the key is <data_dir>/server.key"),
+    },
+    key!("min_password_length", min_password_length, |raw| raw.count(1), number),
+    key!("log_format", log_format, ["human" => LogFormat::Human, "json" => LogFormat::Json]),
+    key!("log_level", log_level, |raw| log_level(raw.text()?), text),
+    Key {
+        name: "smtp_host",
+        set: |c, raw| raw.text().map(|h| c.smtp.host = Some(h.trim()).filter(|h| !h.is_empty()).map(str::to_owned)),
+        show: |c| c.smtp.host.as_deref().map_or(Shown::Unset(": mail goes to <data_dir>/outbox"), text),
+    },
+    Key {
+        name: "smtp_port",
+        set: |c, raw| raw.count(1).map(|port| c.smtp.port = Some(port)),
+        show: |c| c.smtp.port.as_ref().map_or(Shown::Unset(": the default of smtp_security"), number),
+    },
+    key!(
+        "smtp_security",
+        smtp.security,
+        ["tls" => SmtpSecurity::Tls, "starttls" => SmtpSecurity::StartTls, "plain" => SmtpSecurity::Plain]
+    ),
+    Key {
+        name: "smtp_username",
+        set: |c, raw| raw.text().map(|u| c.smtp.username = Some(u).filter(|u| !u.is_empty()).map(str::to_owned)),
+        show: |c| c.smtp.username.as_deref().map_or(Shown::Unset(""), text),
+    },
+    // Never echo the value: not even a wrong type says what it was.
+    Key {
+        name: "smtp_password",
+        set: |c, raw| {
+            let password = raw.text().map_err(|_| "expected a string".to_owned())?;
+            c.smtp.password = Some(Secret::new(password)).filter(|p| !p.is_empty());
+            Ok(())
+        },
+        show: |c| secret(c.smtp.password.is_some(), ""),
+    },
+    key!("smtp_from", smtp.from, |raw| raw.text().map(str::to_owned), text),
+    Key {
+        name: "smtp_timeout",
+        set: |c, raw| {
+            let timeout = raw.duration()?;
+            if timeout.is_zero() {
+                return Err("must be more than 0".to_owned());
+            }
+            c.smtp.timeout = timeout;
+            Ok(())
+        },
+        show: |c| text(duration::format(c.smtp.timeout)),
+    },
 ];
+
+/// The key of that name, if there is one.
+fn lookup(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|key| key.name == name)
+}
 
 /// The log levels `log_level` takes by name.
 const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
@@ -85,15 +204,6 @@ pub enum Runtime {
     Mio,
     /// The threaded runtime.
     Std,
-}
-
-impl Runtime {
-    fn name(self) -> &'static str {
-        match self {
-            Runtime::Mio => "mio",
-            Runtime::Std => "std",
-        }
-    }
 }
 
 /// How log lines look on stderr.
@@ -202,7 +312,6 @@ impl Configuration {
         }
         config.load_env(env)?;
         for (key, value) in flags {
-            debug_assert!(KEYS.contains(key), "flag for unknown key {key}");
             config.set(key, &Raw::Text(value), &Origin::Flag)?;
         }
         config.finish()?;
@@ -222,7 +331,7 @@ impl Configuration {
         // Keys in the file's order would be nicer, but a Table is sorted;
         // the first unknown key alphabetically is as good a report.
         for (key, value) in &table {
-            if !KEYS.contains(&key.as_str()) {
+            if lookup(key).is_none() {
                 let hint = suggestion(key).map_or(String::new(), |k| format!(" (did you mean `{k}`?)"));
                 return Err(format!("unknown key `{key}` in {}{hint}", path.display()));
             }
@@ -244,15 +353,15 @@ impl Configuration {
             let Some(name) = name.to_str() else { continue };
             let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
             let key = key.to_ascii_lowercase();
-            if KEYS.contains(&key.as_str()) && name == env_var(&key) {
+            if lookup(&key).is_some() && name == env_var(&key) {
                 found.insert(key, value);
             } else if name != ENV_CONFIG {
                 let hint = suggestion(&key).map_or(String::new(), |k| format!(" (did you mean {}?)", env_var(k)));
                 self.warnings.push(format!("ignoring the environment variable {name}: no such key{hint}"));
             }
         }
-        for key in KEYS {
-            if let Some(value) = found.get(*key) {
+        for key in KEYS.iter().map(|key| key.name) {
+            if let Some(value) = found.get(key) {
                 let var = env_var(key);
                 let text =
                     value.to_str().ok_or_else(|| format!("invalid {key} (environment variable {var}): not UTF-8"))?;
@@ -263,133 +372,19 @@ impl Configuration {
     }
 
     /// Sets one key, or says why not.
-    fn set(&mut self, key: &str, raw: &Raw<'_>, origin: &Origin<'_>) -> Result<(), String> {
-        self.set_inner(key, raw).map_err(|reason| {
+    fn set(&mut self, name: &str, raw: &Raw<'_>, origin: &Origin<'_>) -> Result<(), String> {
+        let result = match lookup(name) {
+            Some(key) => (key.set)(self, raw),
+            None => Err("no such key".to_owned()),
+        };
+        result.map_err(|reason| {
             let at = match origin {
                 Origin::File(path) => format!("in {}", path.display()),
                 Origin::Env(var) => format!("(environment variable {var})"),
-                Origin::Flag => format!("(flag --{})", key.replace('_', "-")),
+                Origin::Flag => format!("(flag --{})", name.replace('_', "-")),
             };
-            format!("invalid {key} {at}: {reason}")
+            format!("invalid {name} {at}: {reason}")
         })
-    }
-
-    fn set_inner(&mut self, key: &str, raw: &Raw<'_>) -> Result<(), String> {
-        let engine = &mut self.engine;
-        let limits = &mut engine.limits;
-        match key {
-            "data_dir" => {
-                let dir = raw.text()?;
-                if dir.is_empty() {
-                    return Err("empty path".to_owned());
-                }
-                self.data_dir = PathBuf::from(dir);
-            }
-            "runtime" => {
-                self.runtime = match raw.text()? {
-                    "mio" => Runtime::Mio,
-                    "std" => Runtime::Std,
-                    other => return Err(format!("{other:?}: expected \"mio\" or \"std\"")),
-                }
-            }
-            "listen" => self.listen = address(raw.text()?)?,
-            "legacy_passcode_listen" => self.legacy_passcode_listen = address(raw.text()?)?,
-            "legacy_login_listen" => self.legacy_login_listen = address(raw.text()?)?,
-            "capture" => self.capture = Some(raw.text()?).filter(|t| !t.is_empty()).map(PathBuf::from),
-            "capture_max_bytes" => {
-                // At most i64::MAX, so that `config show` writes it as a TOML
-                // integer; at least 4096, so never negative.
-                let max: i64 = raw.count(MIN_CAPTURE_MAX_BYTES)?;
-                self.capture_max_bytes = max.unsigned_abs();
-            }
-            "passcode_ttl" => engine.passcode.lifetime = raw.delta(false)?,
-            "token_ttl" => engine.session.token_ttl = raw.delta(false)?,
-            "session_max_age" => engine.session.max_age = raw.delta(true)?,
-            "idle_timeout" => engine.idle_timeout = raw.delta(false)?,
-            "partial_line_timeout" => engine.partial_line_timeout = raw.delta(false)?,
-            "legacy_wait" => engine.legacy_wait = raw.delta(true)?,
-            "max_line" => engine.max_line = raw.count(1)?,
-            "max_connections" => engine.max_connections = raw.count(1)?,
-            "max_pipeline" => engine.max_pipeline = raw.count(1)?,
-            "max_backlog" => engine.max_backlog = raw.count(1)?,
-            "write_timeout" => engine.write_timeout = raw.delta(false)?,
-            "close_linger" => engine.close_linger = raw.delta(true)?,
-            "shutdown_grace" => engine.shutdown_grace = raw.delta(true)?,
-            "max_password_checks" => engine.max_password_checks = raw.count(1)?,
-            "passcode_requests_per_email" => limits.passcode_requests_per_email.max = raw.count(0)?,
-            "passcode_requests_per_ip" => limits.passcode_requests_per_ip.max = raw.count(0)?,
-            "failures_per_email" => limits.failures_per_email.max = raw.count(0)?,
-            "failures_per_ip" => limits.failures_per_ip.max = raw.count(0)?,
-            "max_consecutive_failures" => {
-                // 0 turns the lockout off, like 0 for the windows.
-                let max: u32 = raw.count(0)?;
-                limits.max_consecutive_failures = if max == 0 { u32::MAX } else { max };
-            }
-            "lockout" => limits.lockout = raw.delta(true)?,
-            "ipv6_limit_prefix" => {
-                let bits: u8 = raw.count(0)?;
-                if bits > 128 {
-                    return Err(format!("{bits}: an IPv6 prefix is 0 to 128 bits"));
-                }
-                limits.ipv6_prefix = bits;
-            }
-            "store_workers" => self.workers.store = raw.count(1)?,
-            "hash_workers" => self.workers.hash = raw.count(1)?,
-            "mail_workers" => self.workers.mail = raw.count(1)?,
-            "session_cache" => self.session_cache = raw.count(0)?,
-            // Never echo the value: not even a wrong one says what it was.
-            "server_key" => {
-                let text = raw.text().map_err(|_| "expected a string".to_owned())?;
-                self.server_key = match text.trim() {
-                    "" => None,
-                    hex => Some(ServerKey::from_hex(hex).ok_or_else(|| {
-                        format!(
-                            "expected 64 hex digits (32 bytes; e.g. from `od -An -tx1 data/server.key | tr -d ' \\n'`), \
-                             got {} characters",
-                            hex.chars().count()
-                        )
-                    })?),
-                };
-            }
-            "min_password_length" => self.min_password_length = raw.count(1)?,
-            "log_format" => {
-                self.log_format = match raw.text()? {
-                    "human" => LogFormat::Human,
-                    "json" => LogFormat::Json,
-                    other => return Err(format!("{other:?}: expected \"human\" or \"json\"")),
-                }
-            }
-            "log_level" => self.log_level = log_level(raw.text()?)?,
-            "smtp_host" => self.smtp.host = Some(raw.text()?.trim()).filter(|h| !h.is_empty()).map(str::to_owned),
-            "smtp_port" => {
-                let port: u16 = raw.count(1)?;
-                self.smtp.port = Some(port);
-            }
-            "smtp_security" => {
-                self.smtp.security = match raw.text()? {
-                    "tls" => SmtpSecurity::Tls,
-                    "starttls" => SmtpSecurity::StartTls,
-                    "plain" => SmtpSecurity::Plain,
-                    other => return Err(format!("{other:?}: expected \"tls\", \"starttls\" or \"plain\"")),
-                }
-            }
-            "smtp_username" => self.smtp.username = Some(raw.text()?).filter(|u| !u.is_empty()).map(str::to_owned),
-            // Never echo the value: not even a wrong type says what it was.
-            "smtp_password" => {
-                let password = raw.text().map_err(|_| "expected a string".to_owned())?;
-                self.smtp.password = Some(Secret::new(password)).filter(|p| !p.is_empty());
-            }
-            "smtp_from" => self.smtp.from = raw.text()?.to_owned(),
-            "smtp_timeout" => {
-                let timeout = raw.duration()?;
-                if timeout.is_zero() {
-                    return Err("must be more than 0".to_owned());
-                }
-                self.smtp.timeout = timeout;
-            }
-            _ => return Err("no such key".to_owned()),
-        }
-        Ok(())
     }
 
     /// Checks what only the keys together can say.
@@ -515,101 +510,44 @@ impl Configuration {
              # configuration file, then TOKENIZER_AUTH_* variables, then flags.\n",
         );
         for key in KEYS {
+            let name = key.name;
             // Writing to a String cannot fail.
-            let _ = match self.value(key) {
-                Shown::Value(value) => writeln!(out, "{key} = {value}"),
-                Shown::Unset(note) => writeln!(out, "# {key} is not set{note}"),
-                Shown::Secret => writeln!(out, "# {key} is set (not shown)"),
+            let _ = match (key.show)(self) {
+                Shown::Value(value) => writeln!(out, "{name} = {value}"),
+                Shown::Unset(note) => writeln!(out, "# {name} is not set{note}"),
+                Shown::Secret => writeln!(out, "# {name} is set (not shown)"),
             };
         }
         out
     }
-
-    fn value(&self, key: &str) -> Shown {
-        let engine = &self.engine;
-        let limits = &engine.limits;
-        let text = |s: &str| Shown::Value(toml::Value::String(s.to_owned()));
-        let path = |p: &Path| text(&p.to_string_lossy());
-        let delta = |d: TimeDelta| text(&duration::format(d.to_std().unwrap_or_default()));
-        let count = |n: usize| Shown::Value(toml::Value::Integer(i64::try_from(n).unwrap_or(i64::MAX)));
-        let small = |n: u32| Shown::Value(toml::Value::Integer(i64::from(n)));
-        match key {
-            "data_dir" => path(&self.data_dir),
-            "runtime" => text(self.runtime.name()),
-            "listen" => text(&self.listen.to_string()),
-            "legacy_passcode_listen" => text(&self.legacy_passcode_listen.to_string()),
-            "legacy_login_listen" => text(&self.legacy_login_listen.to_string()),
-            "capture" => self.capture.as_deref().map_or(Shown::Unset(": no capture is recorded"), path),
-            "capture_max_bytes" => {
-                Shown::Value(toml::Value::Integer(i64::try_from(self.capture_max_bytes).unwrap_or(i64::MAX)))
-            }
-            "passcode_ttl" => delta(engine.passcode.lifetime),
-            "token_ttl" => delta(engine.session.token_ttl),
-            "session_max_age" => delta(engine.session.max_age),
-            "idle_timeout" => delta(engine.idle_timeout),
-            "partial_line_timeout" => delta(engine.partial_line_timeout),
-            "legacy_wait" => delta(engine.legacy_wait),
-            "max_line" => count(engine.max_line),
-            "max_connections" => count(engine.max_connections),
-            "max_pipeline" => count(engine.max_pipeline),
-            "max_backlog" => count(engine.max_backlog),
-            "write_timeout" => delta(engine.write_timeout),
-            "close_linger" => delta(engine.close_linger),
-            "shutdown_grace" => delta(engine.shutdown_grace),
-            "max_password_checks" => count(engine.max_password_checks),
-            "passcode_requests_per_email" => small(limits.passcode_requests_per_email.max),
-            "passcode_requests_per_ip" => small(limits.passcode_requests_per_ip.max),
-            "failures_per_email" => small(limits.failures_per_email.max),
-            "failures_per_ip" => small(limits.failures_per_ip.max),
-            "max_consecutive_failures" => {
-                small(if limits.max_consecutive_failures == u32::MAX { 0 } else { limits.max_consecutive_failures })
-            }
-            "lockout" => delta(limits.lockout),
-            "ipv6_limit_prefix" => small(limits.ipv6_prefix.into()),
-            "store_workers" => count(self.workers.store),
-            "hash_workers" => count(self.workers.hash),
-            "mail_workers" => count(self.workers.mail),
-            "session_cache" => count(self.session_cache),
-            "server_key" => {
-                if self.server_key.is_some() {
-                    Shown::Secret
-                } else {
-                    Shown::Unset(": the key is <data_dir>/server.key")
-                }
-            }
-            "min_password_length" => count(self.min_password_length),
-            "log_format" => text(match self.log_format {
-                LogFormat::Human => "human",
-                LogFormat::Json => "json",
-            }),
-            "log_level" => text(&self.log_level),
-            "smtp_host" => self.smtp.host.as_deref().map_or(Shown::Unset(": mail goes to <data_dir>/outbox"), text),
-            "smtp_port" => self.smtp.port.map_or(Shown::Unset(": the default of smtp_security"), |p| small(p.into())),
-            "smtp_security" => text(match self.smtp.security {
-                SmtpSecurity::Tls => "tls",
-                SmtpSecurity::StartTls => "starttls",
-                SmtpSecurity::Plain => "plain",
-            }),
-            "smtp_username" => self.smtp.username.as_deref().map_or(Shown::Unset(""), text),
-            "smtp_password" => {
-                if self.smtp.password.is_some() {
-                    Shown::Secret
-                } else {
-                    Shown::Unset("")
-                }
-            }
-            "smtp_from" => text(&self.smtp.from),
-            "smtp_timeout" => text(&duration::format(self.smtp.timeout)),
-            _ => Shown::Unset(" (no such key)"),
-        }
-    }
 }
 
 /// How `config show` prints one key.
+#[derive(PartialEq, Debug)]
 enum Shown {
     Value(toml::Value),
     Unset(&'static str),
     Secret,
+}
+
+fn text(value: impl std::fmt::Display) -> Shown {
+    Shown::Value(toml::Value::String(value.to_string()))
+}
+
+fn path(p: &Path) -> Shown {
+    text(p.to_string_lossy())
+}
+
+fn delta(d: &TimeDelta) -> Shown {
+    text(duration::format(d.to_std().unwrap_or_default()))
+}
+
+fn number<T: Copy + TryInto<i64>>(n: &T) -> Shown {
+    Shown::Value(toml::Value::Integer((*n).try_into().unwrap_or(i64::MAX)))
+}
+
+fn secret(set: bool, unset_note: &'static str) -> Shown {
+    if set { Shown::Secret } else { Shown::Unset(unset_note) }
 }
 
 impl Raw<'_> {
@@ -703,6 +641,23 @@ fn log_level(text: &str) -> Result<String, String> {
     Ok(lower)
 }
 
+/// `"a", "b" or "c"`.
+fn one_of(words: &[&str]) -> String {
+    let mut list = String::new();
+    for (i, word) in words.iter().enumerate() {
+        let separator = if i == 0 {
+            ""
+        } else if i + 1 == words.len() {
+            " or "
+        } else {
+            ", "
+        };
+        // Writing to a String cannot fail.
+        let _ = write!(list, "{separator}{word:?}");
+    }
+    list
+}
+
 /// `TOKENIZER_AUTH_<KEY>`.
 pub fn env_var(key: &str) -> String {
     format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
@@ -711,7 +666,7 @@ pub fn env_var(key: &str) -> String {
 /// The known key closest to a misspelt one, if any is close.
 fn suggestion(key: &str) -> Option<&'static str> {
     let key = key.to_ascii_lowercase();
-    KEYS.iter().map(|k| (edit_distance(&key, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k)
+    KEYS.iter().map(|k| (edit_distance(&key, k.name), k.name)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -818,7 +773,7 @@ mod tests {
         );
         let config = Configuration::load(Some(&path), env(&[]), &[]).unwrap();
         let shown = config.show();
-        for key in KEYS {
+        for key in KEYS.iter().map(|key| key.name) {
             assert!(shown.contains(&format!("\n{key} = ")) || shown.contains(&format!("# {key} ")), "{key}: {shown}");
         }
         assert!(!shown.contains("hunter2"), "{shown}");
@@ -831,7 +786,7 @@ mod tests {
         let engine = &config.settings().engine;
         assert_eq!(engine.session.max_age, TimeDelta::zero());
         assert_eq!(engine.legacy_wait, TimeDelta::milliseconds(250));
-        assert_eq!(engine.limits.max_consecutive_failures, u32::MAX);
+        assert_eq!(engine.limits.max_consecutive_failures, 0);
         assert_eq!(engine.limits.failures_per_email.period, TimeDelta::minutes(15));
         assert_eq!(config.settings().capture_max_bytes, 1 << 20);
         let MailConfig::Smtp(relay) = config.mail() else { panic!("no relay") };
@@ -852,10 +807,28 @@ mod tests {
     }
 
     #[test]
-    fn every_key_is_documented() {
+    fn every_key_is_documented_with_its_default() {
+        // A row is "| `key` | default | meaning |". A default in backticks
+        // must load to the real one; one in words is for a key not set by
+        // default, or for hash_workers, which the machine decides.
         let docs = include_str!("../../docs/CONFIGURATION.md");
+        let rows: Vec<(&str, &str)> =
+            docs.lines().filter_map(|line| line.strip_prefix("| `")?.split_once("` | ")).collect();
+        assert_eq!(rows.len(), KEYS.len(), "docs/CONFIGURATION.md should list each key once and nothing else");
+        let defaults = Configuration::default();
         for key in KEYS {
-            assert!(docs.contains(&format!("| `{key}` |")), "{key} is not in docs/CONFIGURATION.md");
+            let name = key.name;
+            let Some((_, cell)) = rows.iter().find(|(row, _)| *row == name) else {
+                panic!("{name} is not in docs/CONFIGURATION.md")
+            };
+            let real = (key.show)(&defaults);
+            if let Some((value, _)) = cell.strip_prefix('`').and_then(|rest| rest.split_once('`')) {
+                let mut documented = Configuration::default();
+                (key.set)(&mut documented, &Raw::Text(value)).unwrap_or_else(|e| panic!("{name} = {value:?}: {e}"));
+                assert_eq!((key.show)(&documented), real, "{name}: the docs say {value}");
+            } else {
+                assert!(matches!(real, Shown::Unset(_)) || name == "hash_workers", "{name}: the docs give no default");
+            }
         }
     }
 
