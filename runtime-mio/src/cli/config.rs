@@ -851,11 +851,70 @@ mod tests {
         assert_eq!(reloaded.settings().engine, config.settings().engine);
     }
 
-    #[test]
-    fn every_key_is_documented() {
+    /// The rows of the key tables of docs/CONFIGURATION.md ("Keys", up to
+    /// "Example"): each key with its default cell.
+    fn documented_keys() -> Vec<(&'static str, &'static str)> {
         let docs = include_str!("../../../docs/CONFIGURATION.md");
-        for key in KEYS {
-            assert!(docs.contains(&format!("| `{key}` |")), "{key} is not in docs/CONFIGURATION.md");
+        let keys = docs.split_once("\n## Keys\n").map_or("", |(_, rest)| rest);
+        let keys = keys.split_once("\n## ").map_or(keys, |(tables, _)| tables);
+        keys.lines()
+            .filter_map(|line| {
+                let (key, rest) = line.strip_prefix("| `")?.split_once("` | ")?;
+                Some((key, rest.split_once(" | ")?.0))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_key_is_documented_once_and_every_documented_key_exists() {
+        let mut documented: Vec<&str> = documented_keys().into_iter().map(|(key, _)| key).collect();
+        documented.sort_unstable();
+        let mut keys = KEYS.to_vec();
+        keys.sort_unstable();
+        assert_eq!(documented, keys, "the keys of docs/CONFIGURATION.md against KEYS");
+    }
+
+    /// Each default docs/CONFIGURATION.md gives is the embedded one, as
+    /// `config show` reads it: a value in backticks is the value; "not
+    /// set" is a key with no value (and a path in backticks after it is
+    /// the one the key then stands for); the two defaults told in words
+    /// are checked one by one.
+    #[test]
+    fn every_documented_default_is_the_real_default() {
+        let defaults = Configuration::default();
+        let literal = |cell: &'static str| cell.split('`').nth(1);
+        let text = |key: &str| match defaults.value(key) {
+            Shown::Value(toml::Value::String(text)) => text,
+            Shown::Value(value) => value.to_string(),
+            Shown::Unset(_) | Shown::Secret => panic!("{key}: documented with a value, but not set by default"),
+        };
+        for (key, cell) in documented_keys() {
+            if let Some(rest) = cell.strip_prefix("not set") {
+                let Shown::Unset(note) = defaults.value(key) else { panic!("{key}: documented as not set, but it is") };
+                if let Some(what) = literal(rest) {
+                    assert!(note.contains(what), "{key}: documented as {what}, shown as {note:?}");
+                }
+            } else if let Some(documented) = cell.strip_prefix('`').and_then(|_| literal(cell)) {
+                let real = text(key);
+                // A duration may be spelled another way (`60s` for `1m`).
+                let same_duration = duration::parse(documented).is_ok_and(|d| duration::parse(&real) == Ok(d));
+                assert!(documented == real || same_duration, "{key}: documented {documented:?}, really {real:?}");
+            } else {
+                match key {
+                    "hash_workers" => {
+                        assert!(cell.starts_with("the number of CPU cores less one (at least 1)"), "{key}: {cell}");
+                        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                        assert_eq!(text(key), cores.saturating_sub(1).max(1).to_string(), "{key}");
+                    }
+                    "smtp_port" => {
+                        let ports = [SmtpSecurity::Tls, SmtpSecurity::StartTls, SmtpSecurity::Plain]
+                            .map(SmtpSecurity::default_port);
+                        assert_eq!(cell, format!("by `smtp_security`: {}, {} or {}", ports[0], ports[1], ports[2]));
+                        assert!(matches!(defaults.value(key), Shown::Unset(_)), "{key}: set by default");
+                    }
+                    _ => panic!("{key}: a default told in words ({cell:?}) that this test does not check"),
+                }
+            }
         }
     }
 
