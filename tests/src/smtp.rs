@@ -10,14 +10,19 @@
 //! It needs the Python package aiosmtpd, which `tests/support/smtp_server.py`
 //! installs from PyPI when it is missing. If it still cannot be had, `start`
 //! panics: the mail tests never skip silently.
+//!
+//! [`RefusingPort`] is a relay that is down: a port nothing listens on,
+//! held for as long as the test needs it.
 
 use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Socket, Type};
 use tempfile::TempDir;
 
 /// The script, next to this crate's `Cargo.toml`.
@@ -155,4 +160,30 @@ fn read_messages(dir: &Path) -> Vec<String> {
             String::from_utf8_lossy(&bytes).into_owned()
         })
         .collect()
+}
+
+/// A port on 127.0.0.1 that refuses every connection, for as long as this
+/// value lives: a socket is bound to it (port 0, read back) and never
+/// listens. Being bound, without `SO_REUSEADDR`, the port cannot be taken
+/// by another test's server meanwhile, as a port found free and released
+/// could be.
+pub struct RefusingPort {
+    /// The port.
+    pub port: u16,
+    _socket: Socket,
+}
+
+impl RefusingPort {
+    /// Binds a fresh port.
+    ///
+    /// # Panics
+    ///
+    /// If no socket can be bound on 127.0.0.1.
+    pub fn bind() -> RefusingPort {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+        socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().ok().and_then(|a| a.as_socket()).expect("the bound address").port();
+        RefusingPort { port, _socket: socket }
+    }
 }

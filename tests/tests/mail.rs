@@ -10,9 +10,15 @@ use chrono::{DateTime, Utc};
 use tokenizer_auth_effects::mail::{DEFAULT_FROM, MailConfig, MailErrorKind, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_engine::mail::{SUBJECT, find_passcode};
 use tokenizer_auth_engine::{Mail, PASSCODE_LENGTH, Secret};
-use tokenizer_auth_tests::smtp::SmtpServer;
+use tokenizer_auth_tests::smtp::{RefusingPort, SmtpServer};
 
 const PASSCODE: &str = "Q4ZK7M";
+
+/// The relay's timeout for each step, and how long a test waits for a
+/// delivered message: generous, so that a loaded machine is never taken for
+/// a failure. (A message is on disk before the server answers 250, so a
+/// test that waits at all waits for nothing.)
+const GENEROUS: Duration = Duration::from_secs(60);
 
 /// A mail shaped like the engine's: the second line is 77 characters, past
 /// the 76 at which lettre would otherwise switch to quoted-printable.
@@ -35,7 +41,7 @@ fn smtp(port: u16, security: SmtpSecurity) -> SmtpConfig {
         security,
         credentials: None,
         from: "tokenizer-auth <auth@example.com>".to_owned(),
-        timeout: Duration::from_secs(5),
+        timeout: GENEROUS,
     }
 }
 
@@ -70,11 +76,6 @@ fn assert_passcode_message(message: &str, from: &str, to: &str, passcode: &str) 
     assert_eq!(find_passcode(body), Some(passcode));
 }
 
-/// A port on 127.0.0.1 where nothing listens (just released by the OS).
-fn dead_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn smtp_plain_delivers_the_passcode() {
     let server = SmtpServer::start();
@@ -82,7 +83,7 @@ fn smtp_plain_delivers_the_passcode() {
 
     mailer.send(&mail("alice@example.com", PASSCODE)).expect("relay accepts the mail");
 
-    let messages = server.wait_for(1, Duration::from_secs(5));
+    let messages = server.wait_for(1, GENEROUS);
     assert_eq!(messages.len(), 1, "{messages:#?}");
     assert_passcode_message(&messages[0], "tokenizer-auth <auth@example.com>", "alice@example.com", PASSCODE);
 }
@@ -107,7 +108,7 @@ fn smtp_mailer_is_shared_by_threads() {
         handle.join().unwrap();
     }
 
-    let messages = server.wait_for(8, Duration::from_secs(5));
+    let messages = server.wait_for(8, GENEROUS);
     assert_eq!(messages.len(), 8);
     for i in 0..4 {
         for j in 0..2 {
@@ -134,17 +135,18 @@ fn smtp_with_credentials() {
 
     config.credentials = Some(("mailer".to_owned(), Secret::new("s3cret pass")));
     mailer(config).send(&mail("bob@example.com", PASSCODE)).expect("authenticated send");
-    let messages = server.wait_for(1, Duration::from_secs(5));
+    let messages = server.wait_for(1, GENEROUS);
     assert_eq!(messages.len(), 1);
     assert_passcode_message(&messages[0], "tokenizer-auth <auth@example.com>", "bob@example.com", PASSCODE);
 }
 
 #[test]
-fn relay_down_fails_quickly() {
-    let mailer = mailer(smtp(dead_port(), SmtpSecurity::Plain));
-    let started = Instant::now();
+fn relay_down_fails_at_once() {
+    let down = RefusingPort::bind();
+    let mailer = mailer(smtp(down.port, SmtpSecurity::Plain));
     let error = mailer.send(&mail("alice@example.com", PASSCODE)).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    // Refused, not waited out: the relay's timeout is a minute.
+    assert!(!error.to_string().contains("timed out"), "{error}");
     assert_eq!(error.kind(), MailErrorKind::Unreachable, "{error}");
     assert!(!error.to_string().contains(PASSCODE));
 }
@@ -159,8 +161,10 @@ fn silent_relay_times_out() {
 
     let started = Instant::now();
     let error = mailer(config).send(&mail("alice@example.com", PASSCODE)).unwrap_err();
+    // It waited for its timeout, then gave up (a bound far above it only
+    // tells a hang from a slow machine).
     let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    assert!(elapsed >= Duration::from_millis(250) && elapsed < GENEROUS, "took {elapsed:?}");
     assert_eq!(error.kind(), MailErrorKind::Unreachable, "{error}");
     assert!(error.to_string().contains("timed out"), "{error}");
     drop(listener);
@@ -179,7 +183,7 @@ fn rejected_recipient_fails() {
 
     // The relay still works for others, and got nothing for the rejected one.
     mailer.send(&mail("carol@example.com", PASSCODE)).unwrap();
-    let messages = server.wait_for(1, Duration::from_secs(5));
+    let messages = server.wait_for(1, GENEROUS);
     assert_eq!(messages.len(), 1);
     assert!(messages[0].contains("To: carol@example.com\r\n"));
 }
@@ -199,9 +203,9 @@ fn invalid_recipient_is_an_error_not_a_panic() {
 fn tls_modes_refuse_a_relay_without_tls() {
     let server = SmtpServer::start();
     for security in [SmtpSecurity::StartTls, SmtpSecurity::Tls] {
-        let started = Instant::now();
         let error = mailer(smtp(server.port, security)).send(&mail("alice@example.com", PASSCODE)).unwrap_err();
-        assert!(started.elapsed() < Duration::from_secs(4), "{security:?} took {:?}", started.elapsed());
+        // Refused as soon as TLS is missing, not waited out.
+        assert!(!error.to_string().contains("timed out"), "{security:?}: {error}");
         assert_eq!(error.kind(), MailErrorKind::Unreachable, "{security:?}: {error}");
     }
     assert!(server.messages().is_empty(), "a message went out without TLS");

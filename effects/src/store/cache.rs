@@ -35,6 +35,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use tokenizer_auth_engine::{CredsOp, MasterToken, SessionRecord};
 
+use super::columns::{from_millis, millis};
+
 /// Sessions by master token, valid while the file's counter equals `epoch`.
 pub struct SessionCache {
     state: Mutex<State>,
@@ -152,7 +154,7 @@ impl SessionCache {
         } else {
             for op in ops {
                 match op {
-                    CredsOp::PutSession(s) => insert_bounded(&mut state, self.capacity, s),
+                    CredsOp::PutSession(s) => insert_bounded(&mut state, self.capacity, &as_in_the_file(s)),
                     CredsOp::DeleteSession(master) => {
                         state.sessions.remove(master);
                     }
@@ -180,6 +182,20 @@ impl SessionCache {
     /// Whether no session is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A session as the file keeps it, its times to the millisecond (see
+/// `columns`): what a read of the file answers, so that a handle answering
+/// from memory and one reading the file agree (a time kept finer here
+/// would keep a token valid for up to a millisecond after the file, and
+/// every other server, has it expired).
+fn as_in_the_file(session: &SessionRecord) -> SessionRecord {
+    let to_millis = |t| from_millis(millis(t));
+    SessionRecord {
+        started_at: to_millis(session.started_at),
+        expires_at: to_millis(session.expires_at),
+        ..session.clone()
     }
 }
 

@@ -41,6 +41,13 @@ pub fn test_verify(hash: &PasswordHash, candidate: &Secret) -> bool {
     }
 }
 
+/// What an op of a passcodes batch replaced (`None`: nothing was there),
+/// to put back if a later op of the batch does not fit.
+enum Undo {
+    Passcode(PasscodeKey, Option<PasscodeRecord>),
+    Counter(CounterKey, Option<Counter>),
+}
+
 /// The records, in memory.
 #[derive(Clone, Debug, Default)]
 pub struct MemoryStore {
@@ -110,45 +117,79 @@ impl MemoryStore {
                 return false;
             }
         }
-        // A reservation that does not fit makes the batch a conflict, with
-        // nothing applied. (A batch reserves each counter at most once.)
-        let fits = |op: &PasscodesOp| match op {
-            PasscodesOp::Reserve(r) => r.apply(self.counters.get(&r.key).copied()).is_some(),
-            _ => true,
-        };
-        if !batch.ops.iter().all(fits) {
-            return false;
-        }
-        let (passcodes, counters) = (&mut self.passcodes, &mut self.counters);
+        // The ops apply in order, each on what the ones before it left (a
+        // reset or a refund before a reservation of the same counter frees
+        // its place; two reservations of one counter must both fit), as
+        // the SQLite store applies them. A reservation that does not fit
+        // makes the batch a conflict: what the batch did so far is undone.
+        let mut undo = Vec::new();
         for op in &batch.ops {
-            match op {
-                PasscodesOp::Put(record) => {
-                    passcodes.insert(record.key.clone(), record.clone());
+            if !self.apply(op, &mut undo) {
+                self.undo(undo);
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Applies one op, noting in `undo` what it replaced; `false` if it is
+    /// a reservation that does not fit (and then it changed nothing).
+    fn apply(&mut self, op: &PasscodesOp, undo: &mut Vec<Undo>) -> bool {
+        let (passcodes, counters) = (&mut self.passcodes, &mut self.counters);
+        match op {
+            PasscodesOp::Put(record) => {
+                let old = passcodes.insert(record.key.clone(), record.clone());
+                undo.push(Undo::Passcode(record.key.clone(), old));
+            }
+            PasscodesOp::Delete(key) => {
+                if let Some(old) = passcodes.remove(key) {
+                    undo.push(Undo::Passcode(key.clone(), Some(old)));
                 }
-                PasscodesOp::Delete(key) => {
-                    passcodes.remove(key);
+            }
+            PasscodesOp::CountGuess(key) => {
+                if let Some(r) = passcodes.get_mut(key) {
+                    undo.push(Undo::Passcode(key.clone(), Some(r.clone())));
+                    r.attempts = r.attempts.saturating_add(1);
                 }
-                PasscodesOp::CountGuess(key) => {
-                    if let Some(r) = passcodes.get_mut(key) {
-                        r.attempts = r.attempts.saturating_add(1);
-                    }
+            }
+            PasscodesOp::Reserve(reservation) => {
+                let Some(next) = reservation.apply(counters.get(&reservation.key).copied()) else { return false };
+                let old = counters.insert(reservation.key.clone(), next);
+                undo.push(Undo::Counter(reservation.key.clone(), old));
+            }
+            PasscodesOp::Refund(refund) => {
+                if let Some(next) = refund.apply(counters.get(&refund.key).copied()) {
+                    let old = counters.insert(refund.key.clone(), next);
+                    undo.push(Undo::Counter(refund.key.clone(), old));
                 }
-                PasscodesOp::Reserve(reservation) => {
-                    if let Some(next) = reservation.apply(counters.get(&reservation.key).copied()) {
-                        counters.insert(reservation.key.clone(), next);
-                    }
-                }
-                PasscodesOp::Refund(refund) => {
-                    if let Some(next) = refund.apply(counters.get(&refund.key).copied()) {
-                        counters.insert(refund.key.clone(), next);
-                    }
-                }
-                PasscodesOp::Reset(key) => {
-                    counters.remove(key);
+            }
+            PasscodesOp::Reset(key) => {
+                if let Some(old) = counters.remove(key) {
+                    undo.push(Undo::Counter(key.clone(), Some(old)));
                 }
             }
         }
         true
+    }
+
+    /// Puts back what a batch replaced, newest first.
+    fn undo(&mut self, undo: Vec<Undo>) {
+        for step in undo.into_iter().rev() {
+            match step {
+                Undo::Passcode(key, Some(old)) => {
+                    self.passcodes.insert(key, old);
+                }
+                Undo::Passcode(key, None) => {
+                    self.passcodes.remove(&key);
+                }
+                Undo::Counter(key, Some(old)) => {
+                    self.counters.insert(key, old);
+                }
+                Undo::Counter(key, None) => {
+                    self.counters.remove(&key);
+                }
+            }
+        }
     }
 
     fn write_creds(&mut self, batch: &CredsBatch) -> bool {
