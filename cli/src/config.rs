@@ -4,8 +4,8 @@
 //!
 //! Every key is read by one function (`Configuration::set`) whatever
 //! layer it comes from, so a key means the same in each; an error names the
-//! key and the layer it came from. Secrets (`smtp_password`) are held as
-//! [`Secret`] and never printed.
+//! key and the layer it came from. Secrets (`smtp_password`, `server_key`) are held as
+//! secrets and never printed.
 
 use std::collections::HashMap;
 use std::ffi::OsString;

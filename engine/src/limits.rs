@@ -126,8 +126,8 @@ impl Limits {
     }
 
     /// Whether the lockout is on at all: `0` for either setting turns it
-    /// off, as `max = 0` does a window (the configuration also spells an
-    /// unlimited streak as `u32::MAX`).
+    /// off, as `max = 0` does a window (so does `u32::MAX`, a streak no
+    /// one reaches).
     fn lockout_on(&self) -> bool {
         !matches!(self.max_consecutive_failures, 0 | u32::MAX) && self.lockout > TimeDelta::zero()
     }
