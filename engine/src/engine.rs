@@ -166,11 +166,11 @@ impl Engine {
     /// backwards. `rng` is the only source of randomness the engine uses.
     pub fn handle<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
         let Some(recorder) = self.capture.as_mut().filter(|r| r.recording()) else {
-            return self.take(now, rng, input);
+            return self.dispatch(now, rng, input);
         };
         recorder.begin(now, &input);
         let mut recording = RecordingRng { inner: rng, drawn: Vec::new() };
-        self.take(now, &mut recording, input);
+        self.dispatch(now, &mut recording, input);
         if let Some(recorder) = &mut self.capture {
             recorder.drew(&recording.drawn);
         }
@@ -204,7 +204,9 @@ impl Engine {
         self.capture.as_mut().map(Recorder::take).unwrap_or_default()
     }
 
-    fn take<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
+    /// Routes one input to what it concerns (recorded or not: see
+    /// [`Engine::handle`]).
+    fn dispatch<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
         self.now = self.now.max(now);
         match input {
             Input::Opened { conn, peer, listener } => self.open(conn, peer, listener),

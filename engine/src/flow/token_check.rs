@@ -14,7 +14,7 @@ use crate::flow::{Ctx, Flow, Step};
 use crate::random;
 use crate::session::Standing;
 use crate::store::{CredsBatch, CredsExpectation, CredsOp, Lookup, SessionRecord, WriteBatch};
-use crate::token::{BaseToken, MasterToken, Peer};
+use crate::token::{BaseToken, MasterToken, PeerDigests};
 
 pub(crate) enum TokenCheck {
     /// Waiting for the session.
@@ -29,7 +29,7 @@ pub(crate) struct AwaitSession {
     ip: IpAddr,
 }
 
-pub(crate) fn start(request: &TokenRequest<'_>, peer: &mut Peer) -> Step {
+pub(crate) fn start(request: &TokenRequest<'_>, peer: &mut PeerDigests) -> Step {
     let (master, ip) = (peer.master(&request.token, request.mac), peer.ip());
     let lookup = Lookup { session: Some(master), ..Lookup::default() };
     Step::Await(Flow::Token(TokenCheck::Session(AwaitSession { master, mac: request.mac, ip })), Effect::Read(lookup))
