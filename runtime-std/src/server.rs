@@ -2,7 +2,7 @@
 //! around it, and the shutdown.
 //!
 //! Threads: an acceptor per listener; a thread per connection (see
-//! [`crate::connection`]), which reads, feeds the engine and ends at its
+//! `connection`), which reads, feeds the engine and ends at its
 //! [`Output::Close`]; the pool's workers, which feed [`Input::Completed`];
 //! a timer that feeds [`Input::Timeout`]; and the caller's, which waits for
 //! [`Stop`], then feeds [`Input::Shutdown`] and waits for
