@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use tokenizer_auth_engine::{Engine, Listener, Notice};
+use tokenizer_auth_engine::{ContractError, Engine, Listener, Notice};
 
 use crate::mail::MailError;
 use crate::password::{HashError, PasswordHasher};
@@ -61,6 +61,12 @@ pub enum ServeError {
     /// could.
     #[error("the engine panicked")]
     EnginePanicked,
+    /// The runtime broke the engine's driving contract (a bug in the
+    /// runtime or the effect workers: a result for an effect never asked
+    /// for, a second one, one of another kind). The engine stopped for
+    /// good, and so did the server, dropping its connections.
+    #[error("the engine stopped: the runtime broke its driving contract: {0}")]
+    Contract(ContractError),
 }
 
 impl ServeError {

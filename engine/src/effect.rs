@@ -1,6 +1,14 @@
 //! Effects: work the engine asks the runtime to do, and the results that
 //! come back. Each effect has an [`EffectId`]; results may arrive in any
-//! order, and each must arrive exactly once.
+//! order, and each must arrive exactly once, of its effect's
+//! [`EffectKind`] (or [`EffectResult::Failed`], which answers any kind).
+//!
+//! [`EffectResult`] is the one type every runtime reports and every capture
+//! records; inside the engine, a waiting flow takes only the outcome of the
+//! kind it waits for (see `flow`), converted once, where the result comes
+//! in.
+
+use std::fmt;
 
 use chrono::{DateTime, Utc};
 
@@ -40,6 +48,55 @@ pub enum Effect {
     SendMail(Mail),
 }
 
+/// What kind of work an effect is: which worker carries it out, and which
+/// results answer it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum EffectKind {
+    /// [`Effect::Read`], answered by [`EffectResult::Read`].
+    Read,
+    /// [`Effect::Write`], answered by [`EffectResult::Committed`] or
+    /// [`EffectResult::Conflict`].
+    Write,
+    /// [`Effect::VerifyPassword`], answered by [`EffectResult::Verified`].
+    VerifyPassword,
+    /// [`Effect::HashPassword`], answered by [`EffectResult::Hashed`].
+    HashPassword,
+    /// [`Effect::SendMail`], answered by [`EffectResult::Sent`].
+    SendMail,
+}
+
+impl EffectKind {
+    /// The kind's name in messages and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EffectKind::Read => "store read",
+            EffectKind::Write => "store write",
+            EffectKind::VerifyPassword => "password verification",
+            EffectKind::HashPassword => "password hash",
+            EffectKind::SendMail => "mail",
+        }
+    }
+}
+
+impl fmt::Display for EffectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Effect {
+    /// What kind of work this is.
+    pub fn kind(&self) -> EffectKind {
+        match self {
+            Effect::Read(_) => EffectKind::Read,
+            Effect::Write(_) => EffectKind::Write,
+            Effect::VerifyPassword { .. } => EffectKind::VerifyPassword,
+            Effect::HashPassword { .. } => EffectKind::HashPassword,
+            Effect::SendMail(_) => EffectKind::SendMail,
+        }
+    }
+}
+
 /// A message carrying a passcode.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Mail {
@@ -72,4 +129,19 @@ pub enum EffectResult {
     /// The effect could not be carried out (store or relay down, hashing
     /// failed). The client gets a retryable error.
     Failed,
+}
+
+impl EffectResult {
+    /// The kind of effect this result answers; `None` for
+    /// [`EffectResult::Failed`], which answers any kind.
+    pub fn kind(&self) -> Option<EffectKind> {
+        match self {
+            EffectResult::Read(_) => Some(EffectKind::Read),
+            EffectResult::Committed | EffectResult::Conflict => Some(EffectKind::Write),
+            EffectResult::Verified(_) => Some(EffectKind::VerifyPassword),
+            EffectResult::Hashed(_) => Some(EffectKind::HashPassword),
+            EffectResult::Sent => Some(EffectKind::SendMail),
+            EffectResult::Failed => None,
+        }
+    }
 }

@@ -20,9 +20,10 @@ use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::Request;
 use crate::config::Config;
 use crate::connection::{Connection, Due, Framing, PeerClosed, Receipt, Settled};
+use crate::contract::ContractError;
 use crate::device::normalize_ip;
-use crate::effect::{Effect, EffectId, EffectResult};
-use crate::flow::{self, Ctx, Flow, Step};
+use crate::effect::{Effect, EffectId, EffectKind, EffectResult};
+use crate::flow::{self, Ctx, Next, Step, Waiting};
 use crate::io::{ConnId, Input, Listener, Output};
 use crate::notice::Notice;
 use crate::recording::{Playback, Recorder, RecordingRng};
@@ -56,8 +57,12 @@ impl Hasher for IdHasher {
 /// A flow waiting on an effect, and whom its reply goes to.
 struct Task {
     origin: Option<Origin>,
-    flow: Flow,
-    password_work: bool,
+    waiting: Waiting,
+}
+
+/// Whether an effect of this kind counts against `max_password_checks`.
+fn is_password_work(kind: EffectKind) -> bool {
+    matches!(kind, EffectKind::VerifyPassword | EffectKind::HashPassword)
 }
 
 /// A reply slot on a connection.
@@ -93,6 +98,13 @@ pub struct Engine {
     now: DateTime<Utc>,
     conns: FixedMap<ConnId, Connection>,
     tasks: FixedMap<EffectId, Task>,
+    /// Effects asked for whose flows a shutdown dropped at the end of its
+    /// grace, with their kinds: their results may still come, once each,
+    /// and go nowhere.
+    abandoned: FixedMap<EffectId, EffectKind>,
+    /// The first breach of the driving contract; once set, the engine is
+    /// stopped for good.
+    error: Option<ContractError>,
     queue: VecDeque<Queued>,
     timers: Timers,
     next_effect: u64,
@@ -116,6 +128,8 @@ impl Engine {
             now: DateTime::<Utc>::MIN_UTC,
             conns: FixedMap::default(),
             tasks: FixedMap::default(),
+            abandoned: FixedMap::default(),
+            error: None,
             queue: VecDeque::new(),
             timers: Timers::default(),
             next_effect: 0,
@@ -156,21 +170,35 @@ impl Engine {
         self.conns.get(&conn).map_or(0, Connection::unsent)
     }
 
-    /// Effects asked for and not yet completed.
+    /// Effects asked for and not yet completed (not counting those a
+    /// shutdown abandoned).
     pub fn effects_in_flight(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// How the runtime broke the driving contract, if it did: the first
+    /// breach, kept for good. Once it is set the engine takes no more input
+    /// and gives no more output; the runtime logs it and stops. Check it
+    /// after every [`Engine::handle`].
+    pub fn error(&self) -> Option<&ContractError> {
+        self.error.as_ref()
     }
 
     /// Takes one input. `now` is the current time; a time earlier than one
     /// seen before is taken as that one, so the engine's clock never runs
     /// backwards. `rng` is the only source of randomness the engine uses.
+    /// After a breach of the contract ([`Engine::error`]) it does nothing,
+    /// not even record.
     pub fn handle<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
+        if self.error.is_some() {
+            return;
+        }
         let Some(recorder) = self.capture.as_mut().filter(|r| r.recording()) else {
-            return self.take(now, rng, input);
+            return self.dispatch(now, rng, input);
         };
         recorder.begin(now, &input);
         let mut recording = RecordingRng { inner: rng, drawn: Vec::new() };
-        self.take(now, &mut recording, input);
+        self.dispatch(now, &mut recording, input);
         if let Some(recorder) = &mut self.capture {
             recorder.drew(&recording.drawn);
         }
@@ -204,7 +232,9 @@ impl Engine {
         self.capture.as_mut().map(Recorder::take).unwrap_or_default()
     }
 
-    fn take<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
+    /// Routes one input to what it concerns (recorded or not: see
+    /// [`Engine::handle`]).
+    fn dispatch<R: CryptoRng + ?Sized>(&mut self, now: DateTime<Utc>, rng: &mut R, input: Input<'_>) {
         self.now = self.now.max(now);
         match input {
             Input::Opened { conn, peer, listener } => self.open(conn, peer, listener),
@@ -220,8 +250,12 @@ impl Engine {
     }
 
     /// The next thing to do, if any. Drain it after every
-    /// [`Engine::handle`], until it returns `None`.
+    /// [`Engine::handle`], until it returns `None` (at once, after a breach
+    /// of the contract).
     pub fn poll_output(&mut self) -> Option<Output> {
+        if self.error.is_some() {
+            return None;
+        }
         let output = self.next_output();
         if let (Some(recorder), Some(output)) = (&mut self.capture, &output) {
             recorder.output(output);
@@ -264,12 +298,19 @@ impl Engine {
     /// every [`Engine::handle`], like the outputs (notices left undrained
     /// only take memory).
     pub fn poll_notice(&mut self) -> Option<Notice> {
+        if self.error.is_some() {
+            return None;
+        }
         self.notices.pop_front()
     }
 
     /// When to call [`Engine::handle`] with [`Input::Timeout`] next. A
-    /// wake-up with nothing due is harmless.
+    /// wake-up with nothing due is harmless. Never, after a breach of the
+    /// contract: the engine would do nothing.
     pub fn poll_timeout(&self) -> Option<DateTime<Utc>> {
+        if self.error.is_some() {
+            return None;
+        }
         match (self.timers.next(), self.shutdown) {
             (Some(at), Shutdown::Until(end)) => Some(at.min(end)),
             (at, Shutdown::Until(end)) => at.or(Some(end)),
@@ -281,9 +322,9 @@ impl Engine {
     /// is `false` (a pipelining client is far ahead of its replies, its
     /// peer leaves `max_backlog` bytes untaken, or the connection is
     /// closing) the runtime leaves the socket unread; check again after
-    /// draining outputs.
+    /// draining outputs. Never, after a breach of the contract.
     pub fn wants_input(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| c.wants_input(&self.config))
+        self.error.is_none() && self.conns.get(&conn).is_some_and(|c| c.wants_input(&self.config))
     }
 
     fn open(&mut self, id: ConnId, peer: IpAddr, listener: Listener) {
@@ -414,22 +455,47 @@ impl Engine {
         };
         match step {
             Step::Done(reply) => conn.fill(seq, reply),
-            Step::Await(flow, effect) => self.register(Some(Origin { conn: id, epoch, seq }), flow, effect),
+            step => self.proceed(Some(Origin { conn: id, epoch, seq }), step),
         }
     }
 
-    fn register(&mut self, origin: Option<Origin>, flow: Flow, effect: Effect) {
+    /// Carries on with a flow's step: asks for the effect it waits on, or
+    /// delivers its reply (if anyone waits for it).
+    fn proceed(&mut self, origin: Option<Origin>, step: Step) {
+        match step.next() {
+            Next::Perform(waiting, effect) => self.register(origin, waiting, effect),
+            Next::Reply(reply) => {
+                if let Some(origin) = origin {
+                    self.deliver(origin, reply);
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, origin: Option<Origin>, waiting: Waiting, effect: Effect) {
         let id = EffectId(self.next_effect);
         self.next_effect += 1;
-        let password_work = matches!(effect, Effect::VerifyPassword { .. } | Effect::HashPassword { .. });
-        self.password_checks += usize::from(password_work);
-        self.tasks.insert(id, Task { origin, flow, password_work });
+        self.password_checks += usize::from(is_password_work(waiting.kind()));
+        self.tasks.insert(id, Task { origin, waiting });
         self.queue.push_back(Queued::Perform(id, effect));
     }
 
     fn complete<R: CryptoRng + ?Sized>(&mut self, rng: &mut R, id: EffectId, result: EffectResult) {
-        let Some(task) = self.tasks.remove(&id) else { return };
-        self.password_checks -= usize::from(task.password_work);
+        let Some(task) = self.tasks.remove(&id) else {
+            // A late result for an effect a shutdown abandoned goes nowhere;
+            // any other id is the runtime's mistake.
+            let breach = match self.abandoned.remove(&id) {
+                Some(expected) => match result.kind() {
+                    Some(got) if got != expected => ContractError::WrongResult { id, expected, got },
+                    _ => return,
+                },
+                None if id.0 < self.next_effect => ContractError::DuplicateResult(id),
+                None => ContractError::UnknownEffect(id),
+            };
+            return self.fail(breach);
+        };
+        let expected = task.waiting.kind();
+        self.password_checks -= usize::from(is_password_work(expected));
         let mut ctx = Ctx {
             now: self.now,
             rng,
@@ -438,20 +504,25 @@ impl Engine {
             detached: Vec::new(),
             notices: Vec::new(),
         };
-        let step = task.flow.resume(&mut ctx, result);
+        let step = match task.waiting.resume(&mut ctx, result) {
+            Ok(step) => step,
+            Err(got) => return self.fail(ContractError::WrongResult { id, expected, got }),
+        };
         let detached = mem::take(&mut ctx.detached);
         self.notices.extend(ctx.notices);
-        match step {
-            Step::Await(flow, effect) => self.register(task.origin, flow, effect),
-            Step::Done(reply) => {
-                if let Some(origin) = task.origin {
-                    self.deliver(origin, reply);
-                }
-            }
+        self.proceed(task.origin, step);
+        for step in detached {
+            self.proceed(None, step);
         }
-        for (flow, effect) in detached {
-            self.register(None, flow, effect);
-        }
+    }
+
+    /// Stops the engine for good on a breach of the contract: what is
+    /// queued is dropped (outputs and notices), so nothing more goes out,
+    /// and no client hears about the breach.
+    fn fail(&mut self, error: ContractError) {
+        self.error.get_or_insert(error);
+        self.queue.clear();
+        self.notices.clear();
     }
 
     fn deliver(&mut self, origin: Origin, reply: Reply) {
@@ -506,7 +577,8 @@ impl Engine {
             for id in ids {
                 self.close_now(id);
             }
-            self.tasks.clear();
+            // Their results may still come: they are abandoned, not unknown.
+            self.abandoned.extend(self.tasks.drain().map(|(id, task)| (id, task.waiting.kind())));
             self.password_checks = 0;
         }
         while let Some((at, id, epoch)) = self.timers.pop_due(now) {

@@ -67,7 +67,9 @@ pub enum Input<'a> {
         /// How many bytes the socket took.
         bytes: usize,
     },
-    /// An effect finished.
+    /// An effect finished: reported once per effect, with a result of its
+    /// kind or [`EffectResult::Failed`] (anything else is a
+    /// [`crate::ContractError`]).
     Completed {
         /// Which effect.
         id: EffectId,

@@ -50,8 +50,11 @@
 //!      so a runtime never needs to ask whether a connection still exists.
 //!    - [`Output::Perform`]: carry out the effect, then report its result
 //!      with [`Input::Completed`], exactly once, at any later time and in any
-//!      order relative to other effects. A write is reported
-//!      [`EffectResult::Committed`] only once it is durable.
+//!      order relative to other effects: a result of the effect's
+//!      [`EffectKind`], or [`EffectResult::Failed`] when it could not be
+//!      carried out. A write is reported [`EffectResult::Committed`] only
+//!      once it is durable. (Effects still out when a shutdown's grace ends
+//!      are abandoned: their results may still come, and go nowhere.)
 //!    - [`Output::Stopped`]: after [`Input::Shutdown`], nothing is left;
 //!      the runtime may return.
 //!
@@ -68,6 +71,14 @@
 //!    the engine closed the connection.
 //! 6. To stop, close the listeners and feed [`Input::Shutdown`]; go on
 //!    driving the engine until [`Output::Stopped`].
+//! 7. After every `handle`, check [`Engine::error`]. A result for an effect
+//!    never asked for, a second result for one, or a result of another kind
+//!    is a bug in the runtime, and the engine stops for good on the first:
+//!    it keeps that [`ContractError`], ignores every later input, and gives
+//!    no more outputs, notices, timeouts or wish for input (so there is no
+//!    [`Output::Close`] or [`Output::Stopped`] to wait for). The runtime
+//!    logs it and stops, dropping its connections. No client is told
+//!    anything about it: above all not that the store is unavailable.
 //!
 //! The connection policy (how much a peer may leave unread, when a silent
 //! peer is dropped, how a close lingers, how a shutdown drains) is the
@@ -91,6 +102,7 @@
 //!    `flow/` (one state machine per request), `recording` (a capture
 //!    being written, and the format it shares with replay), `timers`.
 //! 4. Plain types and pure rules: `io` (inputs and outputs), `effect`,
+//!    `contract` (a runtime's breach of the driving contract),
 //!    `store`, `limits` over `counters`, `codec/`, `config`, and the domain
 //!    types (tokens, passcodes, passwords, sessions, devices, secrets).
 
@@ -102,6 +114,7 @@ pub mod capture;
 pub mod codec;
 mod config;
 mod connection;
+mod contract;
 mod counters;
 mod device;
 mod effect;
@@ -128,9 +141,10 @@ pub mod testkit;
 
 pub use codec::reply::{ErrorCode, LOGIN_PREFIX, Reply};
 pub use config::{Config, DEFAULT_DUMMY_PASSWORD, MAX_DURATION, MAX_LINE};
+pub use contract::ContractError;
 pub use counters::{Bound, Counter, CounterKey, Refund, Reservation};
 pub use device::{Mac, normalize_ip};
-pub use effect::{Effect, EffectId, EffectResult, Mail};
+pub use effect::{Effect, EffectId, EffectKind, EffectResult, Mail};
 pub use engine::Engine;
 pub use io::{ConnId, Input, Listener, Output};
 pub use limits::{Limits, Window};

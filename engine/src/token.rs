@@ -124,22 +124,23 @@ impl fmt::Debug for MasterToken {
     }
 }
 
-/// A connection's peer: its IP, and the inner digests of the master tokens
-/// derived for it, kept between its requests: its IP's never changes, and a
-/// client mostly asks for one device. Two of the six SHA-256 blocks of a
+/// A connection's peer digests: its IP, and the inner digests of the master
+/// tokens derived for it (the IP's and the last MAC's), kept between its
+/// requests: its IP's never changes, and a client mostly asks for one
+/// device. Two of the six SHA-256 blocks of a
 /// token check, and the IP's text, are then done once per connection
 /// instead of once per request. Computed on first use: a connection that
 /// never asks about a token (a legacy login, say) pays nothing.
 #[derive(Clone, Debug)]
-pub(crate) struct Peer {
+pub(crate) struct PeerDigests {
     ip: IpAddr,
     ip_hex: Option<[u8; 64]>,
     last_mac: Option<(Mac, [u8; 64])>,
 }
 
-impl Peer {
-    pub(crate) fn new(ip: IpAddr) -> Peer {
-        Peer { ip, ip_hex: None, last_mac: None }
+impl PeerDigests {
+    pub(crate) fn new(ip: IpAddr) -> PeerDigests {
+        PeerDigests { ip, ip_hex: None, last_mac: None }
     }
 
     /// [`MasterToken::derive`] for this peer, byte for byte.
@@ -252,7 +253,7 @@ mod tests {
         let macs = ["aa:bb:cc:dd:ee:ff", "00:11:22:33:44:55"].map(|m| Mac::parse(m).unwrap());
         for ip in ["127.0.0.1", "10.1.2.3", "::1"] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut peer = Peer::new(ip);
+            let mut peer = PeerDigests::new(ip);
             // Same MAC twice, another, back again: the kept digest is only
             // ever the current MAC's.
             for mac in [macs[0], macs[0], macs[1], macs[0]] {

@@ -116,7 +116,9 @@ fn engine_seeds_reach_deep_states() {
     let legacy = report("seed-legacy-upgrade");
     assert!(legacy.passcodes_sent >= 1 && legacy.logins >= 1, "{legacy:?}");
     let hostile = report("seed-hostile-results");
-    assert!(hostile.replies >= 6, "{hostile:?}");
+    assert!(hostile.replies >= 6 && hostile.breaches == 1, "{hostile:?}");
+    let abandon = report("seed-shutdown-abandons");
+    assert!(abandon.abandoned == 2 && abandon.late_results == 2 && abandon.breaches == 1, "{abandon:?}");
     let limits = report("seed-limits");
     assert!(limits.closes >= 2, "{limits:?}");
 }

@@ -20,7 +20,10 @@
 //! the loop reports what each socket took with [`Input::Sent`] and does
 //! what the outputs say. On SIGINT or SIGTERM it closes the listeners and
 //! feeds [`Input::Shutdown`]; it returns when the engine says
-//! [`Output::Stopped`].
+//! [`Output::Stopped`]. If the loop or a worker breaks the engine's driving
+//! contract, the engine stops for good ([`Engine::error`]), and the loop
+//! logs it and returns it at the end of that turn, dropping every
+//! connection.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -196,6 +199,13 @@ impl EventLoop {
             self.flush_all();
             if self.stopped {
                 return Ok(());
+            }
+            // Checked once a turn: after a breach the engine takes no input
+            // and gives no deadline, so nothing later in the turn matters,
+            // and the next poll could wait forever.
+            if let Some(&error) = self.engine.error() {
+                tracing::error!(%error, "stopping: the engine met a breach of its driving contract");
+                return Err(ServeError::Contract(error));
             }
         }
     }
@@ -427,5 +437,57 @@ fn mark_unflushed(unflushed: &mut Vec<usize>, key: usize, conn: &mut Conn) {
     if !conn.unflushed {
         conn.unflushed = true;
         unflushed.push(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use tokenizer_auth_effects::password::Cost;
+    use tokenizer_auth_engine::{ContractError, EffectId};
+
+    use super::*;
+
+    #[test]
+    fn a_breach_of_the_engine_contract_ends_the_loop_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = Settings::new(dir.path().to_path_buf());
+        settings.cost = Cost::TEST_ONLY;
+        let start = Start::new(settings).unwrap();
+        let poll = Poll::new().unwrap();
+        let waker = Waker::new(poll.registry(), WAKER).unwrap();
+        let (tx, results) = unbounded();
+        let pool = start.pool(Arc::new(|_, _| {})).unwrap();
+        let (engine, capture) = start.engine().unwrap();
+        let mut event_loop = EventLoop {
+            poll,
+            engine,
+            rng: os_rng(),
+            listeners: Vec::new(),
+            conns: Slab::new(),
+            pool,
+            results,
+            wake_pending: Arc::new(AtomicBool::new(true)),
+            buf: vec![0; READ_CHUNK],
+            unflushed: Vec::new(),
+            paused: Vec::new(),
+            shutting_down: false,
+            stopped: false,
+            capture,
+        };
+        // A worker hands back a result for an effect never asked for.
+        let stray = EffectId(7);
+        tx.send((stray, EffectResult::Failed)).unwrap();
+        waker.wake().unwrap();
+        // On a thread: a loop that missed the breach would wait forever for
+        // an event.
+        let (done, outcome) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut signals = Signals::new::<[i32; 0], i32>([]).unwrap();
+            let _ = done.send(event_loop.run(&mut signals));
+        });
+        let outcome = outcome.recv_timeout(Duration::from_secs(20)).expect("the loop did not stop");
+        assert!(matches!(outcome, Err(ServeError::Contract(ContractError::UnknownEffect(id))) if id == stray));
     }
 }

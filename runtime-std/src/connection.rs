@@ -221,8 +221,9 @@ impl Server {
         let touched = {
             let mut state = self.state();
             let state = &mut *state;
-            if state.stopped {
-                // Accepted as the server stopped: nothing is served.
+            if state.stopped || state.engine.error().is_some() {
+                // Accepted as the server (or the engine, on a breach of its
+                // contract) stopped: nothing is served.
                 return;
             }
             state.conns.insert(id, Arc::clone(&conn));

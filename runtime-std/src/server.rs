@@ -2,7 +2,7 @@
 //! around it, and the shutdown.
 //!
 //! Threads: an acceptor per listener; a thread per connection (see
-//! [`crate::connection`]), which reads, feeds the engine and ends at its
+//! `connection`), which reads, feeds the engine and ends at its
 //! [`Output::Close`]; the pool's workers, which feed [`Input::Completed`];
 //! a timer that feeds [`Input::Timeout`]; and the caller's, which waits for
 //! [`Stop`], then feeds [`Input::Shutdown`] and waits for
@@ -11,6 +11,12 @@
 //! Order: whoever feeds an input drains the outputs before it releases the
 //! engine lock, appending each `Transmit` to its connection's queue, so a
 //! queue holds the bytes in the engine's order.
+//!
+//! If a thread breaks the engine's driving contract, the engine stops for
+//! good ([`Engine::error`]): the drain that follows the input records it as
+//! the server's failure, which stops the server, and the shutdown drops the
+//! connections without waiting for a [`Output::Stopped`] that cannot
+//! come.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -388,6 +394,10 @@ impl Server {
         if let Some(capture) = &mut state.capture {
             capture.append(&mut state.engine);
         }
+        if let Some(&error) = state.engine.error() {
+            // Kept (and logged) once, however many inputs follow.
+            self.fail(ServeError::Contract(error));
+        }
         if let Some(at) = state.engine.poll_timeout()
             && state.timer_at.is_none_or(|t| at < t)
         {
@@ -443,14 +453,14 @@ impl Server {
             // The timer feeds the engine's deadlines, its grace among them;
             // the cap only guards against a timer that never ran.
             let cap = Instant::now() + state.engine.config().shutdown_grace.to_std().unwrap_or_default() + THREADS_CAP;
-            while !state.stopped && Instant::now() < cap {
+            while !state.stopped && state.engine.error().is_none() && Instant::now() < cap {
                 state = self.stopped_wake.wait_timeout(state, RECHECK).unwrap_or_else(PoisonError::into_inner).0;
             }
             state.timer_stopped = true;
             self.timer_wake.notify_all();
-            // Only if the wait gave up (a timer that never ran): the
-            // connections the engine did not close end here, with their
-            // threads.
+            // Only if the wait gave up (a timer that never ran) or the engine
+            // stopped on a breach of its contract: the connections the
+            // engine did not close end here, with their threads.
             for (_, conn) in state.conns.drain() {
                 lock(&conn.out).closed = true;
                 let _ = conn.stream.shutdown(Shutdown::Both);
@@ -476,5 +486,32 @@ impl Server {
             threads = self.threads_done.wait_timeout(threads, left).unwrap_or_else(PoisonError::into_inner).0;
         }
         tracing::info!("stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokenizer_auth_engine::{Config, ContractError, EffectId, EffectResult};
+
+    use super::*;
+
+    #[test]
+    fn a_breach_of_the_engine_contract_stops_the_server_at_once() {
+        let config = Config::default();
+        let grace = config.shutdown_grace.to_std().unwrap();
+        let stop = Stop::new();
+        let server = Server::new(Engine::new(config), stop.clone());
+        let stray = EffectId(7);
+        server.feed(None, Input::Completed { id: stray, result: EffectResult::Failed });
+        assert!(stop.is_stopped(), "the breach did not stop the server");
+        assert!(matches!(
+            lock(&server.failure).as_ref(),
+            Some(ServeError::Contract(ContractError::UnknownEffect(id))) if *id == stray
+        ));
+        // No `Stopped` can come from a stopped engine: the shutdown does not
+        // wait for one.
+        let started = Instant::now();
+        server.finish(&[]);
+        assert!(started.elapsed() < grace / 2, "the shutdown waited {:?}", started.elapsed());
     }
 }

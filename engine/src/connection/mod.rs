@@ -48,7 +48,7 @@ pub(crate) use framing::{Framing, Receipt};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::config::Config;
 use crate::io::Listener;
-use crate::token::Peer;
+use crate::token::PeerDigests;
 
 /// Where a connection is in its life.
 enum Phase {
@@ -130,7 +130,7 @@ pub(crate) struct Connection {
     /// Tells this connection from an earlier one with the same id.
     pub(crate) epoch: u64,
     /// Its IP, with its part of the master tokens derived on it.
-    pub(crate) peer: Peer,
+    pub(crate) peer: PeerDigests,
     framing: Framing,
     phase: Phase,
     /// One slot per request in flight, in request order.
@@ -154,7 +154,7 @@ impl Connection {
     pub(crate) fn new(epoch: u64, peer: IpAddr, listener: Listener, now: DateTime<Utc>) -> Connection {
         Connection {
             epoch,
-            peer: Peer::new(peer),
+            peer: PeerDigests::new(peer),
             framing: Framing::of(listener),
             phase: Phase::Open(Inbox::new(now)),
             replies: VecDeque::new(),

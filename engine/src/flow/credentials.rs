@@ -6,15 +6,16 @@
 use rand_core::CryptoRng;
 
 use crate::config::Config;
-use crate::effect::Effect;
 use crate::flow::{Ctx, upgrade};
+use crate::password::PasswordHash;
 use crate::secret::Secret;
 use crate::store::UserRecord;
 
-/// The one verification a credential check makes.
-pub(crate) fn verification(config: &Config, user: Option<&UserRecord>, password: &Secret) -> Effect {
+/// The one verification a credential check makes: the stored hash (the
+/// dummy one for an unknown email), and the candidate.
+pub(crate) fn verification(config: &Config, user: Option<&UserRecord>, password: &Secret) -> (PasswordHash, Secret) {
     let hash = user.map_or(&config.dummy_password, |u| &u.password).clone();
-    Effect::VerifyPassword { hash, candidate: password.clone() }
+    (hash, password.clone())
 }
 
 /// Whether the credentials hold: the account exists, the password verified,
@@ -27,7 +28,6 @@ pub(crate) fn accepted(user: Option<&UserRecord>, phone: &str, verified: bool) -
 /// rehashed on the side, without delaying the reply.
 pub(crate) fn upgrade_if_needed<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, user: &UserRecord, password: &Secret) {
     if user.password.needs_upgrade() && ctx.password_capacity() {
-        let step = upgrade::start(user, password);
-        ctx.detached.push(step);
+        ctx.detached.push(upgrade::start(user, password));
     }
 }

@@ -22,8 +22,7 @@ use rand_core::CryptoRng;
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::LoginRequest;
 use crate::counters::CounterKey;
-use crate::effect::{Effect, EffectResult};
-use crate::flow::{Ctx, Flow, Step, credentials};
+use crate::flow::{Ctx, ReadOutcome, ReadWait, Step, VerifyOutcome, VerifyWait, WriteOutcome, WriteWait, credentials};
 use crate::limits::{AttemptKind, Limits};
 use crate::passcode::{PasscodeKey, PasscodeRecord};
 use crate::random;
@@ -38,14 +37,12 @@ use crate::token::{BaseToken, MasterToken};
 /// before it answers `busy`.
 const MAX_TRIES: u8 = 4;
 
-pub(crate) enum LoginFlow {
-    /// Waiting for the account, the passcode and the counters.
-    Lookup(Attempt),
+/// A login waiting on a write. (It waits on a read as an [`Attempt`], and
+/// on the password verification as a [`Reserved`].)
+pub(crate) enum LoginWrite {
     /// Waiting for the attempt's places to be reserved (boxed: the largest
     /// states).
     Reserve(Box<Reserved>),
-    /// Waiting for the password verification.
-    Verify(Box<Reserved>),
     /// Waiting for the passcode to be consumed.
     Consume(SessionRecord, BaseToken),
     /// Waiting for the session to be stored.
@@ -55,7 +52,8 @@ pub(crate) enum LoginFlow {
     GiveBack,
 }
 
-/// What the client sent.
+/// What the client sent; waiting for the account, the passcode and the
+/// counters.
 pub(crate) struct Attempt {
     key: PasscodeKey,
     phone: String,
@@ -65,7 +63,8 @@ pub(crate) struct Attempt {
     tries: u8,
 }
 
-/// An attempt with what was read for it, and what it reserved.
+/// An attempt with what was read for it, and what it reserved; waiting
+/// for its places to be reserved, then for the password verification.
 pub(crate) struct Reserved {
     attempt: Attempt,
     snapshot: Snapshot,
@@ -94,17 +93,36 @@ fn lookup(attempt: Attempt, limits: &Limits) -> Step {
         session: None,
         counters: limits.counters(AttemptKind::Login, &attempt.key.email, attempt.key.ip),
     };
-    Step::Await(Flow::Login(LoginFlow::Lookup(attempt)), Effect::Read(lookup))
+    Step::Read(ReadWait::Login(attempt), lookup)
 }
 
-impl LoginFlow {
-    pub(crate) fn resume<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, result: EffectResult) -> Step {
-        match (self, result) {
-            (LoginFlow::Lookup(attempt), EffectResult::Read(snapshot)) => reserve(ctx, attempt, *snapshot),
-            (LoginFlow::Reserve(state), EffectResult::Committed) => verify(ctx, state),
+/// The account, the passcode and the counters, as read.
+pub(crate) fn looked_up<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, outcome: ReadOutcome) -> Step {
+    match outcome {
+        Ok(snapshot) => reserve(ctx, attempt, *snapshot),
+        Err(_) => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+    }
+}
+
+/// The password, as verified.
+pub(crate) fn verified<R: CryptoRng + ?Sized>(
+    ctx: &mut Ctx<'_, R>,
+    state: Box<Reserved>,
+    outcome: VerifyOutcome,
+) -> Step {
+    match outcome {
+        Ok(verified) => decide(ctx, *state, verified),
+        Err(_) => busy(&ctx.config.limits, &state),
+    }
+}
+
+impl LoginWrite {
+    pub(crate) fn written<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: WriteOutcome) -> Step {
+        match (self, outcome) {
+            (LoginWrite::Reserve(state), WriteOutcome::Committed) => verify(ctx, state),
             // A bound was reached, or the passcode changed, since the read:
             // read again, to refuse by the limit or try again.
-            (LoginFlow::Reserve(state), EffectResult::Conflict) => {
+            (LoginWrite::Reserve(state), WriteOutcome::Conflict) => {
                 let Reserved { mut attempt, .. } = *state;
                 attempt.tries += 1;
                 if attempt.tries >= MAX_TRIES {
@@ -112,17 +130,28 @@ impl LoginFlow {
                 }
                 lookup(attempt, &ctx.config.limits)
             }
-            (LoginFlow::Verify(state), EffectResult::Verified(verified)) => decide(ctx, *state, verified),
-            (LoginFlow::Verify(state), _) => busy(&ctx.config.limits, &state),
-            (LoginFlow::GiveBack, _) => Step::Done(Reply::Error(ErrorCode::Busy)),
-            (LoginFlow::Consume(session, token), EffectResult::Committed) => {
+            (LoginWrite::Reserve(_), WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            }
+            (LoginWrite::Consume(session, token), WriteOutcome::Committed) => {
                 let batch = CredsBatch { expect: None, ops: vec![CredsOp::PutSession(session)] };
-                Step::Await(Flow::Login(LoginFlow::Store(token)), Effect::Write(WriteBatch::Creds(batch)))
+                Step::Write(WriteWait::Login(LoginWrite::Store(token)), WriteBatch::Creds(batch))
             }
             // Another login consumed this passcode first.
-            (LoginFlow::Consume(..), EffectResult::Conflict) => Step::Done(Reply::False),
-            (LoginFlow::Store(token), EffectResult::Committed) => Step::Done(Reply::LoggedIn(token)),
-            _ => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+            (LoginWrite::Consume(..), WriteOutcome::Conflict) => Step::Done(Reply::False),
+            (LoginWrite::Consume(..), WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            }
+            (LoginWrite::Store(token), WriteOutcome::Committed) => Step::Done(Reply::LoggedIn(token)),
+            // The session's batch expects nothing, so a conflict says the
+            // store misbehaved: the client may try again.
+            (LoginWrite::Store(_), WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            }
+            // Given back or not, the attempt was never checked.
+            (LoginWrite::GiveBack, WriteOutcome::Committed | WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::Busy))
+            }
         }
     }
 }
@@ -159,7 +188,7 @@ fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsh
         return verify(ctx, state);
     }
     let batch = PasscodesBatch { expect, ops };
-    Step::Await(Flow::Login(LoginFlow::Reserve(state)), Effect::Write(WriteBatch::Passcodes(batch)))
+    Step::Write(WriteWait::Login(LoginWrite::Reserve(state)), WriteBatch::Passcodes(batch))
 }
 
 /// Asks for the one password verification, once the attempt is counted.
@@ -167,8 +196,9 @@ fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> 
     if !ctx.password_capacity() {
         return busy(&ctx.config.limits, &state);
     }
-    let verify = credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.attempt.password);
-    Step::Await(Flow::Login(LoginFlow::Verify(state)), verify)
+    let (hash, candidate) =
+        credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.attempt.password);
+    Step::Verify(VerifyWait::Login(state), hash, candidate)
 }
 
 /// `busy` for an attempt whose places are reserved but whose password was
@@ -184,7 +214,7 @@ fn busy(limits: &Limits, state: &Reserved) -> Step {
         return Step::Done(Reply::Error(ErrorCode::Busy));
     }
     let batch = PasscodesBatch { expect: None, ops };
-    Step::Await(Flow::Login(LoginFlow::GiveBack), Effect::Write(WriteBatch::Passcodes(batch)))
+    Step::Write(WriteWait::Login(LoginWrite::GiveBack), WriteBatch::Passcodes(batch))
 }
 
 fn consumption(record: &PasscodeRecord) -> PasscodeExpectation {
@@ -216,5 +246,5 @@ fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Reserved, verified
     let refunds = ctx.config.limits.failure_refunds(&key.email, key.ip, at, false);
     ops.extend(refunds.into_iter().map(PasscodesOp::Refund));
     let batch = PasscodesBatch { expect: Some(consumption(record)), ops };
-    Step::Await(Flow::Login(LoginFlow::Consume(session, token)), Effect::Write(WriteBatch::Passcodes(batch)))
+    Step::Write(WriteWait::Login(LoginWrite::Consume(session, token)), WriteBatch::Passcodes(batch))
 }

@@ -18,8 +18,10 @@ use rand_core::CryptoRng;
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::PasscodeRequest;
 use crate::device::Mac;
-use crate::effect::{Effect, EffectResult};
-use crate::flow::{Ctx, Flow, Step, credentials};
+use crate::flow::{
+    Ctx, MailOutcome, MailWait, ReadOutcome, ReadWait, Step, VerifyOutcome, VerifyWait, WriteOutcome, WriteWait,
+    credentials,
+};
 use crate::limits::{AttemptKind, Limits};
 use crate::mail;
 use crate::passcode::{PasscodeKey, PasscodeRecord, StoredPasscode};
@@ -27,23 +29,33 @@ use crate::random;
 use crate::secret::Secret;
 use crate::store::{Lookup, PasscodesBatch, PasscodesOp, Snapshot, WriteBatch};
 
-pub(crate) enum PasscodeFlow {
-    /// Waiting for the account and the counters.
-    Lookup(Claim),
+/// A passcode request waiting on a write. (It waits on a read as a
+/// [`Claim`], on the password verification as a [`Reserved`], and on the
+/// relay as a [`Mailing`].)
+pub(crate) enum PasscodeWrite {
     /// Waiting for the request's places to be reserved (boxed: the largest
     /// states).
-    Reserve(Box<(Claim, Snapshot)>),
-    /// Waiting for the password verification.
-    Verify(Box<(Claim, Snapshot)>),
-    /// Waiting for the relay.
-    Mail(Claim, PasscodeRecord),
+    Reserve(Box<Reserved>),
     /// Waiting for the passcode to commit.
     Store,
     /// Waiting for the failure to be given back, then this reply.
     Refund(Reply),
 }
 
-/// What the client claimed.
+/// A claim with what was read for it; waiting for its places to be
+/// reserved, then for the password verification.
+pub(crate) struct Reserved {
+    claim: Claim,
+    snapshot: Snapshot,
+}
+
+/// Waiting for the relay to take the mail of this passcode.
+pub(crate) struct Mailing {
+    claim: Claim,
+    record: PasscodeRecord,
+}
+
+/// What the client claimed; waiting for the account and the counters.
 pub(crate) struct Claim {
     mac: Mac,
     ip: IpAddr,
@@ -79,20 +91,21 @@ fn lookup(claim: Claim, limits: &Limits) -> Step {
         counters: limits.counters(AttemptKind::PasscodeRequest, &claim.email, claim.ip),
         ..Lookup::default()
     };
-    Step::Await(Flow::Passcode(PasscodeFlow::Lookup(claim)), Effect::Read(lookup))
+    Step::Read(ReadWait::Passcode(claim), lookup)
 }
 
-fn write(ops: Vec<PasscodesOp>) -> Effect {
-    Effect::Write(WriteBatch::Passcodes(PasscodesBatch { expect: None, ops }))
+/// Writes `ops`, which expect nothing, then goes on as `next`.
+fn write(next: PasscodeWrite, ops: Vec<PasscodesOp>) -> Step {
+    Step::Write(WriteWait::Passcode(next), WriteBatch::Passcodes(PasscodesBatch { expect: None, ops }))
 }
 
 /// Asks for the one password verification, once the request is counted.
-fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<(Claim, Snapshot)>) -> Step {
+fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> Step {
     if !ctx.password_capacity() {
-        return busy(&ctx.config.limits, &state.0);
+        return busy(&ctx.config.limits, &state.claim);
     }
-    let verify = credentials::verification(ctx.config, state.1.user.as_ref(), &state.0.password);
-    Step::Await(Flow::Passcode(PasscodeFlow::Verify(state)), verify)
+    let (hash, candidate) = credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.claim.password);
+    Step::Verify(VerifyWait::Passcode(state), hash, candidate)
 }
 
 /// `busy` for a request whose places are reserved but whose password was
@@ -104,7 +117,7 @@ fn busy(limits: &Limits, claim: &Claim) -> Step {
     if ops.is_empty() {
         return Step::Done(Reply::Error(ErrorCode::Busy));
     }
-    Step::Await(Flow::Passcode(PasscodeFlow::Refund(Reply::Error(ErrorCode::Busy))), write(ops))
+    write(PasscodeWrite::Refund(Reply::Error(ErrorCode::Busy)), ops)
 }
 
 /// The failure a request whose credentials held gives back.
@@ -112,66 +125,91 @@ fn refunds(limits: &Limits, claim: &Claim) -> impl Iterator<Item = PasscodesOp> 
     limits.failure_refunds(&claim.email, claim.ip, claim.reserved_at, true).into_iter().map(PasscodesOp::Refund)
 }
 
-impl PasscodeFlow {
-    pub(crate) fn resume<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, result: EffectResult) -> Step {
-        let limits = &ctx.config.limits;
-        match (self, result) {
-            (PasscodeFlow::Lookup(mut claim), EffectResult::Read(snapshot)) => {
-                if let Some(limit) =
-                    limits.refusal(AttemptKind::PasscodeRequest, &snapshot, &claim.email, claim.ip, ctx.now)
-                {
-                    ctx.refused(limit, claim.ip);
-                    return Step::Done(Reply::Error(ErrorCode::RateLimited));
-                }
-                if !ctx.password_capacity() {
-                    return Step::Done(Reply::Error(ErrorCode::Busy));
-                }
-                claim.reserved_at = ctx.now;
-                let reservations = limits.reservations(AttemptKind::PasscodeRequest, &claim.email, claim.ip, ctx.now);
-                let state = Box::new((claim, *snapshot));
-                if reservations.is_empty() {
-                    // Every limit is off: nothing to count.
-                    return verify(ctx, state);
-                }
-                let ops = reservations.into_iter().map(PasscodesOp::Reserve).collect();
-                Step::Await(Flow::Passcode(PasscodeFlow::Reserve(state)), write(ops))
-            }
-            (PasscodeFlow::Reserve(state), EffectResult::Committed) => verify(ctx, state),
+/// The account and the counters, as read: refuse by a limit, or reserve
+/// the request's places.
+pub(crate) fn looked_up<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, mut claim: Claim, outcome: ReadOutcome) -> Step {
+    let Ok(snapshot) = outcome else { return Step::Done(Reply::Error(ErrorCode::StoreUnavailable)) };
+    let limits = &ctx.config.limits;
+    if let Some(limit) = limits.refusal(AttemptKind::PasscodeRequest, &snapshot, &claim.email, claim.ip, ctx.now) {
+        ctx.refused(limit, claim.ip);
+        return Step::Done(Reply::Error(ErrorCode::RateLimited));
+    }
+    if !ctx.password_capacity() {
+        return Step::Done(Reply::Error(ErrorCode::Busy));
+    }
+    claim.reserved_at = ctx.now;
+    let reservations = limits.reservations(AttemptKind::PasscodeRequest, &claim.email, claim.ip, ctx.now);
+    let state = Box::new(Reserved { claim, snapshot: *snapshot });
+    if reservations.is_empty() {
+        // Every limit is off: nothing to count.
+        return verify(ctx, state);
+    }
+    write(PasscodeWrite::Reserve(state), reservations.into_iter().map(PasscodesOp::Reserve).collect())
+}
+
+/// The password, as verified: mail a passcode if the credentials hold.
+pub(crate) fn verified<R: CryptoRng + ?Sized>(
+    ctx: &mut Ctx<'_, R>,
+    state: Box<Reserved>,
+    outcome: VerifyOutcome,
+) -> Step {
+    let Ok(verified) = outcome else { return busy(&ctx.config.limits, &state.claim) };
+    let Reserved { claim, snapshot } = *state;
+    let user = snapshot.user.as_ref().filter(|u| u.email == claim.email);
+    if let (true, Some(user)) = (credentials::accepted(user, &claim.phone, verified), user) {
+        credentials::upgrade_if_needed(ctx, user, &claim.password);
+        issue(ctx, claim)
+    } else {
+        // Counted when it was reserved.
+        Step::Done(Reply::False)
+    }
+}
+
+impl PasscodeWrite {
+    pub(crate) fn written<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: WriteOutcome) -> Step {
+        match (self, outcome) {
+            (PasscodeWrite::Reserve(state), WriteOutcome::Committed) => verify(ctx, state),
             // A bound was reached since the read: read again, to refuse by
             // the limit (or, if the window rolled over, try again).
-            (PasscodeFlow::Reserve(state), EffectResult::Conflict) => {
-                let (mut claim, _) = *state;
+            (PasscodeWrite::Reserve(state), WriteOutcome::Conflict) => {
+                let Reserved { mut claim, .. } = *state;
                 claim.tries += 1;
                 if claim.tries >= MAX_TRIES {
                     return Step::Done(Reply::Error(ErrorCode::Busy));
                 }
-                lookup(claim, limits)
+                lookup(claim, &ctx.config.limits)
             }
-            (PasscodeFlow::Verify(state), EffectResult::Verified(verified)) => {
-                let (claim, snapshot) = *state;
-                let user = snapshot.user.as_ref().filter(|u| u.email == claim.email);
-                if let (true, Some(user)) = (credentials::accepted(user, &claim.phone, verified), user) {
-                    credentials::upgrade_if_needed(ctx, user, &claim.password);
-                    issue(ctx, claim)
-                } else {
-                    // Counted when it was reserved.
-                    Step::Done(Reply::False)
-                }
+            (PasscodeWrite::Reserve(_), WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
             }
-            (PasscodeFlow::Verify(state), _) => busy(limits, &state.0),
-            (PasscodeFlow::Mail(claim, record), result) => {
-                let mut ops: Vec<PasscodesOp> = refunds(limits, &claim).collect();
-                if result == EffectResult::Sent {
-                    ops.push(PasscodesOp::Put(record));
-                    Step::Await(Flow::Passcode(PasscodeFlow::Store), write(ops))
-                } else {
-                    let reply = Reply::Error(ErrorCode::MailUnavailable);
-                    Step::Await(Flow::Passcode(PasscodeFlow::Refund(reply)), write(ops))
-                }
+            (PasscodeWrite::Store, WriteOutcome::Committed) => Step::Done(Reply::PasscodeSent),
+            // The batch expects nothing, so a conflict says the store
+            // misbehaved: the client may try again.
+            (PasscodeWrite::Store, WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
             }
-            (PasscodeFlow::Store, EffectResult::Committed) => Step::Done(Reply::PasscodeSent),
-            (PasscodeFlow::Refund(reply), _) => Step::Done(reply),
-            _ => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+            // Given back or not, the reply was decided before.
+            (
+                PasscodeWrite::Refund(reply),
+                WriteOutcome::Committed | WriteOutcome::Conflict | WriteOutcome::Unavailable,
+            ) => Step::Done(reply),
+        }
+    }
+}
+
+impl Mailing {
+    /// The relay took the mail (store the passcode) or not (no usable
+    /// passcode is left behind); either way the failure reserved for the
+    /// request is given back, its credentials having held.
+    pub(crate) fn sent<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: MailOutcome) -> Step {
+        let Mailing { claim, record } = self;
+        let mut ops: Vec<PasscodesOp> = refunds(&ctx.config.limits, &claim).collect();
+        match outcome {
+            Ok(()) => {
+                ops.push(PasscodesOp::Put(record));
+                write(PasscodeWrite::Store, ops)
+            }
+            Err(_) => write(PasscodeWrite::Refund(Reply::Error(ErrorCode::MailUnavailable)), ops),
         }
     }
 }
@@ -189,5 +227,5 @@ fn issue<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, claim: Claim) -> Step {
         ctx.now,
     );
     let mail = mail::passcode_mail(&claim.email, &passcode, record.expires_at);
-    Step::Await(Flow::Passcode(PasscodeFlow::Mail(claim, record)), Effect::SendMail(mail))
+    Step::Mail(MailWait::Passcode(Mailing { claim, record }), mail)
 }

@@ -3,36 +3,49 @@
 //! meanwhile the write's expectation fails and nothing happens.
 
 use crate::codec::reply::Reply;
-use crate::effect::{Effect, EffectResult};
-use crate::flow::{Flow, Step};
+use crate::flow::{HashOutcome, HashWait, Step, WriteOutcome, WriteWait};
 use crate::password::PasswordHash;
 use crate::secret::Secret;
 use crate::store::{CredsBatch, CredsExpectation, CredsOp, UserRecord, WriteBatch};
 
-pub(crate) enum PasswordUpgrade {
-    /// Waiting for the new hash.
-    Hashing { email: String, old: PasswordHash },
-    /// Waiting for it to be stored.
-    Storing,
+/// Waiting for the new hash of the password stored for `email`, `old`
+/// (then for it to be stored: [`stored`]).
+pub(crate) struct Rehash {
+    email: String,
+    old: PasswordHash,
 }
 
-pub(crate) fn start(user: &UserRecord, password: &Secret) -> (Flow, Effect) {
-    let state = PasswordUpgrade::Hashing { email: user.email.clone(), old: user.password.clone() };
-    (Flow::Upgrade(state), Effect::HashPassword { password: password.clone() })
+pub(crate) fn start(user: &UserRecord, password: &Secret) -> Step {
+    let rehash = Rehash { email: user.email.clone(), old: user.password.clone() };
+    Step::Hash(HashWait::Upgrade(rehash), password.clone())
 }
 
-impl PasswordUpgrade {
-    pub(crate) fn resume(self, result: EffectResult) -> Step {
-        match (self, result) {
-            (PasswordUpgrade::Hashing { email, old }, EffectResult::Hashed(new)) => {
+impl Rehash {
+    pub(crate) fn hashed(self, outcome: HashOutcome) -> Step {
+        let Rehash { email, old } = self;
+        match outcome {
+            Ok(new) => {
                 let batch = CredsBatch {
                     expect: Some(CredsExpectation::Password { email: email.clone(), password: old }),
                     ops: vec![CredsOp::SetPassword { email, password: new }],
                 };
-                Step::Await(Flow::Upgrade(PasswordUpgrade::Storing), Effect::Write(WriteBatch::Creds(batch)))
+                Step::Write(WriteWait::Upgrade, WriteBatch::Creds(batch))
             }
-            // Nobody is waiting: the reply goes nowhere.
-            _ => Step::Done(Reply::False),
+            // The plaintext stays until the next successful check.
+            Err(_) => done(),
         }
     }
+}
+
+/// The new hash is stored, or the password changed meanwhile, or the store
+/// is down: the plaintext stays until the next successful check.
+pub(crate) fn stored(outcome: WriteOutcome) -> Step {
+    match outcome {
+        WriteOutcome::Committed | WriteOutcome::Conflict | WriteOutcome::Unavailable => done(),
+    }
+}
+
+/// Nobody is waiting: the reply goes nowhere.
+fn done() -> Step {
+    Step::Done(Reply::False)
 }

@@ -109,8 +109,17 @@ impl World {
 
     /// Feeds one input, then drains the outputs and fires due timers.
     pub fn input(&mut self, input: Input<'_>) {
-        self.engine.handle(self.now, &mut self.rng, input);
+        self.handle(input);
         self.drain();
+    }
+
+    /// Feeds one input. The world drives the engine by the contract, so
+    /// the engine never reports a breach of it.
+    fn handle(&mut self, input: Input<'_>) {
+        self.engine.handle(self.now, &mut self.rng, input);
+        if let Some(error) = self.engine.error() {
+            panic!("the world broke the driving contract: {error}");
+        }
     }
 
     fn drain(&mut self) {
@@ -141,12 +150,12 @@ impl World {
             }
             if !taken.is_empty() {
                 for (conn, bytes) in taken {
-                    self.engine.handle(self.now, &mut self.rng, Input::Sent { conn, bytes });
+                    self.handle(Input::Sent { conn, bytes });
                 }
                 continue;
             }
             match self.engine.poll_timeout() {
-                Some(at) if at <= self.now => self.engine.handle(self.now, &mut self.rng, Input::Timeout),
+                Some(at) if at <= self.now => self.handle(Input::Timeout),
                 _ => break,
             }
         }

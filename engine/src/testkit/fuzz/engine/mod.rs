@@ -10,6 +10,7 @@ use crate::codec::legacy;
 use crate::codec::reply::{ErrorCode, LOGIN_PREFIX};
 use crate::codec::request::{REQUIRE_PASSCODE, Request};
 use crate::config::Config;
+use crate::contract::ContractError;
 use crate::device::{Mac, normalize_ip};
 use crate::effect::{Effect, EffectId, EffectResult};
 use crate::engine::Engine;
@@ -49,12 +50,20 @@ pub struct Report {
     pub renewals: usize,
     /// Connections the engine closed.
     pub closes: usize,
+    /// Effects a shutdown abandoned.
+    pub abandoned: usize,
+    /// Late results reported for them.
+    pub late_results: usize,
+    /// Breaches of the driving contract fed at the end (0 or 1).
+    pub breaches: usize,
 }
 
 /// The `engine` target: decodes a script from `data` with `arbitrary` and
 /// runs it against an [`Engine`], checking the invariants after every
 /// input; then settles everything and lets every deadline pass, after which
-/// nothing may be left. Panics on a violation.
+/// nothing may be left; then feeds the breach of the driving contract the
+/// script asked for, if any, and checks that the engine stopped for good.
+/// Panics on a violation.
 pub fn engine(data: &[u8]) -> Report {
     let Some(script) = decode(data) else { return Report::default() };
     let mut run = Run::new(script.knobs.config());
@@ -190,7 +199,13 @@ struct Run {
     store: MemoryStore,
     slots: Vec<Slot>,
     pending: Vec<Pending>,
+    /// Effects a shutdown abandoned, not yet reported.
+    abandoned: Vec<Pending>,
     reported: Vec<EffectId>,
+    /// The first breach of the contract the script asked for (a result for
+    /// an effect never asked for, or a second one), fed after the rest: the
+    /// engine stops for good on it.
+    breach: Option<(EffectId, Outcome)>,
     next_effect: u64,
     /// Every passcode mailed, in order: (email, code).
     mails: Vec<(String, String)>,
@@ -251,7 +266,9 @@ impl Run {
             store,
             slots: (0..SLOTS).map(|_| Slot::default()).collect(),
             pending: Vec::new(),
+            abandoned: Vec::new(),
             reported: Vec::new(),
+            breach: None,
             next_effect: 0,
             mails: Vec::new(),
             tokens: Vec::new(),
@@ -348,17 +365,17 @@ impl Run {
             }
             Action::Settle => self.settle(),
             Action::Stray { id, outcome } => {
-                let id = EffectId(*id);
-                if !self.pending.iter().any(|p| p.id == id) {
-                    let result = self.lie(*outcome);
-                    self.silent(Input::Completed { id, result });
+                if !self.abandoned.is_empty() {
+                    let index = usize::try_from(*id % self.abandoned.len() as u64).unwrap_or_default();
+                    self.late_result(index, *outcome);
+                } else if !self.pending.iter().any(|p| p.id.0 == *id) {
+                    self.breach.get_or_insert((EffectId(*id), *outcome));
                 }
             }
             Action::Replay { pick, outcome } => {
                 if !self.reported.is_empty() {
                     let id = self.reported[usize::from(*pick) % self.reported.len()];
-                    let result = self.lie(*outcome);
-                    self.silent(Input::Completed { id, result });
+                    self.breach.get_or_insert((id, *outcome));
                 }
             }
         }
@@ -388,6 +405,45 @@ impl Run {
         assert_eq!(self.engine.connections(), 0, "connections left after every deadline passed");
         assert_eq!(self.engine.poll_timeout().filter(|&at| at <= self.engine_now), None, "a deadline left in the past");
         assert_eq!(self.stopped, self.shutdown, "a shutdown that never said it stopped");
+        self.feed_breach();
+    }
+
+    /// Feeds the breach the script asked for, last, and checks that the
+    /// engine names it and is stopped for good: nothing out, no input
+    /// wanted, no deadline, and later inputs (another breach among them)
+    /// change nothing.
+    fn feed_breach(&mut self) {
+        let Some((id, outcome)) = self.breach else { return };
+        let expected = if self.reported.contains(&id) {
+            ContractError::DuplicateResult(id)
+        } else if id.0 >= self.next_effect {
+            ContractError::UnknownEffect(id)
+        } else {
+            // An effect the shutdown abandoned: a late result is no breach.
+            return;
+        };
+        self.report.breaches += 1;
+        let result = self.lie(outcome);
+        self.engine.handle(self.now, &mut self.rng, Input::Completed { id, result });
+        let conn = Run::conn(0);
+        let later = [
+            Input::Opened { conn, peer: peer(0), listener: Listener::Native },
+            Input::Received { conn, bytes: b"not a request\n" },
+            Input::Completed { id: EffectId(u64::MAX), result: EffectResult::Failed },
+            Input::Timeout,
+            Input::Shutdown,
+        ];
+        for input in later {
+            assert_eq!(self.engine.error(), Some(&expected), "the breach is not the one fed");
+            assert_eq!(self.engine.poll_output(), None, "output after a breach of the contract");
+            assert_eq!(self.engine.poll_notice(), None, "a notice after a breach of the contract");
+            assert_eq!(self.engine.poll_timeout(), None, "a deadline after a breach of the contract");
+            assert!(!self.engine.wants_input(conn), "input wanted after a breach of the contract");
+            self.now += TimeDelta::hours(1);
+            self.engine.handle(self.now, &mut self.rng, input);
+        }
+        assert_eq!(self.engine.error(), Some(&expected), "the first breach is not kept");
+        assert_eq!(self.engine.poll_output(), None, "output after a breach of the contract");
     }
 
     /// The client reads up to `bytes` of what waits in its socket.
@@ -504,6 +560,21 @@ impl Run {
 
     /// A result as the outcome says, whatever the effect.
     fn lie(&self, outcome: Outcome) -> EffectResult {
+        self.lie_about(None, outcome)
+    }
+
+    /// A result as the outcome says, for `effect` if given: one of another
+    /// kind would break the driving contract, so it is reported `Failed`,
+    /// the result that answers every kind.
+    fn lie_about(&self, effect: Option<&Effect>, outcome: Outcome) -> EffectResult {
+        let result = self.told(outcome);
+        match (effect, result.kind()) {
+            (Some(effect), Some(kind)) if kind != effect.kind() => EffectResult::Failed,
+            _ => result,
+        }
+    }
+
+    fn told(&self, outcome: Outcome) -> EffectResult {
         match outcome {
             Outcome::Honest | Outcome::Failed => EffectResult::Failed,
             Outcome::Conflict => EffectResult::Conflict,
@@ -531,7 +602,7 @@ impl Run {
                 None => self.execute(&p.effect),
             }
         } else {
-            self.lie(outcome)
+            self.lie_about(Some(&p.effect), outcome)
         };
         self.engine_now = self.engine_now.max(self.now);
         let mut resumed = Resumed::default();
@@ -604,19 +675,32 @@ impl Run {
         }
     }
 
-    /// Feeds an input that must produce nothing.
-    fn silent(&mut self, input: Input<'_>) {
-        let before = self.report;
+    /// A late result for an effect the shutdown abandoned: it goes nowhere.
+    fn late_result(&mut self, index: usize, outcome: Outcome) {
+        let p = self.abandoned.remove(index);
+        let result = match outcome {
+            Outcome::Honest => self.execute(&p.effect),
+            _ => self.lie_about(Some(&p.effect), outcome),
+        };
+        self.reported.push(p.id);
+        self.report.late_results += 1;
         self.engine_now = self.engine_now.max(self.now);
-        self.engine.handle(self.now, &mut self.rng, input);
-        assert_eq!(self.engine.poll_output(), None, "a result for an unknown effect id produced output");
-        assert_eq!(before, self.report);
+        self.handle(Input::Completed { id: p.id, result });
+        assert_eq!(self.engine.poll_output(), None, "a late result for an abandoned effect produced output");
         self.check_bounds();
+    }
+
+    /// Feeds one input, by the contract: the engine never reports a breach.
+    fn handle(&mut self, input: Input<'_>) {
+        self.engine.handle(self.now, &mut self.rng, input);
+        if let Some(error) = self.engine.error() {
+            panic!("the script broke the driving contract: {error}");
+        }
     }
 
     fn input(&mut self, input: Input<'_>, resumed: Resumed) {
         self.engine_now = self.engine_now.max(self.now);
-        self.engine.handle(self.now, &mut self.rng, input);
+        self.handle(input);
         while let Some(output) = self.engine.poll_output() {
             self.output(output, resumed);
         }
@@ -714,6 +798,10 @@ impl Run {
                 assert!(!self.stopped, "stopped twice");
                 assert_eq!(self.engine.connections(), 0, "stopped with connections open");
                 self.stopped = true;
+                // Stopped with effects out: the grace ran out, and the
+                // engine abandoned them.
+                self.report.abandoned += self.pending.len();
+                self.abandoned.append(&mut self.pending);
             }
             Output::Perform { id, effect } => {
                 assert_eq!(id, EffectId(self.next_effect), "effect ids must be fresh");

@@ -171,9 +171,13 @@ pub(super) enum Action {
     Complete { pick: u8, outcome: Outcome },
     /// Every effect is carried out and reported honestly, oldest first.
     Settle,
-    /// A result for an effect id the engine never asked for.
+    /// After a shutdown abandoned effects: a late result for one of them
+    /// (`id` picks which). Otherwise a result for an effect id the engine
+    /// never asked for: a breach of the contract, fed at the end of the
+    /// script (the first breach only; the engine stops for good on it).
     Stray { id: u64, outcome: Outcome },
-    /// A second result for an effect already reported.
+    /// A second result for an effect already reported: a breach of the
+    /// contract, fed at the end of the script (the first breach only).
     Replay { pick: u8, outcome: Outcome },
     /// A client's socket fails.
     Fail { slot: u8 },
@@ -245,7 +249,9 @@ pub(super) enum Ending {
 /// The result reported for an effect. `Honest` carries it out against the
 /// models; the others are reported as they are, except that a result of
 /// the effect's own kind is carried out honestly (the models never lie
-/// about a commit, a password or a hash).
+/// about a commit, a password or a hash), and one of another kind, which
+/// would break the driving contract, is reported `Failed`. What is left
+/// of the lies are failures, conflicts and empty reads.
 #[derive(Arbitrary, Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) enum Outcome {
     Honest,

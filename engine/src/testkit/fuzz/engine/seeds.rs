@@ -262,7 +262,8 @@ impl Encode for Script {
 /// The seed inputs of the `engine` target, by file name: real sessions
 /// (passcode, login, token checks, renewal, legacy ports, password
 /// upgrade) and hostile ones (out-of-order and false results, floods,
-/// clock jumps). Panics if a seed does not decode to the script it was
+/// clock jumps, effects abandoned by a shutdown, breaches of the driving
+/// contract). Panics if a seed does not decode to the script it was
 /// written from (the encoder no longer matches `arbitrary`).
 pub fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
     use Action::*;
@@ -383,6 +384,26 @@ pub fn engine_seeds() -> Vec<(&'static str, Vec<u8>)> {
         Timeout,
     ];
     seeds.push(("seed-hostile-results", Script { knobs, actions: hostile }));
+
+    // A shutdown whose grace runs out with a passcode request's effects
+    // out: the engine abandons them, and their results come late (one
+    // honest, one failed, one of another kind, which is reported failed),
+    // then once more, which breaks the contract.
+    let abandon = vec![
+        open(0, 0, ListenerPick::Native),
+        open(1, 1, ListenerPick::Native),
+        ada_passcode(0),
+        ada_passcode(1),
+        Complete { pick: 0, outcome: Outcome::Honest },
+        Shutdown,
+        AdvanceLong { minutes: 1 },
+        Timeout,
+        Stray { id: 0, outcome: Outcome::Honest },
+        Stray { id: 0, outcome: Outcome::Sent },
+        Settle,
+        Replay { pick: 0, outcome: Outcome::Committed },
+    ];
+    seeds.push(("seed-shutdown-abandons", Script { knobs, actions: abandon }));
 
     let busy = Knobs {
         max_connections: 1,
