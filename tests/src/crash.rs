@@ -24,7 +24,7 @@ pub fn group_master(round: u32, g: u32, j: u32) -> MasterToken {
 /// moment the login reply exists, every time.
 pub const FREEZE_AFTER_LOGIN: &str = "CRASH_CHILD_FREEZE_AFTER_LOGIN";
 
-/// Names a [`Plant`]: the child's executor then breaks an order the engine
+/// Names a [`Plant`]: the child's runner then breaks an order the engine
 /// keeps, as a buggy engine or runtime would.
 pub const PLANT: &str = "CRASH_CHILD_PLANT";
 

@@ -20,10 +20,10 @@ pub fn world(dir: &Path, hasher: &PasswordHasher, config: Config, seed: u64) -> 
 pub fn world_with_mail(dir: &Path, hasher: &PasswordHasher, config: Config, seed: u64, mail: &MailConfig) -> World {
     let store = SqliteStore::open(dir).expect("open the store");
     let mailer = Mailer::new(mail).expect("set up the mailer");
-    let mut executor = EffectRunner { store, hasher: hasher.clone(), mailer };
+    let mut runner = EffectRunner { store, hasher: hasher.clone(), mailer };
     let config = Config { dummy_password: hasher.dummy().clone(), ..config };
     let mut world = World::new(config, seed);
-    world.set_executor(move |effect| executor.run(effect));
+    world.set_runner(move |effect| runner.run(effect));
     world
 }
 

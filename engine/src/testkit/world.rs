@@ -27,7 +27,7 @@ pub enum Completion {
 }
 
 /// Something that carries out effects in place of the models.
-type Executor = Box<dyn FnMut(&Effect) -> EffectResult>;
+type Runner = Box<dyn FnMut(&Effect) -> EffectResult>;
 
 /// One engine and everything around it.
 pub struct World {
@@ -51,7 +51,7 @@ pub struct World {
     pub outputs: Vec<Output>,
     /// Carries out effects in place of the models, when set (for tests
     /// against the real store, hasher and mailer).
-    executor: Option<Executor>,
+    runner: Option<Runner>,
     completion: Completion,
     order_rng: TestRng,
     pending: Vec<(EffectId, Effect)>,
@@ -82,7 +82,7 @@ impl World {
             now: epoch(),
             rng: TestRng::new(seed),
             outputs: Vec::new(),
-            executor: None,
+            runner: None,
             completion: Completion::InOrder,
             order_rng: TestRng::new(seed ^ 0x5eed),
             pending: Vec::new(),
@@ -94,9 +94,9 @@ impl World {
         }
     }
 
-    /// Hands every effect to `executor` instead of the in-memory models.
-    pub fn set_executor(&mut self, executor: impl FnMut(&Effect) -> EffectResult + 'static) {
-        self.executor = Some(Box::new(executor));
+    /// Hands every effect to `runner` instead of the in-memory models.
+    pub fn set_runner(&mut self, runner: impl FnMut(&Effect) -> EffectResult + 'static) {
+        self.runner = Some(Box::new(runner));
     }
 
     /// Sets the order in which effects complete.
@@ -243,8 +243,8 @@ impl World {
             Completion::Shuffled(_) => (self.order_rng.next_u64() % self.pending.len() as u64) as usize,
         };
         let (id, effect) = self.pending.remove(index);
-        let result = match &mut self.executor {
-            Some(executor) => executor(&effect),
+        let result = match &mut self.runner {
+            Some(runner) => runner(&effect),
             None => self.execute(&effect),
         };
         self.input(Input::Completed { id, result });

@@ -60,7 +60,7 @@ fn main() {
     let hasher = PasswordHasher::new(Cost::TEST_ONLY).expect("hasher");
     let store = SqliteStore::open(&dir).expect("store");
     let mailer = Mailer::new(&MailConfig::Outbox { dir: dir.join("outbox") }).expect("outbox");
-    let executor = Rc::new(RefCell::new(EffectRunner { store, hasher: hasher.clone(), mailer }));
+    let runner = Rc::new(RefCell::new(EffectRunner { store, hasher: hasher.clone(), mailer }));
     let plant = std::env::var(PLANT).ok().map(|p| Plant::parse(&p).expect("a known plant"));
     let freeze = std::env::var_os(FREEZE_AFTER_LOGIN).is_some();
     // Writes a plant acknowledged before making them: effects the engine
@@ -79,8 +79,8 @@ fn main() {
     };
     let config = Config { dummy_password: hasher.dummy().clone(), limits, ..Config::default() };
     let mut world = World::new(config, u64::from(round));
-    let (inbox, run, later) = (mailed.clone(), executor.clone(), deferred.clone());
-    world.set_executor(move |effect| match effect {
+    let (inbox, run, later) = (mailed.clone(), runner.clone(), deferred.clone());
+    world.set_runner(move |effect| match effect {
         Effect::SendMail(mail) => {
             *inbox.borrow_mut() = tokenizer_auth_engine::mail::find_passcode(mail.body.expose()).map(str::to_owned);
             EffectResult::Sent
@@ -91,7 +91,7 @@ fn main() {
         }
         other => run.borrow_mut().run(other),
     });
-    let mut child = Child { world, executor, deferred };
+    let mut child = Child { world, runner, deferred };
 
     let ip: IpAddr = "127.0.0.1".parse().expect("ip");
     let mut out = std::io::stdout().lock();
@@ -131,10 +131,10 @@ fn main() {
     }
 }
 
-/// The engine's world, with the real executor and what a plant deferred.
+/// The engine's world, with the real runner and what a plant deferred.
 struct Child {
     world: World,
-    executor: Rc<RefCell<EffectRunner>>,
+    runner: Rc<RefCell<EffectRunner>>,
     deferred: Rc<RefCell<VecDeque<Deferred>>>,
 }
 
@@ -162,7 +162,7 @@ impl Child {
             return true;
         }
         let Some(next) = self.deferred.borrow_mut().pop_front() else { return false };
-        self.executor.borrow_mut().store.write(&next.batch).expect("a deferred write");
+        self.runner.borrow_mut().store.write(&next.batch).expect("a deferred write");
         true
     }
 
