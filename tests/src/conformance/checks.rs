@@ -379,18 +379,23 @@ pub(super) fn a_passcode_expectation_holds_only_on_the_passcode_as_read<S: Store
     assert_eq!(store.write(&consume(&record)), Conflict, "consumed once");
 }
 
-pub(super) fn a_failed_passcode_expectation_writes_nothing<S: StoreUnderTest>() {
-    let mut store = populated::<S>();
-    let [requests, _, failures, _] = window_keys();
-    // One of every kind of op.
-    let ops = vec![
+/// One op of every kind on `op_passcodes.db`, each on records the populated
+/// store holds.
+fn every_passcodes_op(requests: &CounterKey, failures: &CounterKey) -> Vec<PasscodesOp> {
+    vec![
         PasscodesOp::Put(passcode(key(EMAIL, 3), 3)),
         PasscodesOp::Delete(key(EMAIL, 2)),
         PasscodesOp::CountGuess(key(EMAIL, 1)),
-        reserve(minute(5), &requests, 2_000),
-        refund(minute(5), &failures, 1_000),
+        reserve(minute(5), requests, 2_000),
+        refund(minute(5), failures, 1_000),
         PasscodesOp::Reset(streak_key()),
-    ];
+    ]
+}
+
+pub(super) fn a_failed_passcode_expectation_writes_nothing<S: StoreUnderTest>() {
+    let mut store = populated::<S>();
+    let [requests, _, failures, _] = window_keys();
+    let ops = every_passcodes_op(&requests, &failures);
     let held = passcode(key(EMAIL, 1), 1);
     // One guess counted, so a bound of one guess is spent.
     assert_eq!(store.write(&guess(&held, 1)), Committed);
@@ -413,14 +418,7 @@ pub(super) fn a_reservation_that_does_not_fit_undoes_its_whole_batch<S: StoreUnd
     let [requests, by_ip, failures, _] = window_keys();
     // `by_ip` holds one place: with a bound of 1, it is full.
     let full = reserve(minute(1), &by_ip, 2_000);
-    let ops = vec![
-        PasscodesOp::Put(passcode(key(EMAIL, 3), 3)),
-        PasscodesOp::Delete(key(EMAIL, 2)),
-        PasscodesOp::CountGuess(key(EMAIL, 1)),
-        reserve(minute(5), &requests, 2_000),
-        refund(minute(5), &failures, 1_000),
-        PasscodesOp::Reset(streak_key()),
-    ];
+    let ops = every_passcodes_op(&requests, &failures);
     let before = everything(&store);
     let held = Some(expecting(&passcode(key(EMAIL, 1), 1), None));
     for (expect, at_end) in [(None, true), (None, false), (held.clone(), true)] {
