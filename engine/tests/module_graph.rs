@@ -10,8 +10,11 @@
 //! module are written `crate::…` throughout the engine (`super::` only
 //! reaches within a module), so this sees every dependency.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use support::sources;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -114,17 +117,6 @@ fn reexports(root: &str) -> BTreeMap<String, String> {
         }
     }
     names
-}
-
-fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            sources(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
 }
 
 /// Each top-level module with the top-level modules it uses.
