@@ -96,11 +96,6 @@ impl Start {
         Ok(Start { settings, hasher })
     }
 
-    /// The settings, with the engine's dummy password and server key set.
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// A new engine, recording into the capture file if one is set.
     pub fn engine(&self) -> Result<(Engine, Option<CaptureFile>), ServeError> {
         let mut engine = Engine::new(self.settings.engine.clone());
@@ -145,7 +140,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds the three addresses of `settings` (port 0 picks a free port).
-    pub fn bind(settings: &Settings) -> Result<Listeners, ServeError> {
+    pub(crate) fn bind(settings: &Settings) -> Result<Listeners, ServeError> {
         let bind = |addr: SocketAddr| TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source });
         Ok(Listeners {
             all: [
