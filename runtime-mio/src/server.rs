@@ -132,22 +132,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
     drop(bound);
 
     let (engine, capture) = start.engine()?;
-    let mut event_loop = EventLoop {
-        poll,
-        engine,
-        rng: os_rng(),
-        listeners,
-        conns: Slab::new(),
-        pool,
-        results,
-        wake_pending,
-        buf: vec![0; READ_CHUNK],
-        unflushed: Vec::new(),
-        paused: Vec::new(),
-        shutting_down: false,
-        stopped: false,
-        capture,
-    };
+    let mut event_loop = EventLoop::new(poll, engine, listeners, pool, results, wake_pending, capture);
     let outcome = event_loop.run(&mut signals);
     let EventLoop { pool, capture, .. } = event_loop;
     if let Some(mut capture) = capture {
@@ -159,6 +144,34 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 }
 
 impl EventLoop {
+    /// A loop with no connection yet, around what the start-up made.
+    fn new(
+        poll: Poll,
+        engine: Engine,
+        listeners: Vec<(Listener, TcpListener)>,
+        pool: EffectPool,
+        results: Receiver<(EffectId, EffectResult)>,
+        wake_pending: Arc<AtomicBool>,
+        capture: Option<CaptureFile>,
+    ) -> EventLoop {
+        EventLoop {
+            poll,
+            engine,
+            rng: os_rng(),
+            listeners,
+            conns: Slab::new(),
+            pool,
+            results,
+            wake_pending,
+            buf: vec![0; READ_CHUNK],
+            unflushed: Vec::new(),
+            paused: Vec::new(),
+            shutting_down: false,
+            stopped: false,
+            capture,
+        }
+    }
+
     fn run(&mut self, signals: &mut Signals) -> Result<(), ServeError> {
         let mut events = Events::with_capacity(1024);
         loop {
@@ -460,22 +473,8 @@ mod tests {
         let (tx, results) = unbounded();
         let pool = start.pool(Arc::new(|_, _| {})).unwrap();
         let (engine, capture) = start.engine().unwrap();
-        let mut event_loop = EventLoop {
-            poll,
-            engine,
-            rng: os_rng(),
-            listeners: Vec::new(),
-            conns: Slab::new(),
-            pool,
-            results,
-            wake_pending: Arc::new(AtomicBool::new(true)),
-            buf: vec![0; READ_CHUNK],
-            unflushed: Vec::new(),
-            paused: Vec::new(),
-            shutting_down: false,
-            stopped: false,
-            capture,
-        };
+        let wake_pending = Arc::new(AtomicBool::new(true));
+        let mut event_loop = EventLoop::new(poll, engine, Vec::new(), pool, results, wake_pending, capture);
         // A worker hands back a result for an effect never asked for.
         let stray = EffectId(7);
         tx.send((stray, EffectResult::Failed)).unwrap();
