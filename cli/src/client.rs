@@ -1,6 +1,6 @@
 //! `client`: the native protocol from the command line, for trying a server
-//! out and for scripts. One connection, one request line at a time, the
-//! reply printed as it came.
+//! out and for scripts. One connection; a request may be pipelined
+//! (`--repeat N`), and each reply is printed as it came.
 //!
 //! Passwords come from a prompt or standard input, never from the command
 //! line; the session token lives in a file only its owner can read, and is
@@ -63,11 +63,14 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             store_token(&token_file(file), &token)?;
             writeln!(out, "logged in")?;
         }
-        ClientCommand::Request { mac, token_file: file, request, data } => {
+        ClientCommand::Request { mac, token_file: file, repeat, request, data } => {
             let mac = mac_field(mac)?;
             let request = field("request", request, Field::Required)?;
             for item in data {
                 field("data", item, Field::Rest)?;
+            }
+            if *repeat == 0 {
+                return Err(Failure::Usage("--repeat must be at least 1".into()));
             }
             let file = token_file(file);
             let line = |token: &BaseToken| {
@@ -80,22 +83,31 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             };
             let token = read_token(&file)?;
             let mut connection = Connection::open(addr, timeout)?;
-            let mut reply = connection.ask(&line(&token))?;
-            if let Some(renewed) = renewal(&reply)? {
+            let mut replies = connection.pipeline(&line(&token), *repeat)?;
+            // Every check of one expired token within the renewal grace is
+            // told the same successor: store it once, and retry the
+            // requests it answered with it, once.
+            if let Some(renewed) = one_renewal(&replies)? {
                 store_token(&file, &renewed)?;
                 eprintln!("the token expired and was renewed; the new one is in {}; retrying", file.display());
-                reply = connection.ask(&line(&renewed))?;
-                if let Some(again) = renewal(&reply)? {
+                let renewals = replies.iter().filter(|r| r.starts_with("renew|")).count();
+                let mut retried = connection.pipeline(&line(&renewed), renewals)?.into_iter();
+                for reply in replies.iter_mut().filter(|r| r.starts_with("renew|")) {
+                    *reply = retried.next().unwrap_or_default();
+                }
+                if let Some(again) = one_renewal(&replies)? {
                     store_token(&file, &again)?;
                     return Err(Failure::Other(
                         "the server renewed the token again on the retry; the newest token is stored".into(),
                     ));
                 }
             }
-            if reply == "False" || reply == "unauthorized" || reply.starts_with("error|") {
-                return Err(refused(&reply));
+            for reply in &replies {
+                if reply == "False" || reply == "unauthorized" || reply.starts_with("error|") {
+                    return Err(refused(reply));
+                }
+                writeln!(out, "{reply}")?;
             }
-            writeln!(out, "{reply}")?;
         }
     }
     Ok(())
@@ -125,14 +137,20 @@ fn refused(reply: &str) -> Failure {
     Failure::Other(format!("server replied {}", reply.escape_debug()))
 }
 
-/// The new token of a `renew|<token>` reply.
-fn renewal(reply: &str) -> Result<Option<BaseToken>, Failure> {
-    match reply.strip_prefix("renew|") {
-        None => Ok(None),
-        Some(token) => BaseToken::parse(token.as_bytes())
-            .map(Some)
-            .ok_or_else(|| Failure::Other("the server sent a renewal without a valid token".into())),
+/// The new token of the `renew|<token>` replies among `replies`, if any:
+/// one token, however many of them there are (docs/PROTOCOL.md,
+/// "Renewal").
+fn one_renewal(replies: &[String]) -> Result<Option<BaseToken>, Failure> {
+    let mut renewed = None;
+    for token in replies.iter().filter_map(|r| r.strip_prefix("renew|")) {
+        let token = BaseToken::parse(token.as_bytes())
+            .ok_or_else(|| Failure::Other("the server sent a renewal without a valid token".into()))?;
+        if renewed.is_some_and(|first| first != token) {
+            return Err(Failure::Other("the server renewed one token to two different tokens".into()));
+        }
+        renewed = Some(token);
     }
+    Ok(renewed)
 }
 
 /// What a field of the request line may hold.
@@ -206,23 +224,38 @@ impl Connection {
     /// Sends `line` (which may hold a password or a token, so no error
     /// repeats it) and returns the reply line without its line ending.
     fn ask(&mut self, line: &Secret) -> Result<String, Failure> {
-        let addr = self.addr;
-        let broke = |e: io::Error| {
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-                Failure::Other(format!("no reply from {addr} within {}", duration::format(self.timeout)))
-            } else {
-                Failure::Other(format!("connection to {addr} failed: {e}"))
-            }
-        };
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.expose().as_bytes());
-        bytes.push(b'\n');
-        let stream = self.reader.get_mut();
-        stream.write_all(&bytes).and_then(|()| stream.flush()).map_err(broke)?;
-        bytes.fill(0);
+        Ok(self.pipeline(line, 1)?.pop().unwrap_or_default())
+    }
 
+    /// Sends `line` `count` times in one write, then reads the `count`
+    /// replies, in order.
+    fn pipeline(&mut self, line: &Secret, count: usize) -> Result<Vec<String>, Failure> {
+        let mut bytes = Vec::with_capacity((line.len() + 1) * count);
+        for _ in 0..count {
+            bytes.extend_from_slice(line.expose().as_bytes());
+            bytes.push(b'\n');
+        }
+        let stream = self.reader.get_mut();
+        let sent = stream.write_all(&bytes).and_then(|()| stream.flush());
+        bytes.fill(0);
+        sent.map_err(|e| self.broke(e))?;
+        (0..count).map(|_| self.reply()).collect()
+    }
+
+    fn broke(&self, e: io::Error) -> Failure {
+        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+            Failure::Other(format!("no reply from {} within {}", self.addr, duration::format(self.timeout)))
+        } else {
+            Failure::Other(format!("connection to {} failed: {e}", self.addr))
+        }
+    }
+
+    /// The next reply line, without its line ending.
+    fn reply(&mut self) -> Result<String, Failure> {
+        let addr = self.addr;
         let mut reply = Vec::new();
-        (&mut self.reader).take(MAX_REPLY).read_until(b'\n', &mut reply).map_err(broke)?;
+        let read = (&mut self.reader).take(MAX_REPLY).read_until(b'\n', &mut reply);
+        read.map_err(|e| self.broke(e))?;
         if reply.pop() != Some(b'\n') {
             return Err(Failure::Other(format!("{addr} closed the connection without a reply")));
         }

@@ -92,6 +92,7 @@ const KEYS: &[Key] = &[
     key!("passcode_ttl", engine.passcode.lifetime, |raw| raw.delta(false), delta),
     key!("token_ttl", engine.session.token_ttl, |raw| raw.delta(false), delta),
     key!("session_max_age", engine.session.max_age, |raw| raw.delta(true), delta),
+    key!("renew_grace", engine.session.renew_grace, |raw| raw.delta(true), delta),
     key!("idle_timeout", engine.idle_timeout, |raw| raw.delta(false), delta),
     key!("partial_line_timeout", engine.partial_line_timeout, |raw| raw.delta(false), delta),
     key!("legacy_wait", engine.legacy_wait, |raw| raw.delta(true), delta),

@@ -178,12 +178,16 @@ pub enum ClientCommand {
         token_file: Option<PathBuf>,
     },
     /// Make a request with the stored token: sends
-    /// `TOKEN|MAC|REQUEST|DATA...`; on `renew|<token>` stores the new
-    /// token and retries once.
+    /// `TOKEN|MAC|REQUEST|DATA...`; on `renew|<token>` (to any of the
+    /// pipelined copies) stores the new token and retries those once.
     Request {
         /// The device's MAC address.
         #[arg(long)]
         mac: String,
+        /// Send the request this many times, pipelined on one connection,
+        /// and print every reply.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        repeat: usize,
         /// Where the token is [default: <data_dir>/client-token].
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,

@@ -326,6 +326,19 @@ fn client_speaks_the_native_protocol_byte_for_byte() {
     #[cfg(unix)]
     assert_eq!(mode(&token_file), 0o600);
 
+    // Pipelined: the copies answered `renew|` (all with the one successor)
+    // are retried with it, once, and every reply is printed in order.
+    std::fs::write(&token_file, format!("{token_a}\n")).unwrap();
+    let renew = format!("renew|{token_b}");
+    let (addr, server) = scripted(&[&renew, "authorized", &renew, "authorized", "authorized"]);
+    let args = ["--data-dir", dir, "client", "--addr", &addr, "request", "--mac", MAC, "--repeat", "3", "ping"];
+    let out = run(&args, &[], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "authorized\n".repeat(3));
+    let (a, b) = (format!("{token_a}|{MAC}|ping\n"), format!("{token_b}|{MAC}|ping\n"));
+    assert_eq!(lines(server.join().unwrap()), [a.clone(), a.clone(), a, b.clone(), b]);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_b}\n"));
+
     // No DATA: just TOKEN|MAC|REQUEST.
     let (addr, server) = scripted(&["authorized"]);
     let custom = tmp.path().join("elsewhere").join("token");
@@ -445,7 +458,8 @@ fn walkthrough(runtime: &str) {
     let dir = tmp.path().to_str().unwrap();
     // A lifetime with room for a slow machine between the login and the
     // first request; the wait for its end counts from the login's reply.
-    let server = Server::start(runtime, tmp.path(), &[("TOKENIZER_AUTH_TOKEN_TTL", "3s")]);
+    let env = [("TOKENIZER_AUTH_TOKEN_TTL", "3s"), ("TOKENIZER_AUTH_RENEW_GRACE", "2s")];
+    let server = Server::start(runtime, tmp.path(), &env);
     let addr = server.native.to_string();
     let client = |args: &[&str]| -> Vec<String> {
         ["--data-dir", dir, "client", "--addr", &addr].iter().chain(args).map(|a| (*a).to_owned()).collect()
@@ -468,20 +482,25 @@ fn walkthrough(runtime: &str) {
     assert_eq!(stdout_of(&request, &[], ""), "authorized\n");
 
     // The token was stored before the reply left: it has expired by then.
+    // Three copies pipelined: one renewal for all, one retry each.
     thread::sleep((logged_in + Duration::from_millis(3500)).saturating_duration_since(Instant::now()));
-    let out = run(&request, &[], "");
+    let out = run(&client(&["request", "--mac", MAC, "--repeat", "3", "status"]), &[], "");
+    let renewed = Instant::now();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), "authorized\n");
-    assert!(stderr.contains("renewed"), "{stderr}");
-    assert_ne!(std::fs::read_to_string(tmp.path().join("client-token")).unwrap(), token);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "authorized\n".repeat(3));
+    assert_eq!(stderr.matches("renewed").count(), 1, "{stderr}");
+    let new_token = std::fs::read_to_string(tmp.path().join("client-token")).unwrap();
+    assert_ne!(new_token, token);
     assert_eq!(stdout_of(&request, &[], ""), "authorized\n");
 
-    // The old token died with the rotation.
+    // After the grace, the old token is reuse: the session is revoked.
     std::fs::write(tmp.path().join("old-token"), &token).unwrap();
     let old = tmp.path().join("old-token");
     let stale = client(&["request", "--mac", MAC, "--token-file", old.to_str().unwrap(), "status"]);
+    thread::sleep((renewed + Duration::from_millis(2500)).saturating_duration_since(Instant::now()));
     fails(&stale, &[], "", 1, "server replied unauthorized");
+    fails(&request, &[], "", 1, "server replied unauthorized");
     drop(server);
 }
 

@@ -20,24 +20,45 @@ fn full_flow(runtime: &str) {
     assert!(server.stop().success(), "SIGTERM ends the server with exit 0");
 }
 
+/// Renewal as a device uses it (docs/PROTOCOL.md, "Renewal"): 16
+/// pipelined and 4 parallel checks of one expired token all get the same
+/// `renew|X`; X works; within the grace the old token still gets X, after
+/// it the old token revokes the session, X included, and that is logged.
 fn expiry_and_renewal(runtime: &str) {
-    // A lifetime with room for a slow machine before the first check; the
-    // expiry is then read from the server's own answers, not a sleep.
-    let server = Server::start(runtime, &[("TOKENIZER_AUTH_TOKEN_TTL", "3s")]);
+    const TTL: Duration = Duration::from_secs(3);
+    const GRACE: Duration = Duration::from_secs(3);
+    // Margins past each deadline: waiting past one is never a race.
+    const MARGIN: Duration = Duration::from_millis(500);
+    let env = [("TOKENIZER_AUTH_TOKEN_TTL", "3s"), ("TOKENIZER_AUTH_RENEW_GRACE", "3s")];
+    let server = Server::start(runtime, &env);
     let t1 = server.login();
+    // The server stamped the login before this instant.
+    let logged_in = Instant::now();
     let mut c = server.connect();
     assert_eq!(c.ask(&token_line(&t1)), "authorized");
-    let give_up = Instant::now() + Duration::from_secs(10);
-    let reply = loop {
-        let reply = c.ask(&token_line(&t1));
-        if reply != "authorized" || Instant::now() > give_up {
-            break reply;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let t2 = reply.strip_prefix("renew|").unwrap_or_else(|| panic!("no renewal: {reply}")).to_owned();
-    assert_eq!(c.ask(&token_line(&t1)), "unauthorized");
-    assert_eq!(c.ask(&token_line(&t2)), "authorized");
+    std::thread::sleep((logged_in + TTL + MARGIN).saturating_duration_since(Instant::now()));
+
+    let line = format!("{}\n", token_line(&t1));
+    let mut parallel: Vec<Client> = (0..4).map(|_| server.connect()).collect();
+    c.send(line.repeat(16).as_bytes());
+    for p in &mut parallel {
+        p.send(line.as_bytes());
+    }
+    let mut replies: Vec<String> = (0..16).map(|_| c.line()).collect();
+    replies.extend(parallel.iter_mut().map(Client::line));
+    // The rotation happened before this instant.
+    let rotated = Instant::now();
+    let x = replies[0].strip_prefix("renew|").unwrap_or_else(|| panic!("no renewal: {replies:?}")).to_owned();
+    assert!(replies.iter().all(|r| *r == replies[0]), "more than one successor: {replies:?}");
+    assert_eq!(c.ask(&token_line(&x)), "authorized");
+    assert_eq!(c.ask(&token_line(&t1)), format!("renew|{x}"), "the old token within the grace");
+
+    std::thread::sleep((rotated + GRACE + MARGIN).saturating_duration_since(Instant::now()));
+    assert_eq!(c.ask(&token_line(&t1)), "unauthorized", "the old token after the grace");
+    assert_eq!(c.ask(&token_line(&x)), "unauthorized", "the session was not revoked");
+    assert!(logged(&server, &["a rotated-away token came back", EMAIL, MAC]), "no reuse logged");
+    let log = server.log.lock().unwrap();
+    assert!(!log.iter().any(|l| l.contains(&t1) || l.contains(&x)), "a token in the log");
 }
 
 fn pipelined_requests_are_answered_in_order(runtime: &str) {

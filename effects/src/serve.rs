@@ -121,12 +121,23 @@ impl Start {
 /// Logs the notices the engine has for the operator: call it after
 /// draining the outputs. A request refused by a brute-force limit is logged
 /// at `info`, with the limit's name and what it counts (an email or an
-/// address, never a secret).
+/// address, never a secret); a rotated-away token that came back, and so
+/// revoked its session, at `warn`, with the email, MAC and address (never
+/// the token).
 pub fn log_notices(engine: &mut Engine) {
     while let Some(notice) = engine.poll_notice() {
         match &notice {
             Notice::Refused { limit, subject, peer } => {
                 tracing::info!(limit, subject = subject.as_str(), %peer, "request refused by a limit");
+            }
+            Notice::TokenReuse { email, mac, peer, why } => {
+                tracing::warn!(
+                    email = email.as_str(),
+                    %mac,
+                    %peer,
+                    why = why.as_str(),
+                    "a rotated-away token came back: its session is revoked"
+                );
             }
         }
     }

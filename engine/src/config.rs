@@ -85,6 +85,7 @@ impl Config {
             ("passcode_ttl", self.passcode.lifetime),
             ("token_ttl", self.session.token_ttl),
             ("session_max_age", self.session.max_age),
+            ("renew_grace", self.session.renew_grace),
             ("passcode_requests_per_email period", l.passcode_requests_per_email.period),
             ("passcode_requests_per_ip period", l.passcode_requests_per_ip.period),
             ("failures_per_email period", l.failures_per_email.period),

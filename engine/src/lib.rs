@@ -129,6 +129,7 @@ mod passcode;
 mod password;
 mod random;
 mod recording;
+mod renewal;
 mod secret;
 mod server_key;
 mod session;
@@ -151,11 +152,12 @@ pub use limits::{Limits, Window};
 pub use notice::Notice;
 pub use passcode::{ALPHABET, LENGTH as PASSCODE_LENGTH, PasscodeKey, PasscodePolicy, PasscodeRecord, StoredPasscode};
 pub use password::{DEFAULT_MIN_PASSWORD_LENGTH, NewPasswordRule, PasswordHash};
+pub use renewal::{REUSE_HISTORY, Reuse, successor};
 pub use secret::Secret;
 pub use server_key::{Fingerprint, ServerKey};
 pub use session::SessionPolicy;
 pub use store::{
-    CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodeExpectation, PasscodesBatch, PasscodesOp, SessionRecord,
-    Snapshot, UserRecord, WriteBatch,
+    CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodeExpectation, PasscodesBatch, PasscodesOp, RotationRecord,
+    SessionRecord, Snapshot, UserRecord, WriteBatch,
 };
-pub use token::{BaseToken, MasterToken};
+pub use token::{BaseToken, MasterToken, TokenTag};

@@ -7,6 +7,9 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::device::Mac;
+use crate::renewal::Reuse;
+
 /// Something the operator should hear about.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Notice {
@@ -21,6 +24,18 @@ pub enum Notice {
         /// The address the request came from.
         peer: IpAddr,
     },
+    /// A rotated-away token came back after its renewal grace, or from
+    /// another binding: its session is revoked (see `renewal`).
+    TokenReuse {
+        /// Whose session it was.
+        email: String,
+        /// The MAC it was presented with.
+        mac: Mac,
+        /// The address it came from.
+        peer: IpAddr,
+        /// After the grace, or from another binding.
+        why: Reuse,
+    },
 }
 
 impl fmt::Display for Notice {
@@ -28,6 +43,13 @@ impl fmt::Display for Notice {
         match self {
             Notice::Refused { limit, subject, peer } => {
                 write!(f, "refused by limit {limit} for {subject:?} (request from {peer})")
+            }
+            Notice::TokenReuse { email, mac, peer, why } => {
+                write!(
+                    f,
+                    "a rotated-away token of {email:?} came back {} (MAC {mac}, from {peer}): session revoked",
+                    why.as_str()
+                )
             }
         }
     }

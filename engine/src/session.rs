@@ -17,11 +17,18 @@ pub struct SessionPolicy {
     /// no token of it works). Zero means unlimited, the old server's
     /// behaviour.
     pub max_age: TimeDelta,
+    /// How long after a rotation the rotated-away token, from the same
+    /// binding, is still told its successor (see `renewal`).
+    pub renew_grace: TimeDelta,
 }
 
 impl Default for SessionPolicy {
     fn default() -> Self {
-        SessionPolicy { token_ttl: TimeDelta::hours(1), max_age: TimeDelta::days(30) }
+        SessionPolicy {
+            token_ttl: TimeDelta::hours(1),
+            max_age: TimeDelta::days(30),
+            renew_grace: TimeDelta::seconds(10),
+        }
     }
 }
 
@@ -49,10 +56,15 @@ impl SessionPolicy {
         self.end_of_life(started_at).map_or(expiry, |end| expiry.min(end))
     }
 
+    /// Whether a session that started at `started_at` is still within its
+    /// absolute age at `now`.
+    pub(crate) fn alive(&self, started_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        self.end_of_life(started_at).is_none_or(|end| now < end)
+    }
+
     /// Where `session` stands at `now`.
     pub(crate) fn standing(&self, session: &SessionRecord, now: DateTime<Utc>) -> Standing {
-        let alive = self.end_of_life(session.started_at).is_none_or(|end| now < end);
-        if !alive {
+        if !self.alive(session.started_at, now) {
             Standing::Dead
         } else if now < session.expires_at {
             Standing::Valid
@@ -84,7 +96,11 @@ mod tests {
 
     #[test]
     fn a_session_lives_renews_and_dies() {
-        let policy = SessionPolicy { token_ttl: TimeDelta::seconds(10), max_age: TimeDelta::seconds(25) };
+        let policy = SessionPolicy {
+            token_ttl: TimeDelta::seconds(10),
+            max_age: TimeDelta::seconds(25),
+            ..SessionPolicy::default()
+        };
         let t0 = DateTime::<Utc>::UNIX_EPOCH;
         let master = MasterToken::parse(&"0".repeat(64)).unwrap();
         let mac = Mac::parse("aa:bb:cc:dd:ee:ff").unwrap();

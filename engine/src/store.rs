@@ -16,7 +16,7 @@ use crate::counters::{Counter, CounterKey, Refund, Reservation};
 use crate::device::Mac;
 use crate::passcode::{PasscodeKey, PasscodeRecord, StoredPasscode};
 use crate::password::PasswordHash;
-use crate::token::MasterToken;
+use crate::token::{MasterToken, TokenTag};
 
 /// An account.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -45,6 +45,26 @@ pub struct SessionRecord {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A token rotated away, kept so that the same request within the renewal
+/// grace gets the same successor, and a later one is caught as reuse (see
+/// `renewal`). A session is known by its account, its device and the
+/// instant of its login, which its renewals keep.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RotationRecord {
+    /// What it is found by: the keyed digest of the rotated-away token.
+    pub tag: TokenTag,
+    /// The master token it had: the binding it was issued for.
+    pub master: MasterToken,
+    /// Whose session it was.
+    pub email: String,
+    /// The session's device.
+    pub mac: Mac,
+    /// The session's login.
+    pub started_at: DateTime<Utc>,
+    /// When it was rotated away: its successor's issue.
+    pub rotated_at: DateTime<Utc>,
+}
+
 /// Records the engine needs for one step of a flow. Absent fields are not
 /// read.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
@@ -55,6 +75,8 @@ pub struct Lookup {
     pub passcode: Option<PasscodeKey>,
     /// The session with this master token.
     pub session: Option<MasterToken>,
+    /// The rotation of the token with this tag.
+    pub rotation: Option<TokenTag>,
     /// These counters.
     pub counters: Vec<CounterKey>,
 }
@@ -68,6 +90,8 @@ pub struct Snapshot {
     pub passcode: Option<PasscodeRecord>,
     /// The session, if one exists.
     pub session: Option<SessionRecord>,
+    /// The rotation, if one is kept.
+    pub rotation: Option<RotationRecord>,
     /// The counters that exist, in any order.
     pub counters: Vec<(CounterKey, Counter)>,
 }
@@ -163,6 +187,20 @@ pub enum CredsOp {
     PutSession(SessionRecord),
     /// Remove a session.
     DeleteSession(MasterToken),
+    /// Keep a rotated-away token's record, replacing any under its tag,
+    /// and drop its session's records but the last
+    /// [`crate::REUSE_HISTORY`] (by `rotated_at`, then tag).
+    PutRotation(RotationRecord),
+    /// Revoke a session at once: remove every session row of it (its
+    /// current token) and every rotation record of it.
+    RevokeSession {
+        /// Whose.
+        email: String,
+        /// Its device.
+        mac: Mac,
+        /// Its login.
+        started_at: DateTime<Utc>,
+    },
     /// Replace an account's stored password.
     SetPassword {
         /// Which account.

@@ -6,10 +6,12 @@
 use core::fmt;
 use std::net::IpAddr;
 
+use hmac::Mac as _;
 use sha2::{Digest, Sha256};
 
 use crate::device::Mac;
 use crate::hex;
+use crate::server_key::ServerKey;
 
 /// The token a client carries: 32 bytes, shown as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +50,60 @@ impl BaseToken {
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// A base token from its raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> BaseToken {
+        BaseToken(bytes)
+    }
+
+    /// HMAC-SHA-256 under the server key of `label` and this token.
+    pub(crate) fn keyed(&self, key: &ServerKey, label: &[u8]) -> [u8; 32] {
+        key.mac().chain_update(label).chain_update(self.0).finalize().into_bytes().into()
+    }
+}
+
+/// The label of the tag derivation: a different input to the key than the
+/// successor's (`renewal`) and the passcode digests'.
+const TAG_LABEL: &[u8] = b"tokenizer-auth rotated token tag\0";
+
+/// A keyed digest of a base token alone, without its binding: what a token
+/// rotated away is found by (see `renewal`), whatever binding presents it.
+/// 32 bytes, stored as 64 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenTag([u8; 32]);
+
+impl TokenTag {
+    /// The tag of `token` under `key`.
+    pub fn of(key: &ServerKey, token: &BaseToken) -> TokenTag {
+        TokenTag(token.keyed(key, TAG_LABEL))
+    }
+
+    /// A tag from its raw bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> TokenTag {
+        TokenTag(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64 lowercase hex digits the store keeps.
+    pub fn to_hex(&self) -> String {
+        hex::encode32(&self.0).iter().map(|&b| char::from(b)).collect()
+    }
+
+    /// Parses the stored hex form.
+    pub fn parse(text: &str) -> Option<TokenTag> {
+        hex::decode32(text.as_bytes()).map(TokenTag)
+    }
+}
+
+impl fmt::Debug for TokenTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = hex::encode32(&self.0);
+        write!(f, "TokenTag({}…)", core::str::from_utf8(&hex[..12]).map_err(|_| fmt::Error)?)
     }
 }
 

@@ -326,6 +326,7 @@ fn a_token_check_records_a_few_hundred_bytes_per_token_check() {
     capture.extend(w.engine.take_capture());
     let per_check = capture.len() as f64 / 1000.0;
     println!("per_token_check: {per_check} bytes of capture (header {header} bytes)");
-    // The 500 bytes of request data and the line itself are not in it.
-    assert!(per_check < 450.0, "{per_check} bytes per check");
+    // The 500 bytes of request data and the line itself are not in it:
+    // with them a check would take more than 500 bytes.
+    assert!(per_check < 500.0, "{per_check} bytes per check");
 }

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use chrono::TimeDelta;
 use tokenizer_auth_engine::testkit::{Completion, World, test_hash};
 use tokenizer_auth_engine::{
-    Config, ConnId, CounterKey, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Notice, Output, PasswordHash, Secret,
-    StoredPasscode, UserRecord, Window,
+    Config, ConnId, CounterKey, Effect, ErrorCode, Input, LOGIN_PREFIX, Listener, Notice, Output, PasswordHash, Reuse,
+    Secret, StoredPasscode, UserRecord, Window,
 };
 
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
@@ -142,9 +142,41 @@ fn an_expired_token_is_rotated_once() {
     let reply = w.request(c, &token_line(&t1, MAC));
     let t2 = reply.strip_prefix("renew|").expect(&reply).to_owned();
     assert_ne!(t1, t2);
-    assert_eq!(w.request(c, &token_line(&t1, MAC)), "unauthorized");
-    assert_eq!(w.request(c, &token_line(&t2, MAC)), "authorized");
     assert_eq!(w.store.sessions.len(), 1);
+    assert_eq!(w.store.rotations.len(), 1, "the token rotated away is on record");
+    // Within the grace, the old token learns the same successor again.
+    assert_eq!(w.request(c, &token_line(&t1, MAC)), format!("renew|{t2}"));
+    assert_eq!(w.request(c, &token_line(&t2, MAC)), "authorized");
+    assert_eq!((w.store.sessions.len(), w.store.rotations.len()), (1, 1), "nothing rotated twice");
+    // After it, the old token is reuse: the session goes, the new token
+    // with it, and the operator hears who, from where.
+    w.advance(Config::default().session.renew_grace + TimeDelta::milliseconds(1));
+    assert_eq!(w.request(c, &token_line(&t1, MAC)), "unauthorized");
+    assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
+    assert!(w.store.sessions.is_empty() && w.store.rotations.is_empty());
+    let notice = w.engine.poll_notice().expect("a notice of the reuse");
+    assert!(matches!(&notice, Notice::TokenReuse { email, why: Reuse::AfterGrace, .. } if email == EMAIL), "{notice}");
+    assert!(!notice.to_string().contains(&t1) && !notice.to_string().contains(&t2), "a token in the notice");
+}
+
+#[test]
+fn a_rotated_away_token_from_another_device_revokes_the_session_at_once() {
+    let mut w = world();
+    let t1 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    w.advance(TimeDelta::hours(1));
+    let c = w.connect(Listener::Native, local());
+    let t2 = w.request(c, &token_line(&t1, MAC)).strip_prefix("renew|").unwrap().to_owned();
+    // Inside the grace, but from another address.
+    let elsewhere = w.connect(Listener::Native, ip("127.0.0.9"));
+    assert_eq!(w.request(elsewhere, &token_line(&t1, MAC)), "unauthorized");
+    assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
+    assert!(matches!(w.engine.poll_notice(), Some(Notice::TokenReuse { why: Reuse::OtherBinding, .. })));
+    // A current token from another device is merely refused: nothing to
+    // revoke, nobody told.
+    let t3 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    assert_eq!(w.request(elsewhere, &token_line(&t3, MAC)), "unauthorized");
+    assert_eq!(w.request(c, &token_line(&t3, MAC)), "authorized");
+    assert_eq!(w.engine.poll_notice(), None);
 }
 
 #[test]
@@ -159,8 +191,9 @@ fn concurrent_renewals_of_one_token_give_one_new_token() {
     w.complete_in(Completion::Shuffled(3));
     w.settle();
     let replies: Vec<String> = conns.iter().map(|&c| String::from_utf8(w.take_received(c)).unwrap()).collect();
-    assert_eq!(replies.iter().filter(|r| r.starts_with("renew|")).count(), 1, "{replies:?}");
-    assert_eq!(replies.iter().filter(|r| *r == "unauthorized\n").count(), 4, "{replies:?}");
+    assert!(replies[0].starts_with("renew|"), "{replies:?}");
+    assert!(replies.iter().all(|r| *r == replies[0]), "one successor for all: {replies:?}");
+    assert_eq!(w.store.sessions.len(), 1);
 }
 
 #[test]

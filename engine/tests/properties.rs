@@ -1110,31 +1110,86 @@ proptest! {
 // 6. Rotation, and the absolute session age
 // ---------------------------------------------------------------------------
 
-proptest! {
-    #![proptest_config(proptest_config())]
+/// A token the session rotated away, as the test models it.
+struct Rotated {
+    token: String,
+    at: DateTime<Utc>,
+    successor: String,
+}
 
-    /// After `renew|T2`, T1 is `unauthorized` and T2 `authorized`;
-    /// simultaneous renewals give one new token; nothing renews past the
-    /// session's absolute age.
-    #[test]
-    fn renewal_rotates_until_max_age(
-        ttl_secs in 1i64..=3600,
-        max_age_factor in prop_oneof![Just(0i64), 1i64..=12],
-        max_age_jitter in 0i64..3600,
-        steps in vec((delay(), 1usize..4, any::<bool>()), 1..8),
-        seed in any::<u64>(),
-    ) {
+/// One burst of checks of the session's current token: for each send, the
+/// connection (of four), how many copies of the line it pipelines, and how
+/// many effects complete before the next send (so checks arrive before,
+/// during and after the rotation commits).
+fn burst() -> impl Strategy<Value = Vec<(usize, usize, usize)>> {
+    vec((0usize..4, 1usize..5, 0usize..6), 1..8)
+}
+
+/// Every reply line a connection got, in order.
+fn reply_lines(w: &mut World, conn: ConnId) -> Result<Vec<String>, TestCaseError> {
+    let text = String::from_utf8(w.take_received(conn)).map_err(|_| TestCaseError::fail("reply not UTF-8"))?;
+    Ok(text.lines().map(str::to_owned).collect())
+}
+
+/// How often the renewal property reached each rule.
+#[derive(Default)]
+struct Renewals {
+    cases: Cell<u32>,
+    /// A burst of two or more checks all told the one successor.
+    shared: Cell<u32>,
+    /// A rotated-away token told its successor again within the grace.
+    in_grace: Cell<u32>,
+    /// A rotated-away token after the grace revoked its session.
+    after_grace: Cell<u32>,
+    /// A rotated-away token from another binding revoked its session.
+    other_binding: Cell<u32>,
+}
+
+/// Renewal as devices use it (docs/PROTOCOL.md, "Renewal"). However
+/// the checks of one expired token interleave across connections and
+/// pipelines, and in whatever order their effects complete:
+/// - every one of them gets `renew|X` for one X, the token's only
+///   successor, and the store holds at most one session;
+/// - X is `authorized`;
+/// - a rotated-away token from its own binding within `renew_grace` of
+///   its rotation gets its successor again, and otherwise (after the
+///   grace, or from another MAC or IP) revokes the whole session, the
+///   current token included;
+/// - nothing renews past the session's absolute age.
+///
+/// The share of cases that reached each rule is asserted at the end.
+#[test]
+fn renewal_gives_one_successor_and_revokes_on_reuse() {
+    // Which rotated-away token comes back (the latest, or any), from where
+    // (0 and 1: its own device), and when.
+    let old = proptest::option::of((any::<usize>(), 0u8..4, prop_oneof![Just(0i64), 0i64..25_000]));
+    let strategy = (
+        1i64..=3600,
+        prop_oneof![Just(0i64), 1i64..=12],
+        0i64..3600,
+        prop_oneof![Just(0i64), 1i64..=20_000],
+        vec((delay(), burst(), any::<bool>(), old), 1..6),
+        any::<u64>(),
+    );
+    let seen = Renewals::default();
+    let mut runner = proptest::test_runner::TestRunner::new(proptest_config());
+    let outcome = runner.run(&strategy, |(ttl_secs, max_age_factor, max_age_jitter, grace_ms, steps, seed)| {
+        seen.cases.set(seen.cases.get() + 1);
         let max_age = if max_age_factor == 0 { 0 } else { ttl_secs * max_age_factor + max_age_jitter };
-        let config = session_config(ttl_secs, max_age, 180);
+        let mut config = session_config(ttl_secs, max_age, 180);
+        config.session.renew_grace = ms(grace_ms);
         let mut w = World::new(config.clone(), seed);
         w.store.add_user(EMAIL, PHONE, PASSWORD);
         w.complete_in(Completion::Shuffled(seed));
-        let ip = ip4(6);
+        let (ip, other_ip) = (ip4(6), ip4(7));
         let token = w.login(ip, MAC, EMAIL, PHONE, PASSWORD).map_err(TestCaseError::fail)?;
         let mut session = Model::new(token, w.now, &config);
-        let mut dead: Vec<String> = Vec::new();
+        let mut rotated: Vec<Rotated> = Vec::new();
+        let mut revoked = false;
+        // Which of `seen`'s rules this case reached.
+        let mut reached = [false; 4];
 
-        for (d, concurrent, toward_end) in steps {
+        for (d, sends, toward_end, old) in steps {
             let target = match session.end_of_life {
                 Some(end) if toward_end => end,
                 _ => session.expires_at,
@@ -1143,35 +1198,97 @@ proptest! {
             w.advance(by);
 
             let line = format!("{}\n", token_line(&session.token, MAC));
-            let conns: Vec<ConnId> = (0..concurrent).map(|_| w.connect(Listener::Native, ip)).collect();
-            for &conn in &conns {
-                w.send(conn, line.as_bytes());
+            let conns: Vec<ConnId> = (0..4).map(|_| w.connect(Listener::Native, ip)).collect();
+            let mut sent = 0;
+            for (conn, copies, steps) in sends {
+                w.send(conns[conn], line.repeat(copies).as_bytes());
+                sent += copies;
+                for _ in 0..steps {
+                    w.step();
+                }
             }
             w.settle();
             let mut replies = Vec::new();
             for &conn in &conns {
-                replies.push(one_reply(&mut w, conn, Listener::Native)?);
+                replies.extend(reply_lines(&mut w, conn)?);
                 w.hang_up(conn);
             }
+            prop_assert_eq!(replies.len(), sent);
+            prop_assert!(w.store.sessions.len() <= 1, "{} sessions of one login", w.store.sessions.len());
 
-            if w.now < session.expires_at {
+            if revoked || !session.alive(w.now) {
+                prop_assert!(replies.iter().all(|r| r == "unauthorized"), "{:?}", replies);
+            } else if w.now < session.expires_at {
                 prop_assert!(replies.iter().all(|r| r == "authorized"), "{:?}", replies);
-            } else if session.alive(w.now) {
-                let renewals: Vec<&String> = replies.iter().filter(|r| is_renew(r)).collect();
-                prop_assert_eq!(renewals.len(), 1, "renewals: {:?}", replies);
-                prop_assert!(replies.iter().all(|r| r == "unauthorized" || is_renew(r)), "{:?}", replies);
-                let new = renewals[0]["renew|".len()..].to_owned();
-                let old = std::mem::replace(&mut session.token, new.clone());
-                session.renewed(new, w.now, &config);
-                dead.push(old);
-                prop_assert_eq!(native(&mut w, ip, &token_line(&session.token, MAC)), "authorized");
             } else {
-                prop_assert!(replies.iter().all(|r| r == "unauthorized"), "renewed past max age: {:?}", replies);
+                let first = replies[0].clone();
+                prop_assert!(is_renew(&first), "{:?}", replies);
+                prop_assert!(replies.iter().all(|r| *r == first), "more than one successor: {:?}", replies);
+                reached[0] |= replies.len() > 1;
+                let new = first["renew|".len()..].to_owned();
+                prop_assert!(new != session.token && rotated.iter().all(|r| r.token != new), "a successor seen before");
+                let old = std::mem::replace(&mut session.token, new.clone());
+                rotated.push(Rotated { token: old, at: w.now, successor: new.clone() });
+                session.renewed(new, w.now, &config);
+                prop_assert_eq!(native(&mut w, ip, &token_line(&session.token, MAC)), "authorized");
             }
-            for old in &dead {
-                prop_assert_eq!(native(&mut w, ip, &token_line(old, MAC)), "unauthorized", "a rotated token works");
+
+            // A rotated-away token comes back, up to 25 s after this step's
+            // checks: from its own device, or from another MAC or IP.
+            if let (Some((pick, binding, after_ms)), false) = (old, rotated.is_empty()) {
+                w.advance(ms(after_ms));
+                let back = if pick % 2 == 0 { &rotated[rotated.len() - 1] } else { &rotated[pick % rotated.len()] };
+                let own = binding < 2;
+                let (mac, from) = match binding {
+                    0 | 1 => (MAC, ip),
+                    2 => (OTHER_MAC, ip),
+                    _ => (MAC, other_ip),
+                };
+                let reply = native(&mut w, from, &token_line(&back.token, mac));
+                let expected = if revoked || !session.alive(w.now) {
+                    "unauthorized".to_owned()
+                } else if own && w.now <= back.at + config.session.renew_grace {
+                    reached[1] = true;
+                    format!("renew|{}", back.successor)
+                } else {
+                    reached[if own { 2 } else { 3 }] = true;
+                    revoked = true;
+                    "unauthorized".to_owned()
+                };
+                prop_assert_eq!(
+                    reply,
+                    expected,
+                    "a rotated-away token, {} ms after its rotation",
+                    (w.now - back.at).num_milliseconds()
+                );
+                if revoked {
+                    prop_assert!(
+                        w.store.sessions.is_empty() && w.store.rotations.is_empty(),
+                        "a revoked session left records"
+                    );
+                }
             }
         }
+        for (counter, reached) in
+            [&seen.shared, &seen.in_grace, &seen.after_grace, &seen.other_binding].iter().zip(reached)
+        {
+            counter.set(counter.get() + u32::from(reached));
+        }
+        Ok(())
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
+    }
+    let cases = seen.cases.get();
+    for (what, counter) in [
+        ("a burst of checks all told the one successor", &seen.shared),
+        ("a rotated-away token told its successor within the grace", &seen.in_grace),
+        ("a rotated-away token after the grace revoking its session", &seen.after_grace),
+        ("a rotated-away token from another binding revoking its session", &seen.other_binding),
+    ] {
+        let share = counter.get() * 100 / cases;
+        eprintln!("{what}: in {share} % of {cases} cases");
+        assert!(share >= 5, "{what}: in {share} % of {cases} cases, under 5 %");
     }
 }
 
@@ -1636,7 +1753,9 @@ proptest! {
             Tight::RequestsPerIp => "passcode_requests_per_ip",
         };
         while let Some(notice) = w.engine.poll_notice() {
-            let Notice::Refused { limit, .. } = notice;
+            let Notice::Refused { limit, .. } = notice else {
+                return Err(TestCaseError::fail(format!("a notice that is no refusal: {notice}")));
+            };
             prop_assert_eq!(limit, name);
             notices += 1;
         }

@@ -102,7 +102,7 @@ fn the_old_servers_files_open_and_the_whole_flow_works_on_them() {
     let creds = Connection::open(dir.join("op_creds.db")).unwrap();
     let passcodes = Connection::open(dir.join("op_passcodes.db")).unwrap();
     for (conn, table, seed, current) in [
-        (&creds, "op_creds", ["mac", "password", "email", "phone", "token", "expiry"], 2),
+        (&creds, "op_creds", ["mac", "password", "email", "phone", "token", "expiry"], 3),
         (&passcodes, "passcode_table", ["mac", "ip", "phone", "email", "passcode", "expiry"], 1),
     ] {
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();

@@ -123,7 +123,7 @@ impl SqliteStore {
     pub fn remove_user(&mut self, email: &str) -> Result<bool, StoreError> {
         let tx = self.creds.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let removed = tx.execute("DELETE FROM op_creds WHERE email = ?1", [email])?;
-        tx.execute("DELETE FROM sessions WHERE email = ?1", [email])?;
+        end_sessions(&tx, email, None)?;
         tx.commit()?;
         self.passcodes.execute("DELETE FROM passcode_table WHERE email = ?1", [email])?;
         Ok(removed > 0)
@@ -135,7 +135,7 @@ impl SqliteStore {
         let tx = self.creds.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed =
             tx.execute("UPDATE op_creds SET password = ?2 WHERE email = ?1", params![email, password.as_column()])?;
-        tx.execute("DELETE FROM sessions WHERE email = ?1", [email])?;
+        end_sessions(&tx, email, None)?;
         tx.commit()?;
         Ok(changed > 0)
     }
@@ -204,9 +204,20 @@ impl SqliteStore {
     /// Ends an account's sessions, or only those of one device. Returns how
     /// many ended.
     pub fn revoke(&mut self, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
-        let mac = mac.map(|m| m.to_string());
-        Ok(self
-            .creds
-            .execute("DELETE FROM sessions WHERE email = ?1 AND (?2 IS NULL OR mac = ?2)", params![email, mac])?)
+        let tx = self.creds.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ended = end_sessions(&tx, email, mac)?;
+        tx.commit()?;
+        Ok(ended)
     }
+}
+
+/// Deletes an account's sessions (or one device's) and the records of
+/// their rotated-away tokens, which would otherwise still be told their
+/// successor within the grace. Returns how many sessions ended.
+fn end_sessions(tx: &rusqlite::Transaction<'_>, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
+    let mac = mac.map(|m| m.to_string());
+    let ended =
+        tx.execute("DELETE FROM sessions WHERE email = ?1 AND (?2 IS NULL OR mac = ?2)", params![email, mac])?;
+    tx.execute("DELETE FROM rotations WHERE email = ?1 AND (?2 IS NULL OR mac = ?2)", params![email, mac])?;
+    Ok(ended)
 }

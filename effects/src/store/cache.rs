@@ -158,7 +158,15 @@ impl SessionCache {
                     CredsOp::DeleteSession(master) => {
                         state.sessions.remove(master);
                     }
-                    CredsOp::SetPassword { .. } => {}
+                    CredsOp::RevokeSession { email, mac, started_at } => {
+                        // Rare (a reuse caught): a scan is fine. The cache
+                        // keeps times as the file does (see below).
+                        let started_at = millis(*started_at);
+                        state
+                            .sessions
+                            .retain(|_, s| !(s.email == *email && s.mac == *mac && millis(s.started_at) == started_at));
+                    }
+                    CredsOp::SetPassword { .. } | CredsOp::PutRotation(_) => {}
                 }
             }
         }

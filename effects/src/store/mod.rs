@@ -3,7 +3,7 @@
 //! from the old server").
 //!
 //! - `op_creds.db`: accounts in the old `op_creds` table, sessions in
-//!   `sessions`.
+//!   `sessions`, rotated-away tokens in `rotations`.
 //! - `op_passcodes.db`: passcodes in the old `passcode_table`, brute-force
 //!   counters in `counters`.
 //!
@@ -43,8 +43,8 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
-    PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Reservation, SessionRecord, Snapshot, StoredPasscode,
-    UserRecord, WriteBatch,
+    PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, REUSE_HISTORY, Reservation, RotationRecord,
+    SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
 };
 
 pub use admin::{SessionSummary, UserSummary};
@@ -262,6 +262,9 @@ impl SqliteStore {
                 _ => self.session(master)?,
             };
         }
+        if let Some(tag) = &lookup.rotation {
+            snapshot.rotation = self.rotation(tag)?;
+        }
         for key in &lookup.counters {
             if let Some(counter) = counter(&self.passcodes, key)? {
                 snapshot.counters.push((key.clone(), counter));
@@ -375,6 +378,13 @@ impl SqliteStore {
         Ok(stmt.query_row([master.to_hex()], session_row).optional()?.flatten())
     }
 
+    fn rotation(&self, tag: &TokenTag) -> Result<Option<RotationRecord>, StoreError> {
+        let mut stmt = self
+            .creds
+            .prepare_cached("SELECT tag, master, email, mac, started_at, rotated_at FROM rotations WHERE tag = ?1")?;
+        Ok(stmt.query_row([tag.to_hex()], rotation_row).optional()?.flatten())
+    }
+
     /// Loads sessions into the shared cache, up to its bound, from one read
     /// transaction, and returns how many it holds then. A server calls it
     /// once at start, in the background, so that the first checks after a
@@ -421,6 +431,25 @@ fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<SessionRecord>>
         mac,
         started_at: from_millis(started),
         expires_at: from_millis(expires),
+    }))
+}
+
+/// A `rotations` row; `None` if it does not parse.
+fn rotation_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<RotationRecord>> {
+    let (tag, master, email, mac) =
+        (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?);
+    let (started, rotated) = (r.get::<_, i64>(4)?, r.get::<_, i64>(5)?);
+    let (Some(tag), Some(master), Some(mac)) = (TokenTag::parse(&tag), MasterToken::parse(&master), Mac::parse(&mac))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(RotationRecord {
+        tag,
+        master,
+        email,
+        mac,
+        started_at: from_millis(started),
+        rotated_at: from_millis(rotated),
     }))
 }
 
@@ -679,6 +708,40 @@ fn write_creds(tx: &Connection, batch: &CredsBatch) -> Result<Commit, StoreError
             }
             CredsOp::DeleteSession(master) => {
                 tx.prepare_cached("DELETE FROM sessions WHERE master = ?1")?.execute([master.to_hex()])?;
+            }
+            CredsOp::PutRotation(r) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO rotations (tag, master, email, mac, started_at, rotated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    r.tag.to_hex(),
+                    r.master.to_hex(),
+                    r.email,
+                    r.mac.to_string(),
+                    millis(r.started_at),
+                    millis(r.rotated_at)
+                ])?;
+                tx.prepare_cached(
+                    "DELETE FROM rotations WHERE email = ?1 AND mac = ?2 AND started_at = ?3 AND tag NOT IN
+                         (SELECT tag FROM rotations WHERE email = ?1 AND mac = ?2 AND started_at = ?3
+                          ORDER BY rotated_at DESC, tag DESC LIMIT ?4)",
+                )?
+                .execute(params![
+                    r.email,
+                    r.mac.to_string(),
+                    millis(r.started_at),
+                    REUSE_HISTORY as i64
+                ])?;
+            }
+            CredsOp::RevokeSession { email, mac, started_at } => {
+                let (mac, started_at) = (mac.to_string(), millis(*started_at));
+                for table in ["sessions", "rotations"] {
+                    tx.prepare_cached(&format!(
+                        "DELETE FROM {table} WHERE email = ?1 AND mac = ?2 AND started_at = ?3"
+                    ))?
+                    .execute(params![email, mac, started_at])?;
+                }
             }
             CredsOp::SetPassword { email, password } => {
                 tx.prepare_cached("UPDATE op_creds SET password = ?2 WHERE email = ?1")?

@@ -22,7 +22,7 @@ const OLD_PASSCODES: &str =
 /// Brings `op_creds.db` to the current version.
 pub(crate) fn migrate_creds(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(OLD_CREDS)?;
-    migrate(conn, &[creds_v1, creds_v2])
+    migrate(conn, &[creds_v1, creds_v2, creds_v3])
 }
 
 /// Brings `op_passcodes.db` to the current version.
@@ -102,6 +102,24 @@ fn creds_v2(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
              BEGIN UPDATE session_epoch SET n = n + 1; END;
          CREATE TRIGGER IF NOT EXISTS sessions_deleted AFTER DELETE ON sessions
              BEGIN UPDATE session_epoch SET n = n + 1; END;",
+    )
+}
+
+/// Rotated-away tokens get a table: each by its tag (a keyed digest of the
+/// token, never the token), with the master token it had and its session,
+/// so the renewal grace and reuse detection hold across restarts and
+/// servers (docs/PROTOCOL.md, "Renewal").
+fn creds_v3(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS rotations (
+             tag TEXT PRIMARY KEY NOT NULL,
+             master TEXT NOT NULL,
+             email TEXT NOT NULL,
+             mac TEXT NOT NULL,
+             started_at INTEGER NOT NULL,
+             rotated_at INTEGER NOT NULL
+         );
+         CREATE INDEX IF NOT EXISTS rotations_session ON rotations(email, mac, started_at, rotated_at);",
     )
 }
 

@@ -24,7 +24,7 @@
 //! and recording stops. The file stays a whole capture, and replay says
 //! where it was cut.
 //!
-//! # Format (version 2)
+//! # Format (version 3)
 //!
 //! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
 //! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
@@ -57,9 +57,10 @@
 //! The file is append-only: records are written whole, one after another,
 //! and a reader stops with a clear error at a truncated or corrupt one.
 //!
-//! Version 1 (before the server key) had no fingerprint; its passcodes were
-//! unkeyed, so this engine could not replay it faithfully, and it is
-//! refused.
+//! Earlier versions are refused, as this engine could not replay them
+//! faithfully: version 1 (before the server key) had no fingerprint and its
+//! passcodes were unkeyed; version 2 (before the renewal grace) had no
+//! `renew_grace` in its settings and no rotation records in its reads.
 //!
 //! # Layout
 //!

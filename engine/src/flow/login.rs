@@ -91,6 +91,7 @@ fn lookup(attempt: Attempt, limits: &Limits) -> Step {
         user: Some(attempt.key.email.clone()),
         passcode: Some(attempt.key.clone()),
         session: None,
+        rotation: None,
         counters: limits.counters(AttemptKind::Login, &attempt.key.email, attempt.key.ip),
     };
     Step::Read(ReadWait::Login(attempt), lookup)

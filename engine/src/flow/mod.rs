@@ -25,7 +25,6 @@ use crate::notice::Notice;
 use crate::password::PasswordHash;
 use crate::secret::Secret;
 use crate::store::{Lookup, Snapshot, WriteBatch};
-use crate::token::BaseToken;
 
 pub(crate) mod credentials;
 pub(crate) mod login;
@@ -128,8 +127,8 @@ pub(crate) enum WriteOutcome {
 
 /// The flow states that wait on a store read.
 pub(crate) enum ReadWait {
-    /// A token check's session.
-    Token(token_check::SessionLookup),
+    /// A token check's session, or its token's rotation.
+    Token(token_check::TokenRead),
     /// A passcode request's account and counters.
     Passcode(passcode_request::Claim),
     /// A login's account, passcode and counters.
@@ -138,9 +137,8 @@ pub(crate) enum ReadWait {
 
 /// The flow states that wait on a store write.
 pub(crate) enum WriteWait {
-    /// A token check's rotation, with the token that replaces the expired
-    /// one.
-    Token(BaseToken),
+    /// A token check's rotation, or a revocation for reuse.
+    Token(token_check::TokenWrite),
     /// A passcode request's reservation, passcode or refund.
     Passcode(passcode_request::PasscodeWrite),
     /// A login's reservation, consumption, session or refund.
@@ -250,7 +248,7 @@ impl ReadWait {
 impl WriteWait {
     fn resume<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: WriteOutcome) -> Step {
         match self {
-            WriteWait::Token(token) => token_check::rotated(token, outcome),
+            WriteWait::Token(wait) => wait.written(ctx, outcome),
             WriteWait::Passcode(wait) => wait.written(ctx, outcome),
             WriteWait::Login(wait) => wait.written(ctx, outcome),
             WriteWait::Upgrade => upgrade::stored(outcome),

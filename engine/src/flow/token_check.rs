@@ -1,6 +1,9 @@
 //! Token requests: recompute the master token from the token, the MAC and
 //! the peer's IP; look it up; answer `authorized`, rotate an expired but
-//! renewable session (`renew|<new token>`), or `unauthorized`.
+//! renewable session (`renew|<successor>`), or `unauthorized`. A token the
+//! store does not know as a session may be one rotated away: within the
+//! grace it is told its successor again, after it (or from another
+//! binding) it revokes its session (the rules are in `renewal`).
 
 use std::net::IpAddr;
 
@@ -10,60 +13,136 @@ use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::TokenRequest;
 use crate::device::Mac;
 use crate::flow::{Ctx, ReadOutcome, ReadWait, Step, WriteOutcome, WriteWait};
-use crate::random;
+use crate::notice::Notice;
+use crate::renewal::{self, Verdict};
 use crate::session::Standing;
-use crate::store::{CredsBatch, CredsExpectation, CredsOp, Lookup, SessionRecord, WriteBatch};
-use crate::token::{BaseToken, MasterToken, PeerDigests};
+use crate::store::{CredsBatch, CredsExpectation, CredsOp, Lookup, RotationRecord, SessionRecord, WriteBatch};
+use crate::token::{BaseToken, MasterToken, PeerDigests, TokenTag};
 
-/// Waiting for the session (then, for a renewable one, for its rotation to
-/// commit: [`rotated`]).
-pub(crate) struct SessionLookup {
+/// A token request, kept through each state it waits in.
+pub(crate) struct Check {
+    token: BaseToken,
     master: MasterToken,
     mac: Mac,
     ip: IpAddr,
 }
 
+/// The reads a token check waits on.
+pub(crate) enum TokenRead {
+    /// The session its master token names.
+    Session(Check),
+    /// The rotation of its token, when no session has it.
+    Rotation(Check),
+}
+
+/// The writes a token check waits on.
+pub(crate) enum TokenWrite {
+    /// The rotation of its expired session to the successor.
+    Rotate(Check),
+    /// The revocation of a session whose rotated-away token came back.
+    Revoke,
+}
+
 pub(crate) fn start(request: &TokenRequest<'_>, peer: &mut PeerDigests) -> Step {
     let (master, ip) = (peer.master(&request.token, request.mac), peer.ip());
     let lookup = Lookup { session: Some(master), ..Lookup::default() };
-    Step::Read(ReadWait::Token(SessionLookup { master, mac: request.mac, ip }), lookup)
+    let check = Check { token: request.token, master, mac: request.mac, ip };
+    Step::Read(ReadWait::Token(TokenRead::Session(check)), lookup)
 }
 
-impl SessionLookup {
+impl TokenRead {
     pub(crate) fn read<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: ReadOutcome) -> Step {
         let Ok(snapshot) = outcome else { return Step::Done(Reply::Error(ErrorCode::StoreUnavailable)) };
-        match snapshot.session.filter(|s| s.master == self.master) {
-            None => Step::Done(Reply::Unauthorized),
-            Some(session) => match ctx.config.session.standing(&session, ctx.now) {
-                Standing::Valid => Step::Done(Reply::Authorized),
-                Standing::Dead => Step::Done(Reply::Unauthorized),
-                Standing::Renewable => rotate(ctx, &self, &session),
+        match self {
+            TokenRead::Session(check) => match snapshot.session.filter(|s| s.master == check.master) {
+                None => check.find_rotation(ctx),
+                Some(session) => match ctx.config.session.standing(&session, ctx.now) {
+                    Standing::Valid => Step::Done(Reply::Authorized),
+                    Standing::Dead => Step::Done(Reply::Unauthorized),
+                    Standing::Renewable => check.rotate(ctx, &session),
+                },
             },
+            TokenRead::Rotation(check) => {
+                let tag = TokenTag::of(&ctx.config.server_key, &check.token);
+                match snapshot.rotation.filter(|r| r.tag == tag) {
+                    None => Step::Done(Reply::Unauthorized),
+                    Some(rotation) => check.rotated_away(ctx, rotation),
+                }
+            }
         }
     }
 }
 
-/// The rotation to `token` is settled.
-pub(crate) fn rotated(token: BaseToken, outcome: WriteOutcome) -> Step {
-    match outcome {
-        WriteOutcome::Committed => Step::Done(Reply::Renew(token)),
-        // Someone else renewed (or revoked) it first: this token is dead.
-        WriteOutcome::Conflict => Step::Done(Reply::Unauthorized),
-        WriteOutcome::Unavailable => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+impl TokenWrite {
+    pub(crate) fn written<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: WriteOutcome) -> Step {
+        match (self, outcome) {
+            (TokenWrite::Rotate(check), WriteOutcome::Committed) => {
+                Step::Done(Reply::Renew(renewal::successor(&ctx.config.server_key, &check.token)))
+            }
+            // Someone else rotated (or revoked) it first: what became of
+            // the token is in its rotation record, if anywhere.
+            (TokenWrite::Rotate(check), WriteOutcome::Conflict) => check.find_rotation(ctx),
+            (TokenWrite::Rotate(_), WriteOutcome::Unavailable) => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+            // The token is dead whatever became of the revocation; a
+            // revocation that failed is tried again by the next reuse.
+            (TokenWrite::Revoke, _) => Step::Done(Reply::Unauthorized),
+        }
     }
 }
 
-/// Replaces the session's token by a new one. The old row goes in the same
-/// batch, under the expectation that nobody renewed it meanwhile, so one
-/// expired token yields at most one new token.
-fn rotate<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, wait: &SessionLookup, session: &SessionRecord) -> Step {
-    let salt = random::token_salt(ctx.rng);
-    let token = BaseToken::derive(wait.mac, wait.ip, &session.email, &salt);
-    let master = MasterToken::derive(&token, wait.mac, wait.ip);
-    let renewed = ctx.config.session.renewed(session, master, ctx.now);
-    let batch = CredsBatch {
-        expect: Some(CredsExpectation::Session { master: session.master, expires_at: session.expires_at }),
-        ops: vec![CredsOp::DeleteSession(session.master), CredsOp::PutSession(renewed)],
-    };
-    Step::Write(WriteWait::Token(token), WriteBatch::Creds(batch))
+impl Check {
+    fn find_rotation<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>) -> Step {
+        let lookup = Lookup { rotation: Some(TokenTag::of(&ctx.config.server_key, &self.token)), ..Lookup::default() };
+        Step::Read(ReadWait::Token(TokenRead::Rotation(self)), lookup)
+    }
+
+    /// Replaces the session's token by its successor. The old row goes in
+    /// the same batch, under the expectation that nobody renewed it
+    /// meanwhile, and its rotation record comes in.
+    fn rotate<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, session: &SessionRecord) -> Step {
+        let key = &ctx.config.server_key;
+        let successor = renewal::successor(key, &self.token);
+        let master = MasterToken::derive(&successor, self.mac, self.ip);
+        let renewed = ctx.config.session.renewed(session, master, ctx.now);
+        let rotation = RotationRecord {
+            tag: TokenTag::of(key, &self.token),
+            master: session.master,
+            email: session.email.clone(),
+            mac: session.mac,
+            started_at: session.started_at,
+            rotated_at: ctx.now,
+        };
+        let batch = CredsBatch {
+            expect: Some(CredsExpectation::Session { master: session.master, expires_at: session.expires_at }),
+            ops: vec![
+                CredsOp::DeleteSession(session.master),
+                CredsOp::PutSession(renewed),
+                CredsOp::PutRotation(rotation),
+            ],
+        };
+        Step::Write(WriteWait::Token(TokenWrite::Rotate(self)), WriteBatch::Creds(batch))
+    }
+
+    /// The token was rotated away: its successor again, or reuse.
+    fn rotated_away<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, rotation: RotationRecord) -> Step {
+        match renewal::judge(&ctx.config.session, &rotation, self.master, ctx.now) {
+            Verdict::Ended => Step::Done(Reply::Unauthorized),
+            Verdict::Successor => Step::Done(Reply::Renew(renewal::successor(&ctx.config.server_key, &self.token))),
+            Verdict::Reuse(why) => {
+                ctx.notices.push(Notice::TokenReuse {
+                    email: rotation.email.clone(),
+                    mac: self.mac,
+                    peer: self.ip,
+                    why,
+                });
+                let revoke = CredsOp::RevokeSession {
+                    email: rotation.email,
+                    mac: rotation.mac,
+                    started_at: rotation.started_at,
+                };
+                let batch = CredsBatch { expect: None, ops: vec![revoke] };
+                Step::Write(WriteWait::Token(TokenWrite::Revoke), WriteBatch::Creds(batch))
+            }
+        }
+    }
 }

@@ -22,8 +22,8 @@ use crate::password::PasswordHash;
 use crate::secret::Secret;
 use crate::server_key::{Fingerprint, ServerKey};
 use crate::session::SessionPolicy;
-use crate::store::{SessionRecord, Snapshot, UserRecord};
-use crate::token::MasterToken;
+use crate::store::{RotationRecord, SessionRecord, Snapshot, UserRecord};
+use crate::token::{MasterToken, TokenTag};
 
 /// An input as recorded (owning its bytes).
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -212,6 +212,7 @@ pub(crate) fn config(w: &mut Writer, c: &Config) {
     w.u32(c.passcode.max_guesses);
     delta(w, c.session.token_ttl);
     delta(w, c.session.max_age);
+    delta(w, c.session.renew_grace);
     let l = &c.limits;
     for win in [&l.passcode_requests_per_email, &l.passcode_requests_per_ip, &l.failures_per_email, &l.failures_per_ip]
     {
@@ -239,7 +240,7 @@ pub(crate) fn config(w: &mut Writer, c: &Config) {
 /// fingerprint of the key it was recorded with.
 pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<(Config, Fingerprint), DecodeError> {
     let passcode = PasscodePolicy { lifetime: read_delta(r)?, max_guesses: r.u32()? };
-    let session = SessionPolicy { token_ttl: read_delta(r)?, max_age: read_delta(r)? };
+    let session = SessionPolicy { token_ttl: read_delta(r)?, max_age: read_delta(r)?, renew_grace: read_delta(r)? };
     let limits = Limits {
         passcode_requests_per_email: read_window(r)?,
         passcode_requests_per_ip: read_window(r)?,
@@ -327,6 +328,18 @@ fn snapshot(w: &mut Writer, s: &Snapshot) {
         }
         None => w.u8(0),
     }
+    match &s.rotation {
+        Some(x) => {
+            w.u8(1);
+            w.buf.extend_from_slice(x.tag.as_bytes());
+            w.buf.extend_from_slice(x.master.as_bytes());
+            w.str(&x.email);
+            w.buf.extend_from_slice(&x.mac.octets());
+            time(w, x.started_at);
+            time(w, x.rotated_at);
+        }
+        None => w.u8(0),
+    }
     w.u32(u32::try_from(s.counters.len()).unwrap_or(u32::MAX));
     for (key, c) in &s.counters {
         counter_key(w, key);
@@ -361,13 +374,24 @@ fn read_snapshot(r: &mut Reader<'_>) -> Result<Snapshot, DecodeError> {
         }),
         false => None,
     };
+    let rotation = match r.bool()? {
+        true => Some(RotationRecord {
+            tag: TokenTag::from_bytes(r.fixed()?),
+            master: MasterToken::from_bytes(r.fixed()?),
+            email: r.string()?,
+            mac: Mac::from_octets(r.fixed()?),
+            started_at: read_time(r)?,
+            rotated_at: read_time(r)?,
+        }),
+        false => None,
+    };
     let n = r.u32()?;
     let mut counters = Vec::new();
     for _ in 0..n {
         let key = read_counter_key(r)?;
         counters.push((key, Counter { since: read_time(r)?, count: r.u32()?, last: read_time(r)? }));
     }
-    Ok(Snapshot { user, passcode, session, counters })
+    Ok(Snapshot { user, passcode, session, rotation, counters })
 }
 
 fn result(w: &mut Writer, res: &EffectResult) {

@@ -29,7 +29,7 @@ use wire::Writer;
 /// The first bytes of every capture.
 pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
 /// The format version this engine writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// The end mark: a record length no record has.
 const END: [u8; 4] = 0u32.to_le_bytes();
 

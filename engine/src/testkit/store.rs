@@ -13,12 +13,13 @@ use crate::effect::EffectResult;
 use crate::hex;
 use crate::passcode::{PasscodeKey, PasscodeRecord};
 use crate::password::PasswordHash;
+use crate::renewal::REUSE_HISTORY;
 use crate::secret::Secret;
 use crate::store::{
-    CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodesBatch, PasscodesOp, SessionRecord, Snapshot, UserRecord,
-    WriteBatch,
+    CredsBatch, CredsExpectation, CredsOp, Lookup, PasscodesBatch, PasscodesOp, RotationRecord, SessionRecord,
+    Snapshot, UserRecord, WriteBatch,
 };
-use crate::token::MasterToken;
+use crate::token::{MasterToken, TokenTag};
 
 /// The harness's stand-in for argon2id: `$test$<sha256 hex>`. Fast, so
 /// tests and benchmarks measure the engine, not the hasher.
@@ -57,6 +58,8 @@ pub struct MemoryStore {
     pub passcodes: BTreeMap<PasscodeKey, PasscodeRecord>,
     /// Sessions by master token.
     pub sessions: HashMap<MasterToken, SessionRecord, BuildHasherDefault<DefaultHasher>>,
+    /// Rotated-away tokens by tag.
+    pub rotations: BTreeMap<TokenTag, RotationRecord>,
     /// Counters by key.
     pub counters: BTreeMap<CounterKey, Counter>,
     /// While set, every read and write fails.
@@ -86,6 +89,7 @@ impl MemoryStore {
             user: lookup.user.as_ref().and_then(|e| self.users.get(e).cloned()),
             passcode: lookup.passcode.as_ref().and_then(|k| self.passcodes.get(k).cloned()),
             session: lookup.session.as_ref().and_then(|m| self.sessions.get(m).cloned()),
+            rotation: lookup.rotation.as_ref().and_then(|t| self.rotations.get(t).cloned()),
             counters,
         }))
     }
@@ -213,6 +217,15 @@ impl MemoryStore {
                 CredsOp::DeleteSession(master) => {
                     self.sessions.remove(master);
                 }
+                CredsOp::PutRotation(rotation) => {
+                    self.rotations.insert(rotation.tag, rotation.clone());
+                    self.keep_history(rotation);
+                }
+                CredsOp::RevokeSession { email, mac, started_at } => {
+                    let of_it = |e: &String, m, s| e == email && m == *mac && s == *started_at;
+                    self.sessions.retain(|_, s| !of_it(&s.email, s.mac, s.started_at));
+                    self.rotations.retain(|_, r| !of_it(&r.email, r.mac, r.started_at));
+                }
                 CredsOp::SetPassword { email, password } => {
                     if let Some(u) = self.users.get_mut(email) {
                         u.password = password.clone();
@@ -221,5 +234,22 @@ impl MemoryStore {
             }
         }
         true
+    }
+}
+
+impl MemoryStore {
+    /// Drops the rotation records of `rotation`'s session but the last
+    /// [`REUSE_HISTORY`], by rotation time, then tag.
+    fn keep_history(&mut self, rotation: &RotationRecord) {
+        let mut of_session: Vec<(chrono::DateTime<chrono::Utc>, TokenTag)> = self
+            .rotations
+            .values()
+            .filter(|r| r.email == rotation.email && r.mac == rotation.mac && r.started_at == rotation.started_at)
+            .map(|r| (r.rotated_at, r.tag))
+            .collect();
+        of_session.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, tag) in of_session.iter().skip(REUSE_HISTORY) {
+            self.rotations.remove(tag);
+        }
     }
 }

@@ -9,8 +9,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokenizer_auth_engine::testkit::epoch;
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeExpectation,
-    PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Refund, Reservation, SessionRecord,
-    Snapshot, StoredPasscode, UserRecord, Window, WriteBatch,
+    PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, REUSE_HISTORY, Refund, Reservation,
+    RotationRecord, SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, Window, WriteBatch,
 };
 
 use super::Outcome::{Committed, Conflict};
@@ -87,12 +87,37 @@ fn guess(record: &PasscodeRecord, max_guesses: u32) -> WriteBatch {
     passcodes(Some(expecting(record, Some(max_guesses))), vec![PasscodesOp::CountGuess(record.key.clone())])
 }
 
-/// A token renewal of `old` as read, to `new`.
+fn tag(n: u8) -> TokenTag {
+    TokenTag::from_bytes([n; 32])
+}
+
+/// The record of `session`'s token rotated away at `rotated_ms`, under
+/// tag `n`.
+fn rotation(n: u8, session: &SessionRecord, rotated_ms: i64) -> RotationRecord {
+    RotationRecord {
+        tag: tag(n),
+        master: session.master,
+        email: session.email.clone(),
+        mac: session.mac,
+        started_at: session.started_at,
+        rotated_at: at(rotated_ms),
+    }
+}
+
+/// A token renewal of `old` as read, to `new`, as the engine writes it:
+/// with the record of the token rotated away (under tag 200 plus the old
+/// session's number).
 fn rotate(old: &SessionRecord, new: SessionRecord) -> WriteBatch {
+    let record = rotation(200 + old.master.as_bytes()[0], old, 90_000);
     creds(
         Some(CredsExpectation::Session { master: old.master, expires_at: old.expires_at }),
-        vec![CredsOp::DeleteSession(old.master), CredsOp::PutSession(new)],
+        vec![CredsOp::DeleteSession(old.master), CredsOp::PutSession(new), CredsOp::PutRotation(record)],
     )
+}
+
+fn revoke_session(session: &SessionRecord) -> WriteBatch {
+    let (email, mac, started_at) = (session.email.clone(), session.mac, session.started_at);
+    creds(None, vec![CredsOp::RevokeSession { email, mac, started_at }])
 }
 
 fn put_passcode(record: PasscodeRecord) -> WriteBatch {
@@ -158,6 +183,10 @@ fn session_of<S: StoreUnderTest>(store: &S, master: MasterToken) -> Option<Sessi
     store.read(&Lookup { session: Some(master), ..Lookup::default() }).session
 }
 
+fn rotation_of<S: StoreUnderTest>(store: &S, tag: TokenTag) -> Option<RotationRecord> {
+    store.read(&Lookup { rotation: Some(tag), ..Lookup::default() }).rotation
+}
+
 fn user_of<S: StoreUnderTest>(store: &S, email: &str) -> Option<UserRecord> {
     store.read(&Lookup { user: Some(email.into()), ..Lookup::default() }).user
 }
@@ -179,6 +208,7 @@ fn everything<S: StoreUnderTest>(store: &S) -> Vec<Snapshot> {
             user: Some([EMAIL, OTHER][usize::from(n % 2)].into()),
             passcode: Some(key([EMAIL, OTHER][usize::from(n / 4)], n)),
             session: Some(master(n)),
+            rotation: Some(tag(n)),
             counters: Vec::new(),
         });
     }
@@ -500,6 +530,73 @@ pub(super) fn sessions_are_put_replaced_and_deleted<S: StoreUnderTest>() {
     assert_eq!(session_of(&store, master(2)), Some(session(2, 60_000)), "another session");
     assert_eq!(store.write(&creds(None, vec![CredsOp::DeleteSession(master(1))])), Committed, "deleted twice");
     assert_eq!(session_of(&store, master(2)), Some(session(2, 60_000)));
+}
+
+pub(super) fn a_rotation_reads_back_by_its_tag_and_a_put_replaces_it<S: StoreUnderTest>() {
+    let mut store = S::create();
+    let (s1, s2) = (session(1, 60_000), session(2, 60_000));
+    assert_eq!(rotation_of(&store, tag(1)), None, "a new store holds no rotation");
+    let put = |r: RotationRecord| creds(None, vec![CredsOp::PutRotation(r)]);
+    assert_eq!(store.write(&put(rotation(1, &s1, 1_000))), Committed);
+    assert_eq!(store.write(&put(rotation(2, &s2, 2_000))), Committed);
+    assert_eq!(rotation_of(&store, tag(1)), Some(rotation(1, &s1, 1_000)));
+    let moved = RotationRecord { email: OTHER.into(), ..rotation(1, &s2, 3_000) };
+    assert_eq!(store.write(&put(moved.clone())), Committed);
+    assert_eq!(rotation_of(&store, tag(1)), Some(moved), "a put replaces every field");
+    assert_eq!(rotation_of(&store, tag(2)), Some(rotation(2, &s2, 2_000)), "another tag");
+    assert_eq!(rotation_of(&store, tag(3)), None);
+}
+
+pub(super) fn a_session_keeps_the_records_of_its_last_rotations_only<S: StoreUnderTest>() {
+    let mut store = S::create();
+    let (mine, other_device, other_login) =
+        (session(1, 60_000), session(2, 60_000), SessionRecord { started_at: at(7), ..session(1, 60_000) });
+    assert_eq!(store.write(&creds(None, vec![CredsOp::PutRotation(rotation(100, &other_device, 0))])), Committed);
+    assert_eq!(store.write(&creds(None, vec![CredsOp::PutRotation(rotation(101, &other_login, 0))])), Committed);
+    let kept = u8::try_from(REUSE_HISTORY).expect("a small history");
+    // Written newest first for some, so the order kept is the rotations'
+    // times, not the order of the writes.
+    let times: Vec<i64> = (1..=i64::from(kept) + 3).map(|i| if i % 2 == 0 { 1_000 * i } else { 50_000 - i }).collect();
+    for (i, t) in times.iter().enumerate() {
+        let n = u8::try_from(i + 1).expect("a few");
+        assert_eq!(store.write(&creds(None, vec![CredsOp::PutRotation(rotation(n, &mine, *t))])), Committed);
+    }
+    let mut newest: Vec<(i64, u8)> = times.iter().enumerate().map(|(i, t)| (*t, (i + 1) as u8)).collect();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    for (rank, (t, n)) in newest.iter().enumerate() {
+        let want = (rank < REUSE_HISTORY).then(|| rotation(*n, &mine, *t));
+        assert_eq!(rotation_of(&store, tag(*n)), want, "rotation {n} at {t} ms, newest but {rank}");
+    }
+    assert!(rotation_of(&store, tag(100)).is_some(), "another device's session keeps its own");
+    assert!(rotation_of(&store, tag(101)).is_some(), "another login of the device keeps its own");
+}
+
+pub(super) fn a_revocation_removes_its_session_and_its_rotations_only<S: StoreUnderTest>() {
+    let mut store = S::create();
+    let current = session(1, 60_000);
+    let other_device = session(2, 60_000);
+    let other_login = SessionRecord { master: master(3), started_at: at(7), ..session(1, 60_000) };
+    let theirs = SessionRecord { master: master(4), email: OTHER.into(), ..session(1, 60_000) };
+    let all = [&current, &other_device, &other_login, &theirs];
+    let mut ops: Vec<CredsOp> = all.iter().map(|s| CredsOp::PutSession((*s).clone())).collect();
+    ops.extend(all.iter().enumerate().map(|(i, s)| CredsOp::PutRotation(rotation(10 + i as u8, s, 1_000))));
+    ops.push(CredsOp::PutRotation(rotation(20, &current, 2_000)));
+    assert_eq!(store.write(&creds(None, ops)), Committed);
+    let mut handles = handles(store);
+    assert_eq!(handles[0].1.write(&revoke_session(&current)), Committed);
+    for (name, handle) in &handles {
+        assert_eq!(session_of(handle, master(1)), None, "{name}: the revoked session");
+        assert_eq!((rotation_of(handle, tag(10)), rotation_of(handle, tag(20))), (None, None), "{name}: its rotations");
+        for (n, s) in all.iter().enumerate().skip(1) {
+            assert_eq!(session_of(handle, s.master).as_ref(), Some(*s), "{name}: session {n} stays");
+            assert!(rotation_of(handle, tag(10 + n as u8)).is_some(), "{name}: rotation of session {n} stays");
+        }
+    }
+    assert_eq!(handles[0].1.write(&revoke_session(&current)), Committed, "revoked twice");
+    // The admin command ends the rotations with the sessions.
+    assert_eq!(handles[1].1.revoke(EMAIL, Some(mac(2))), 1);
+    assert_eq!(rotation_of(&handles[0].1, tag(11)), None, "the admin revoked a device");
+    assert!(rotation_of(&handles[0].1, tag(12)).is_some(), "another device of the account");
 }
 
 pub(super) fn a_password_is_replaced_on_an_existing_account_only<S: StoreUnderTest>() {

@@ -65,6 +65,7 @@ impl StoreUnderTest for MemoryUnderTest {
         let mut store = self.store();
         let before = store.sessions.len();
         store.sessions.retain(|_, s| s.email != email || mac.is_some_and(|m| m != s.mac));
+        store.rotations.retain(|_, r| r.email != email || mac.is_some_and(|m| m != r.mac));
         before - store.sessions.len()
     }
 
@@ -73,6 +74,7 @@ impl StoreUnderTest for MemoryUnderTest {
         let Some(user) = store.users.get_mut(email) else { return false };
         user.password = password.clone();
         store.sessions.retain(|_, s| s.email != email);
+        store.rotations.retain(|_, r| r.email != email);
         true
     }
 }

@@ -48,6 +48,8 @@ pub struct Report {
     pub authorized: usize,
     /// `renew|<token>` replies.
     pub renewals: usize,
+    /// Sessions revoked because a rotated-away token came back.
+    pub revocations: usize,
     /// Connections the engine closed.
     pub closes: usize,
     /// Effects a shutdown abandoned.
@@ -551,7 +553,15 @@ impl Run {
     fn execute(&mut self, effect: &Effect) -> EffectResult {
         match effect {
             Effect::Read(lookup) => self.store.read(lookup),
-            Effect::Write(batch) => self.store.write(batch),
+            Effect::Write(batch) => {
+                let result = self.store.write(batch);
+                // Durable from here, reported or not: a rotation record
+                // another check reads names a session that exists.
+                if let (EffectResult::Committed, WriteBatch::Creds(b)) = (&result, batch) {
+                    self.sessions_committed(b);
+                }
+                result
+            }
             Effect::VerifyPassword { hash, candidate } => EffectResult::Verified(test_verify(hash, candidate)),
             Effect::HashPassword { password } => EffectResult::Hashed(test_hash(password.expose())),
             Effect::SendMail(_) => EffectResult::Sent,
@@ -646,12 +656,14 @@ impl Run {
                     }
                 }
             }
-            WriteBatch::Creds(b) => {
-                for op in &b.ops {
-                    if let CredsOp::PutSession(s) = op {
-                        self.sessions.get_mut(&s.master).expect("a session write the model never saw").committed = true;
-                    }
-                }
+            WriteBatch::Creds(b) => self.sessions_committed(b),
+        }
+    }
+
+    fn sessions_committed(&mut self, batch: &CredsBatch) {
+        for op in &batch.ops {
+            if let CredsOp::PutSession(s) = op {
+                self.sessions.get_mut(&s.master).expect("a session write the model never saw").committed = true;
             }
         }
     }
@@ -839,7 +851,8 @@ impl Run {
 
     /// A credentials write: a new session only after a consumed passcode,
     /// a rotation only of an expired, live session, with the lifetimes the
-    /// configuration gives.
+    /// configuration gives and its record of the token rotated away, and a
+    /// revocation only of a session the engine wrote.
     fn session_write(&mut self, batch: &CredsBatch, resumed: Resumed) {
         match (&batch.expect, batch.ops.as_slice()) {
             (None, [CredsOp::PutSession(s)]) => {
@@ -849,15 +862,27 @@ impl Run {
             }
             (
                 Some(CredsExpectation::Session { master, expires_at }),
-                [CredsOp::DeleteSession(old), CredsOp::PutSession(s)],
+                [CredsOp::DeleteSession(old), CredsOp::PutSession(s), CredsOp::PutRotation(r)],
             ) if master == old => {
                 assert_eq!(resumed.session_read, Some(*old), "a rotation that did not follow a read of its session");
                 let model = *self.sessions.get(old).expect("a rotation of a session never written");
                 assert_eq!(*expires_at, model.expires);
                 assert!(self.engine_now >= model.expires, "a token rotated before it expired");
                 assert!(self.alive(model.started, self.engine_now), "a session rotated past its age");
+                assert_eq!((r.master, r.started_at, r.rotated_at), (*old, model.started, self.engine_now));
                 self.check_record(s, model.started, self.engine_now);
-                self.new_session(s, Some(*old));
+                // Every rotation of one token writes the same successor:
+                // only the first can commit, so the model keeps the first.
+                if !self.sessions.contains_key(&s.master) {
+                    self.new_session(s, Some(*old));
+                }
+            }
+            (None, [CredsOp::RevokeSession { started_at, .. }]) => {
+                assert!(
+                    self.sessions.values().any(|m| m.started == *started_at),
+                    "a revocation of a session the engine never wrote"
+                );
+                self.report.revocations += 1;
             }
             (Some(CredsExpectation::Password { .. }), [CredsOp::SetPassword { .. }]) => {}
             _ => panic!("an unexpected credentials write: {batch:?}"),
@@ -1018,7 +1043,9 @@ impl Run {
         let master = MasterToken::derive(&token, mac, peer);
         let model = self.sessions.get_mut(&master).expect("a token whose session was never written");
         assert!(model.committed, "a token handed out before its session was committed");
-        assert!(!model.handed_out, "a token handed out twice");
+        // A successor is told to every check of its token within the grace;
+        // a login's token goes out once.
+        assert!(!model.handed_out || model.rotated_from.is_some(), "a login's token handed out twice");
         model.handed_out = true;
         let model = *model;
         self.tokens.push((token, mac));

@@ -93,6 +93,9 @@ pub(super) struct Knobs {
 pub(super) const TOKEN_TTL: TimeDelta = TimeDelta::seconds(10);
 /// The session age of every script, unless unlimited.
 pub(super) const MAX_AGE: TimeDelta = TimeDelta::seconds(25);
+/// The renewal grace of every script: scripts step the clock by up to
+/// seconds, so tokens come back both within it and after it.
+pub(super) const RENEW_GRACE: TimeDelta = TimeDelta::seconds(3);
 
 impl Knobs {
     pub(in crate::testkit::fuzz) fn config(self) -> Config {
@@ -102,6 +105,7 @@ impl Knobs {
             session: SessionPolicy {
                 token_ttl: TOKEN_TTL,
                 max_age: if self.unlimited_age { TimeDelta::zero() } else { MAX_AGE },
+                renew_grace: RENEW_GRACE,
             },
             limits: Limits {
                 passcode_requests_per_email: Window::new(6, minute),
