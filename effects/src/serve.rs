@@ -130,13 +130,22 @@ pub fn log_notices(engine: &mut Engine) {
             Notice::Refused { limit, subject, peer } => {
                 tracing::info!(limit, subject = subject.as_str(), %peer, "request refused by a limit");
             }
-            Notice::TokenReuse { email, mac, peer, why } => {
+            Notice::TokenReuse { email, mac, peer, why, revoked: true } => {
                 tracing::warn!(
                     email = email.as_str(),
                     %mac,
                     %peer,
                     why = why.as_str(),
                     "a rotated-away token came back: its session is revoked"
+                );
+            }
+            Notice::TokenReuse { email, mac, peer, why, revoked: false } => {
+                tracing::warn!(
+                    email = email.as_str(),
+                    %mac,
+                    %peer,
+                    why = why.as_str(),
+                    "a rotated-away token came back: revoking its session failed, the next reuse tries again"
                 );
             }
         }

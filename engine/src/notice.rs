@@ -25,7 +25,8 @@ pub enum Notice {
         peer: IpAddr,
     },
     /// A rotated-away token came back after its renewal grace, or from
-    /// another binding: its session is revoked (see `renewal`).
+    /// another binding, so its session is revoked (see `renewal`). Told once
+    /// the revocation is settled.
     TokenReuse {
         /// Whose session it was.
         email: String,
@@ -35,6 +36,10 @@ pub enum Notice {
         peer: IpAddr,
         /// After the grace, or from another binding.
         why: Reuse,
+        /// Whether the revocation was committed. When it was not (the store
+        /// failed), the token is refused all the same and the next reuse
+        /// tries again.
+        revoked: bool,
     },
 }
 
@@ -44,10 +49,11 @@ impl fmt::Display for Notice {
             Notice::Refused { limit, subject, peer } => {
                 write!(f, "refused by limit {limit} for {subject:?} (request from {peer})")
             }
-            Notice::TokenReuse { email, mac, peer, why } => {
+            Notice::TokenReuse { email, mac, peer, why, revoked } => {
+                let outcome = if *revoked { "session revoked" } else { "revoking the session failed" };
                 write!(
                     f,
-                    "a rotated-away token of {email:?} came back {} (MAC {mac}, from {peer}): session revoked",
+                    "a rotated-away token of {email:?} came back {} (MAC {mac}, from {peer}): {outcome}",
                     why.as_str()
                 )
             }

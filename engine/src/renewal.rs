@@ -95,11 +95,20 @@ pub(crate) fn judge(
         Verdict::Ended
     } else if rotation.master != master {
         Verdict::Reuse(Reuse::OtherBinding)
-    } else if now <= rotation.rotated_at + policy.renew_grace {
+    } else if within_grace(policy, rotation.rotated_at, now) {
         Verdict::Successor
     } else {
         Verdict::Reuse(Reuse::AfterGrace)
     }
+}
+
+/// Whether `now` is no later than `renew_grace` after `rotated_at`, to the
+/// millisecond: the store keeps times to the millisecond, so a check at the
+/// rotation's own instant must compare equal to the stored time, whichever
+/// store it was read from. Integer arithmetic, so no time from a damaged
+/// row can overflow it.
+fn within_grace(policy: &SessionPolicy, rotated_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now.timestamp_millis() <= rotated_at.timestamp_millis().saturating_add(policy.renew_grace.num_milliseconds())
 }
 
 #[cfg(test)]
@@ -143,8 +152,17 @@ mod tests {
         assert_eq!(judge(&policy, &r, master, t0), Verdict::Successor);
         assert_eq!(judge(&policy, &r, master, t0 - TimeDelta::seconds(5)), Verdict::Successor);
         assert_eq!(judge(&policy, &r, master, t0 + TimeDelta::seconds(10)), Verdict::Successor);
-        let after = t0 + TimeDelta::seconds(10) + TimeDelta::nanoseconds(1);
+        let after = t0 + TimeDelta::seconds(10) + TimeDelta::milliseconds(1);
         assert_eq!(judge(&policy, &r, master, after), Verdict::Reuse(Reuse::AfterGrace));
+        // Read back from a file, the rotation's time lost its nanoseconds:
+        // a check at its very instant is still within a grace of zero.
+        let stored = record(master, t0);
+        let instant = t0 + TimeDelta::nanoseconds(999_999);
+        let none = SessionPolicy { renew_grace: TimeDelta::zero(), ..policy };
+        assert_eq!(judge(&none, &stored, master, instant), Verdict::Successor);
+        // A damaged row far in the future cannot overflow the sum.
+        let far = record(master, DateTime::<Utc>::MAX_UTC);
+        assert_eq!(judge(&policy, &far, master, t0), Verdict::Successor);
         assert_eq!(judge(&policy, &r, other, t0), Verdict::Reuse(Reuse::OtherBinding));
         let none = SessionPolicy { renew_grace: TimeDelta::zero(), ..policy };
         assert_eq!(judge(&none, &r, master, t0), Verdict::Successor, "the rotation's own instant");

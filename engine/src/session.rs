@@ -44,15 +44,18 @@ pub(crate) enum Standing {
 }
 
 impl SessionPolicy {
+    /// When a session that started at `started_at` dies; `None`: never (an
+    /// unlimited age, or a start so far in the future, from a damaged row
+    /// or capture, that its end is past the last representable instant).
     fn end_of_life(&self, started_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        (self.max_age > TimeDelta::zero()).then(|| started_at + self.max_age)
+        (self.max_age > TimeDelta::zero()).then(|| started_at.checked_add_signed(self.max_age)).flatten()
     }
 
     /// The expiry of a token issued at `now` for a session started at
     /// `started_at`: one token lifetime, but never past the session's
     /// absolute age.
     fn expiry(&self, started_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-        let expiry = now + self.token_ttl;
+        let expiry = now.checked_add_signed(self.token_ttl).unwrap_or(DateTime::<Utc>::MAX_UTC);
         self.end_of_life(started_at).map_or(expiry, |end| expiry.min(end))
     }
 

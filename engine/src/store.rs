@@ -188,8 +188,10 @@ pub enum CredsOp {
     /// Remove a session.
     DeleteSession(MasterToken),
     /// Keep a rotated-away token's record, replacing any under its tag,
-    /// and drop its session's records but the last
-    /// [`crate::REUSE_HISTORY`] (by `rotated_at`, then tag).
+    /// and drop its session's other records but the newest
+    /// [`crate::REUSE_HISTORY`] − 1 (by `rotated_at`, then tag): the record
+    /// just written always stays, even when a clock that went back makes
+    /// it look older than the rest.
     PutRotation(RotationRecord),
     /// Revoke a session at once: remove every session row of it (its
     /// current token) and every rotation record of it.

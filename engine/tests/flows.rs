@@ -155,7 +155,10 @@ fn an_expired_token_is_rotated_once() {
     assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
     assert!(w.store.sessions.is_empty() && w.store.rotations.is_empty());
     let notice = w.engine.poll_notice().expect("a notice of the reuse");
-    assert!(matches!(&notice, Notice::TokenReuse { email, why: Reuse::AfterGrace, .. } if email == EMAIL), "{notice}");
+    assert!(
+        matches!(&notice, Notice::TokenReuse { email, why: Reuse::AfterGrace, revoked: true, .. } if email == EMAIL),
+        "{notice}"
+    );
     assert!(!notice.to_string().contains(&t1) && !notice.to_string().contains(&t2), "a token in the notice");
 }
 
@@ -170,7 +173,7 @@ fn a_rotated_away_token_from_another_device_revokes_the_session_at_once() {
     let elsewhere = w.connect(Listener::Native, ip("127.0.0.9"));
     assert_eq!(w.request(elsewhere, &token_line(&t1, MAC)), "unauthorized");
     assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
-    assert!(matches!(w.engine.poll_notice(), Some(Notice::TokenReuse { why: Reuse::OtherBinding, .. })));
+    assert!(matches!(w.engine.poll_notice(), Some(Notice::TokenReuse { why: Reuse::OtherBinding, revoked: true, .. })));
     // A current token from another device is merely refused: nothing to
     // revoke, nobody told.
     let t3 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();

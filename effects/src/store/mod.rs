@@ -722,16 +722,19 @@ fn write_creds(tx: &Connection, batch: &CredsBatch) -> Result<Commit, StoreError
                     millis(r.started_at),
                     millis(r.rotated_at)
                 ])?;
+                // The record just written stays; of the others, the newest.
                 tx.prepare_cached(
-                    "DELETE FROM rotations WHERE email = ?1 AND mac = ?2 AND started_at = ?3 AND tag NOT IN
-                         (SELECT tag FROM rotations WHERE email = ?1 AND mac = ?2 AND started_at = ?3
-                          ORDER BY rotated_at DESC, tag DESC LIMIT ?4)",
+                    "DELETE FROM rotations WHERE email = ?1 AND mac = ?2 AND started_at = ?3 AND tag != ?4
+                         AND tag NOT IN (SELECT tag FROM rotations
+                             WHERE email = ?1 AND mac = ?2 AND started_at = ?3 AND tag != ?4
+                             ORDER BY rotated_at DESC, tag DESC LIMIT ?5)",
                 )?
                 .execute(params![
                     r.email,
                     r.mac.to_string(),
                     millis(r.started_at),
-                    REUSE_HISTORY as i64
+                    r.tag.to_hex(),
+                    (REUSE_HISTORY - 1) as i64
                 ])?;
             }
             CredsOp::RevokeSession { email, mac, started_at } => {

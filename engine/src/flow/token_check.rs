@@ -14,7 +14,7 @@ use crate::codec::request::TokenRequest;
 use crate::device::Mac;
 use crate::flow::{Ctx, ReadOutcome, ReadWait, Step, WriteOutcome, WriteWait};
 use crate::notice::Notice;
-use crate::renewal::{self, Verdict};
+use crate::renewal::{self, Reuse, Verdict};
 use crate::session::Standing;
 use crate::store::{CredsBatch, CredsExpectation, CredsOp, Lookup, RotationRecord, SessionRecord, WriteBatch};
 use crate::token::{BaseToken, MasterToken, PeerDigests, TokenTag};
@@ -40,7 +40,17 @@ pub(crate) enum TokenWrite {
     /// The rotation of its expired session to the successor.
     Rotate(Check),
     /// The revocation of a session whose rotated-away token came back.
-    Revoke,
+    Revoke(Reused),
+}
+
+/// A rotated-away token that came back: who, from where, and why it is
+/// reuse. The operator hears of it once the revocation is settled, so the
+/// notice can say whether the session is gone.
+pub(crate) struct Reused {
+    email: String,
+    mac: Mac,
+    ip: IpAddr,
+    why: Reuse,
 }
 
 pub(crate) fn start(request: &TokenRequest<'_>, peer: &mut PeerDigests) -> Step {
@@ -85,7 +95,11 @@ impl TokenWrite {
             (TokenWrite::Rotate(_), WriteOutcome::Unavailable) => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
             // The token is dead whatever became of the revocation; a
             // revocation that failed is tried again by the next reuse.
-            (TokenWrite::Revoke, _) => Step::Done(Reply::Unauthorized),
+            (TokenWrite::Revoke(Reused { email, mac, ip, why }), outcome) => {
+                let revoked = matches!(outcome, WriteOutcome::Committed);
+                ctx.notices.push(Notice::TokenReuse { email, mac, peer: ip, why, revoked });
+                Step::Done(Reply::Unauthorized)
+            }
         }
     }
 }
@@ -129,19 +143,14 @@ impl Check {
             Verdict::Ended => Step::Done(Reply::Unauthorized),
             Verdict::Successor => Step::Done(Reply::Renew(renewal::successor(&ctx.config.server_key, &self.token))),
             Verdict::Reuse(why) => {
-                ctx.notices.push(Notice::TokenReuse {
-                    email: rotation.email.clone(),
-                    mac: self.mac,
-                    peer: self.ip,
-                    why,
-                });
                 let revoke = CredsOp::RevokeSession {
-                    email: rotation.email,
+                    email: rotation.email.clone(),
                     mac: rotation.mac,
                     started_at: rotation.started_at,
                 };
+                let reused = Reused { email: rotation.email, mac: self.mac, ip: self.ip, why };
                 let batch = CredsBatch { expect: None, ops: vec![revoke] };
-                Step::Write(WriteWait::Token(TokenWrite::Revoke), WriteBatch::Creds(batch))
+                Step::Write(WriteWait::Token(TokenWrite::Revoke(reused)), WriteBatch::Creds(batch))
             }
         }
     }

@@ -238,17 +238,19 @@ impl MemoryStore {
 }
 
 impl MemoryStore {
-    /// Drops the rotation records of `rotation`'s session but the last
-    /// [`REUSE_HISTORY`], by rotation time, then tag.
+    /// Drops the rotation records of `rotation`'s session but `rotation`
+    /// itself and the newest [`REUSE_HISTORY`] − 1 others, by rotation
+    /// time, then tag.
     fn keep_history(&mut self, rotation: &RotationRecord) {
-        let mut of_session: Vec<(chrono::DateTime<chrono::Utc>, TokenTag)> = self
+        let mut others: Vec<(chrono::DateTime<chrono::Utc>, TokenTag)> = self
             .rotations
             .values()
             .filter(|r| r.email == rotation.email && r.mac == rotation.mac && r.started_at == rotation.started_at)
+            .filter(|r| r.tag != rotation.tag)
             .map(|r| (r.rotated_at, r.tag))
             .collect();
-        of_session.sort_unstable_by(|a, b| b.cmp(a));
-        for (_, tag) in of_session.iter().skip(REUSE_HISTORY) {
+        others.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, tag) in others.iter().skip(REUSE_HISTORY - 1) {
             self.rotations.remove(tag);
         }
     }

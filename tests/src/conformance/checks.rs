@@ -569,6 +569,13 @@ pub(super) fn a_session_keeps_the_records_of_its_last_rotations_only<S: StoreUnd
     }
     assert!(rotation_of(&store, tag(100)).is_some(), "another device's session keeps its own");
     assert!(rotation_of(&store, tag(101)).is_some(), "another login of the device keeps its own");
+    // A clock that went back: the record just written is the oldest, and
+    // stays; the oldest of the others goes.
+    let oldest_kept = newest[REUSE_HISTORY - 1];
+    assert_eq!(store.write(&creds(None, vec![CredsOp::PutRotation(rotation(99, &mine, 1))])), Committed);
+    assert_eq!(rotation_of(&store, tag(99)), Some(rotation(99, &mine, 1)), "the record just written");
+    assert_eq!(rotation_of(&store, tag(oldest_kept.1)), None, "the oldest of the others");
+    assert!(rotation_of(&store, tag(newest[REUSE_HISTORY - 2].1)).is_some());
 }
 
 pub(super) fn a_revocation_removes_its_session_and_its_rotations_only<S: StoreUnderTest>() {
@@ -583,6 +590,12 @@ pub(super) fn a_revocation_removes_its_session_and_its_rotations_only<S: StoreUn
     ops.push(CredsOp::PutRotation(rotation(20, &current, 2_000)));
     assert_eq!(store.write(&creds(None, ops)), Committed);
     let mut handles = handles(store);
+    // Every handle reads the sessions first, so a store that keeps them in
+    // memory holds them when the revocation comes.
+    let lookups: Vec<Lookup> = all.iter().map(|s| Lookup { session: Some(s.master), ..Lookup::default() }).collect();
+    let want: Vec<Snapshot> =
+        all.iter().map(|s| Snapshot { session: Some((*s).clone()), ..Snapshot::default() }).collect();
+    all_read(&handles, &lookups, &want, "before the revocation");
     assert_eq!(handles[0].1.write(&revoke_session(&current)), Committed);
     for (name, handle) in &handles {
         assert_eq!(session_of(handle, master(1)), None, "{name}: the revoked session");
