@@ -448,7 +448,7 @@ impl Engine {
         }
         let step = match parsed {
             Ok(request) if !framing.serves(&request) => Step::Done(Reply::False),
-            Ok(Request::Token(r)) => flow::token_check::start(&r, &mut conn.peer),
+            Ok(Request::Token(r)) => flow::token_check::start(&r, &mut conn.peer, self.now),
             Ok(Request::Passcode(r)) => flow::passcode_request::start(&r, peer, &self.config.limits),
             Ok(Request::Login(r)) => flow::login::start(&r, peer, &self.config.limits),
             Err(_) => Step::Done(Reply::Error(ErrorCode::Malformed)),

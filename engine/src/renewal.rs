@@ -78,8 +78,9 @@ impl Reuse {
     }
 }
 
-/// Judges a rotated-away token presented at `now` by a binding whose master
-/// token for it is `master`. The grace holds while the successor is not
+/// Judges a rotated-away token presented at `now` (when its request was
+/// read, not when the store answered) by a binding whose master token for
+/// it is `master`. The grace holds while the successor is not
 /// older than `renew_grace`, its end included, so with a grace of zero the
 /// checks that raced the rotation at its very instant still get the
 /// successor. A clock that went back (a restart on another machine) counts

@@ -163,6 +163,33 @@ fn an_expired_token_is_rotated_once() {
 }
 
 #[test]
+fn a_check_under_way_when_its_token_rotates_is_not_reuse_however_slow_the_store() {
+    // No grace at all, and a store that answers the second check's
+    // rotation 50 ms after the first committed: the second check was read
+    // before the rotation, so it learns the same successor.
+    let mut config = Config::default();
+    config.session.renew_grace = TimeDelta::zero();
+    let mut w = world_with(config);
+    let t1 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
+    w.advance(TimeDelta::hours(1));
+    let (c1, c2) = (w.connect(Listener::Native, local()), w.connect(Listener::Native, local()));
+    let line = format!("{}\n", token_line(&t1, MAC));
+    w.send(c1, line.as_bytes());
+    w.send(c2, line.as_bytes());
+    // Both reads, then the first rotation commits.
+    for _ in 0..3 {
+        assert!(w.step());
+    }
+    w.advance(TimeDelta::milliseconds(50));
+    w.settle();
+    let (r1, r2) = (w.take_received(c1), w.take_received(c2));
+    let (r1, r2) = (String::from_utf8_lossy(&r1), String::from_utf8_lossy(&r2));
+    assert!(r1.starts_with("renew|"), "{r1:?}");
+    assert_eq!(r1, r2, "one successor for both checks");
+    assert_eq!((w.store.sessions.len(), w.engine.poll_notice()), (1, None), "nothing revoked");
+}
+
+#[test]
 fn a_rotated_away_token_from_another_device_revokes_the_session_at_once() {
     let mut w = world();
     let t1 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();

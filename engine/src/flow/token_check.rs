@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
 use crate::codec::reply::{ErrorCode, Reply};
@@ -25,6 +26,11 @@ pub(crate) struct Check {
     master: MasterToken,
     mac: Mac,
     ip: IpAddr,
+    /// When the request was read: the renewal grace is judged at this
+    /// instant, so a check already under way when its token was rotated
+    /// (by another request of the same burst) is never taken for reuse,
+    /// however slow the store.
+    presented: DateTime<Utc>,
 }
 
 /// The reads a token check waits on.
@@ -53,10 +59,10 @@ pub(crate) struct Reused {
     why: Reuse,
 }
 
-pub(crate) fn start(request: &TokenRequest<'_>, peer: &mut PeerDigests) -> Step {
+pub(crate) fn start(request: &TokenRequest<'_>, peer: &mut PeerDigests, now: DateTime<Utc>) -> Step {
     let (master, ip) = (peer.master(&request.token, request.mac), peer.ip());
     let lookup = Lookup { session: Some(master), ..Lookup::default() };
-    let check = Check { token: request.token, master, mac: request.mac, ip };
+    let check = Check { token: request.token, master, mac: request.mac, ip, presented: now };
     Step::Read(ReadWait::Token(TokenRead::Session(check)), lookup)
 }
 
@@ -139,7 +145,7 @@ impl Check {
 
     /// The token was rotated away: its successor again, or reuse.
     fn rotated_away<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, rotation: RotationRecord) -> Step {
-        match renewal::judge(&ctx.config.session, &rotation, self.master, ctx.now) {
+        match renewal::judge(&ctx.config.session, &rotation, self.master, self.presented) {
             Verdict::Ended => Step::Done(Reply::Unauthorized),
             Verdict::Successor => Step::Done(Reply::Renew(renewal::successor(&ctx.config.server_key, &self.token))),
             Verdict::Reuse(why) => {
