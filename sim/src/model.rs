@@ -23,6 +23,9 @@ struct Family {
     /// The instant its login's reply came out: the login was decided no
     /// later.
     started_by: DateTime<Utc>,
+    /// The instant its login's request reached the engine: the login was
+    /// decided no earlier.
+    started_from: DateTime<Utc>,
     /// The token it holds now, as far as any client was told.
     latest: String,
     /// Set when a reuse revoked it: the step of the engine in which the
@@ -82,6 +85,11 @@ pub(crate) struct Model {
     /// Password checks per window or streak (by its counter and start),
     /// and its bound.
     guesses: HashMap<(CounterKey, DateTime<Utc>), (u32, u32)>,
+    /// Sessions (by master token) the store rotated away, whether or not
+    /// any client heard of the successor.
+    rotated: HashSet<MasterToken>,
+    /// The latest engine time of the server's earlier lives.
+    horizon: DateTime<Utc>,
     /// Logins committed, by the session's account, device and start.
     started: HashMap<(String, Mac, DateTime<Utc>), u32>,
     /// Accounts the store revoked a session of.
@@ -105,6 +113,8 @@ impl Model {
             guesses: HashMap::new(),
             revoked_accounts: HashSet::new(),
             started: HashMap::new(),
+            horizon: DateTime::<Utc>::MIN_UTC,
+            rotated: HashSet::new(),
             violation: None,
             checked: HashMap::new(),
         }
@@ -135,7 +145,7 @@ impl Model {
             return;
         }
         if BaseToken::parse(kind.as_bytes()).is_some() {
-            self.token_reply(asked, kind, reply, at.time);
+            self.token_reply(asked, kind, reply, at);
         } else {
             self.login_reply(asked, reply, at.time);
         }
@@ -158,13 +168,14 @@ impl Model {
         self.families.push(Family {
             email: asked.email.clone(),
             started_by: at,
+            started_from: asked.delivered.time,
             latest: token.to_owned(),
             revoked_at: None,
         });
         self.tokens.insert(token.to_owned(), Token { family, mac: asked.mac, ip: asked.ip, issued_by: at });
     }
 
-    fn token_reply(&mut self, asked: &Asked, presented: &str, reply: &str, at: DateTime<Utc>) {
+    fn token_reply(&mut self, asked: &Asked, presented: &str, reply: &str, at: Stamp) {
         let Some(known) = self.tokens.get(presented).cloned() else {
             // A token no reply carried (a guess, garbage): never authorized.
             self.check("an unknown token is refused", reply != "authorized", || {
@@ -184,7 +195,8 @@ impl Model {
                 });
                 self.check("authorized only within the token's lifetime", d < known.issued_by + ttl, || {
                     format!(
-                        "{presented:.12}… authorized {} ms past its lifetime",
+                        "{presented:.12}… of {} authorized {} ms past its lifetime",
+                        family.email,
                         (d - known.issued_by - ttl).num_milliseconds()
                     )
                 });
@@ -197,9 +209,27 @@ impl Model {
                     format!("{presented:.12}… of {} authorized after its session was revoked", family.email)
                 });
             }
+            "unauthorized" => {
+                // A session within its absolute age is authorized or
+                // renewed, never refused, unless it was revoked: a refusal
+                // of the newest token a client was told of says the store
+                // lost what the client was told.
+                let max_age = self.config.session.max_age;
+                let alive = max_age <= TimeDelta::zero() || at.time < family.started_from + max_age;
+                // A renewal whose reply was lost (a connection that died, a
+                // commit reported failed) rotated the token all the same:
+                // after the grace, it is refused.
+                let rotated = BaseToken::parse(presented.as_bytes())
+                    .is_some_and(|t| self.rotated.contains(&MasterToken::derive(&t, asked.mac, asked.ip)));
+                let current = family.latest == presented && same_binding && !rotated;
+                let revoked = family.revoked_at.is_some() || self.revoked_accounts.contains(&family.email);
+                self.check("an acknowledged session is not lost", !(alive && current && !revoked), || {
+                    format!("{presented:.12}… of {} refused within its session's age", family.email)
+                });
+            }
             _ => {
                 if let Some(new) = reply.strip_prefix("renew|") {
-                    self.renewal(asked, presented, new, &known, same_binding, at);
+                    self.renewal(asked, presented, new, &known, same_binding, at.time);
                 }
             }
         }
@@ -218,8 +248,10 @@ impl Model {
             let same = token.family == known.family;
             self.check("a successor belongs to its session", same, || format!("{new:.12}… handed to two sessions"));
         } else {
-            self.tokens
-                .insert(new.to_owned(), Token { family: known.family, mac: known.mac, ip: known.ip, issued_by: at });
+            // A successor first told of now may have been minted in an
+            // earlier life of the server, whose clock ran ahead of this one.
+            let issued_by = at.max(self.horizon);
+            self.tokens.insert(new.to_owned(), Token { family: known.family, mac: known.mac, ip: known.ip, issued_by });
             self.families[known.family].latest = new.to_owned();
         }
     }
@@ -244,6 +276,9 @@ impl Model {
             match op {
                 CredsOp::RevokeSession { email, .. } => {
                     self.revoked_accounts.insert(email.clone());
+                }
+                CredsOp::PutRotation(r) => {
+                    self.rotated.insert(r.master);
                 }
                 CredsOp::PutSession(s) if !renewal => {
                     *self.started.entry((s.email.clone(), s.mac, s.started_at)).or_default() += 1;
@@ -304,6 +339,21 @@ impl Model {
                 });
             }
         }
+    }
+
+    /// The engine asked for a password check; `counted` says whether it
+    /// did so in the step that took the commit of a reservation in the
+    /// account's failure window. A check with no place reserved first is
+    /// how a parallel burst gets past the bounds.
+    pub(crate) fn password_checked(&mut self, counted: bool) {
+        self.check("every password check is counted before it runs", counted, || {
+            "a password was checked with no failure reserved for it first".to_owned()
+        });
+    }
+
+    /// The server's life ended with its clock at `last`.
+    pub(crate) fn life_ended(&mut self, last: DateTime<Utc>) {
+        self.horizon = self.horizon.max(last);
     }
 
     /// After a crash, from the store alone: every login and renewal a client

@@ -36,8 +36,9 @@ pub struct Profile {
     pub store_error: f64,
     /// Chance that a write commits but is reported failed.
     pub lost_ack: f64,
-    /// Chance, per request, that the server crashes (the engine and the
-    /// writes not yet committed are lost) and restarts from the store.
+    /// Chance, per write, that the server crashes while the write is in
+    /// flight (the engine, and the writes whose results are not yet back,
+    /// may be lost) and restarts from the store.
     pub crash: f64,
     /// Mail relay delay, in milliseconds: from 0 to this.
     pub mail_delay_ms: u32,
@@ -66,7 +67,7 @@ impl Profile {
         let mut chance = |max_per_mille: u64| if calm { 0.0 } else { pick(0, max_per_mille) as f64 / 1000.0 };
         let (split, hangup, malformed, stall, replay_old) =
             (chance(300), chance(20), chance(30), chance(10), chance(20));
-        let (store_error, lost_ack, crash) = (chance(30), chance(20), chance(2) / 10.0);
+        let (store_error, lost_ack, crash) = (chance(30), chance(20), chance(5));
         let (mail_loss, mail_dup, mail_4xx, mail_5xx) = (chance(100), chance(100), chance(100), chance(50));
         let clock_jump = chance(5) / 10.0;
         let mut pick = |lo: u64, hi: u64| lo + rng.next_u64() % (hi - lo + 1);

@@ -12,7 +12,8 @@ use rand_core::Rng;
 use tokenizer_auth_engine::mail::find_passcode;
 use tokenizer_auth_engine::testkit::{MemoryStore, TestRng, epoch, test_hash, test_verify};
 use tokenizer_auth_engine::{
-    ConnId, Effect, EffectId, EffectResult, Engine, Input, Listener, Notice, Output, UserRecord,
+    ConnId, CounterKey, Effect, EffectId, EffectResult, Engine, Input, Listener, Notice, Output, PasscodesOp,
+    UserRecord, WriteBatch,
 };
 
 use crate::client::{Client, PATIENCE, Plan, Role, Route};
@@ -153,6 +154,11 @@ pub(crate) struct World {
     engine_now: DateTime<Utc>,
     /// Inputs handed to the engines so far.
     steps: u64,
+    /// The input being handled is the commit of a reservation of a
+    /// failure: the one step in which a password check may be asked for.
+    counting: bool,
+    /// The account whose replies and writes are traced to stderr.
+    trace: Option<String>,
     queue: BinaryHeap<Scheduled>,
     seq: u64,
     store: MemoryStore,
@@ -199,6 +205,8 @@ impl World {
             skew: TimeDelta::zero(),
             engine_now: DateTime::<Utc>::MIN_UTC,
             steps: 0,
+            counting: false,
+            trace: std::env::var("SIM_TRACE").ok(),
             queue: BinaryHeap::new(),
             seq: 0,
             store,
@@ -501,10 +509,6 @@ impl World {
             self.schedule(at, Event::Unstall(conn));
         }
         if self.calm_since.is_none() {
-            if self.chance(self.profile.crash) {
-                let at = self.clock + self.delay(1_000);
-                self.schedule(at, Event::Crash);
-            }
             if self.chance(self.profile.clock_jump) {
                 let by = (self.rng.next_u64() % 90_000) as i64 - 30_000;
                 let at = self.clock + self.delay(1_000);
@@ -585,14 +589,28 @@ impl World {
                     }
                 }
                 Output::Perform { id, effect } => {
+                    if matches!(effect, Effect::VerifyPassword { .. }) {
+                        self.model.password_checked(self.counting);
+                    }
                     let latency = match &effect {
                         Effect::Read(_) | Effect::Write(_) => self.delay(self.profile.store_latency_ms),
                         Effect::VerifyPassword { .. } | Effect::HashPassword { .. } => self.delay(50),
                         Effect::SendMail(_) => self.delay(self.profile.mail_delay_ms),
                     };
+                    // A crash strikes while a write is in flight, before its
+                    // result is back: what it loses is what was not yet
+                    // acknowledged.
+                    let crash = matches!(effect, Effect::Write(_))
+                        && self.calm_since.is_none()
+                        && self.chance(self.profile.crash);
                     self.effects.insert(id, effect);
                     asked.push(id);
                     let (at, life) = (self.clock + latency, self.life);
+                    if crash {
+                        let before =
+                            self.clock + ms(self.rng.next_u64() % (latency.num_milliseconds().unsigned_abs() + 1));
+                        self.schedule(before, Event::Crash);
+                    }
                     self.schedule(at, Event::Complete(life, id));
                 }
                 Output::Stopped => {}
@@ -615,6 +633,15 @@ impl World {
             }
         }
         asked
+    }
+
+    /// With a trace asked for: a write of the traced account's sessions.
+    fn trace_write(&self, batch: &WriteBatch, result: &EffectResult) {
+        let (Some(who), WriteBatch::Creds(b)) = (&self.trace, batch) else { return };
+        let text = format!("{:?}", b.ops);
+        if text.contains(who.as_str()) || text.contains("DeleteSession") && b.ops.len() == 1 {
+            eprintln!("{} life {} engine {}: write {result:?}: {text}", self.clock, self.life, self.engine_now);
+        }
     }
 
     /// The engine's clock and its count of inputs, now.
@@ -665,6 +692,13 @@ impl World {
             }
             if !documented(&reply) {
                 self.fail(format!("an undocumented reply {reply:?} to {:?}", asked.line));
+            }
+            if self.trace.as_deref() == Some(asked.email.as_str()) {
+                let t = self.clock;
+                eprintln!(
+                    "{t} life {} {conn:?}: {:.40} -> {reply:.40} (taken {:?}, replied {at:?})",
+                    self.life, asked.line, asked.delivered
+                );
             }
             self.model.reply(&asked, &reply, at);
             let presented = asked.line.split('|').next().unwrap_or_default();
@@ -724,6 +758,7 @@ impl World {
                     EffectResult::Failed
                 } else {
                     let result = self.store.write(batch);
+                    self.trace_write(batch, &result);
                     if result == EffectResult::Committed {
                         self.model.committed(batch);
                     }
@@ -741,7 +776,9 @@ impl World {
             Effect::SendMail(mail) => self.relay(mail),
         };
         let committed = (result == EffectResult::Committed).then_some(&effect);
+        self.counting = committed.is_some_and(reserves_a_failure);
         let asked = self.handle(Input::Completed { id, result: result.clone() });
+        self.counting = false;
         if let Some(Effect::Write(batch)) = committed {
             let verifies: Vec<&Effect> = asked
                 .iter()
@@ -806,6 +843,7 @@ impl World {
         if let Some(v) = self.model.violation.take() {
             self.fail(v);
         }
+        self.model.life_ended(self.engine_now);
         self.life += 1;
         self.engine = Engine::new(self.profile.config.clone());
         self.engine_now = DateTime::<Utc>::MIN_UTC;
@@ -826,6 +864,13 @@ impl World {
             *capture = self.engine.start_capture();
         }
     }
+}
+
+/// Whether `effect` is a write that reserves a place in an account's
+/// failure window.
+fn reserves_a_failure(effect: &Effect) -> bool {
+    let Effect::Write(WriteBatch::Passcodes(batch)) = effect else { return false };
+    batch.ops.iter().any(|op| matches!(op, PasscodesOp::Reserve(r) if matches!(r.key, CounterKey::FailuresByEmail(_))))
 }
 
 fn ms(n: u64) -> TimeDelta {
