@@ -130,11 +130,11 @@ impl Client {
             (Role::Guesser { .. }, Some(v)) => {
                 let n = 1 + (rng.next_u64() % profile.config.max_pipeline as u64) as usize;
                 for i in 0..n {
-                    lines.push(if (rng.next_u64() + i as u64) % 2 == 0 {
+                    lines.push(if (rng.next_u64() + i as u64).is_multiple_of(2) {
                         format!("require_passcode|{}|wrong {i}|{}|{}", v.mac, v.phone, v.email)
                     } else {
                         let code = format!("{:06}", rng.next_u64() % 1_000_000);
-                        let password = if rng.next_u64() % 2 == 0 { v.password.as_str() } else { "wrong" };
+                        let password = if rng.next_u64().is_multiple_of(2) { v.password.as_str() } else { "wrong" };
                         format!("{}|{}|{}|{password}|{code}", v.mac, v.email, v.phone)
                     });
                 }
@@ -146,7 +146,7 @@ impl Client {
                         let old = &self.old[(rng.next_u64() % self.old.len() as u64) as usize];
                         lines.push(format!("{old}|{}|get", self.mac));
                         replay = true;
-                        if rng.next_u64() % 2 == 0 {
+                        if rng.next_u64().is_multiple_of(2) {
                             route = Route::Elsewhere;
                         }
                     } else {

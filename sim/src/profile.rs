@@ -61,7 +61,7 @@ pub struct Profile {
 impl Profile {
     /// The profile of `seed`.
     pub fn from_seed(seed: u64) -> Profile {
-        let mut rng = TestRng::new(seed ^ 0x5eed_0f_fa17);
+        let mut rng = TestRng::new(seed ^ 0x005e_ed0f_fa17);
         let mut pick = |lo: u64, hi: u64| lo + rng.next_u64() % (hi - lo + 1);
         let calm = pick(0, 7) == 0;
         let mut chance = |max_per_mille: u64| if calm { 0.0 } else { pick(0, max_per_mille) as f64 / 1000.0 };

@@ -266,10 +266,10 @@ impl World {
                 }
             }
         }
-        if self.report.violation.is_none() {
-            if let Some(v) = self.model.violation.take() {
-                self.fail(v);
-            }
+        if self.report.violation.is_none()
+            && let Some(v) = self.model.violation.take()
+        {
+            self.fail(v);
         }
         self.report.simulated_seconds = (self.clock - epoch()).num_milliseconds() as f64 / 1000.0;
         self.report.capture = self.capture.take();
@@ -344,7 +344,7 @@ impl World {
                     if open {
                         self.handle(Input::Sent { conn, bytes: bytes.len() });
                     }
-                    self.to_client(conn, bytes);
+                    self.transmit(conn, bytes);
                 }
             }
             Event::Crash => self.crash(),
@@ -508,12 +508,10 @@ impl World {
             let at = self.clock + self.delay(15_000);
             self.schedule(at, Event::Unstall(conn));
         }
-        if self.calm_since.is_none() {
-            if self.chance(self.profile.clock_jump) {
-                let by = (self.rng.next_u64() % 90_000) as i64 - 30_000;
-                let at = self.clock + self.delay(1_000);
-                self.schedule(at, Event::Jump(by));
-            }
+        if self.calm_since.is_none() && self.chance(self.profile.clock_jump) {
+            let by = (self.rng.next_u64() % 90_000) as i64 - 30_000;
+            let at = self.clock + self.delay(1_000);
+            self.schedule(at, Event::Jump(by));
         }
     }
 
@@ -575,7 +573,7 @@ impl World {
                         }
                     } else {
                         sent.push((conn, bytes.len()));
-                        self.to_client(conn, bytes);
+                        self.transmit(conn, bytes);
                     }
                 }
                 Output::Close { conn } | Output::HalfClose { conn } => {
@@ -659,7 +657,7 @@ impl World {
         self.schedule(when, Event::Timer(life));
     }
 
-    fn to_client(&mut self, conn: ConnId, bytes: Vec<u8>) {
+    fn transmit(&mut self, conn: ConnId, bytes: Vec<u8>) {
         let delay = self.delay(self.profile.net_delay_ms);
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let at = c.to_client.max(self.clock + delay);
@@ -831,11 +829,12 @@ impl World {
         self.fault("crash");
         let effects = std::mem::take(&mut self.effects);
         for effect in effects.values() {
-            if let Effect::Write(batch) = effect {
-                if self.rng.next_u64() % 2 == 0 && self.store.write(batch) == EffectResult::Committed {
-                    self.model.committed(batch);
-                    self.model.one_token_per_session(&self.store);
-                }
+            if let Effect::Write(batch) = effect
+                && self.rng.next_u64().is_multiple_of(2)
+                && self.store.write(batch) == EffectResult::Committed
+            {
+                self.model.committed(batch);
+                self.model.one_token_per_session(&self.store);
             }
         }
         let key = self.profile.config.server_key.clone();
