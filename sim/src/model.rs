@@ -270,7 +270,19 @@ impl Model {
     /// also when a crash let a write in flight land): a revocation in it
     /// may end a session of its account without any client hearing of it.
     pub(crate) fn committed(&mut self, batch: &WriteBatch) {
-        let WriteBatch::Creds(b) = batch else { return };
+        let b = match batch {
+            WriteBatch::Creds(b) => b,
+            WriteBatch::Passcodes(b) => {
+                // A login reset its account's failure streak: the next
+                // failure starts a new one, even at the same instant.
+                for op in &b.ops {
+                    if let PasscodesOp::Reset(key) = op {
+                        self.guesses.retain(|(counted, _), _| counted != key);
+                    }
+                }
+                return;
+            }
+        };
         let renewal = b.ops.iter().any(|op| matches!(op, CredsOp::DeleteSession(_)));
         for op in &b.ops {
             match op {
