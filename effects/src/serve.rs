@@ -130,22 +130,15 @@ pub fn log_notices(engine: &mut Engine) {
             Notice::Refused { limit, subject, peer } => {
                 tracing::info!(limit, subject = subject.as_str(), %peer, "request refused by a limit");
             }
-            Notice::TokenReuse { email, mac, peer, why, revoked: true } => {
+            Notice::TokenReuse { email, mac, peer, why, revoked } => {
+                let outcome = if *revoked { "session revoked" } else { "revoking failed, the next reuse tries again" };
                 tracing::warn!(
                     email = email.as_str(),
                     %mac,
                     %peer,
                     why = why.as_str(),
-                    "a rotated-away token came back: its session is revoked"
-                );
-            }
-            Notice::TokenReuse { email, mac, peer, why, revoked: false } => {
-                tracing::warn!(
-                    email = email.as_str(),
-                    %mac,
-                    %peer,
-                    why = why.as_str(),
-                    "a rotated-away token came back: revoking its session failed, the next reuse tries again"
+                    outcome,
+                    "a rotated-away token came back"
                 );
             }
         }
