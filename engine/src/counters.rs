@@ -120,22 +120,38 @@ impl Reservation {
 
 /// Gives back a place reserved by an attempt that turned out not to be a
 /// failure (or not to need one). The store decrements the count if it is
-/// above zero and, for a window, still counts the window the reservation
-/// was made in.
+/// above zero and still counts what the place was taken in (see [`Place`]).
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Refund {
     /// Which counter.
     pub key: CounterKey,
-    /// The window the place was reserved in; `None` for the streak.
-    pub since: Option<DateTime<Utc>>,
+    /// What the place was taken in.
+    pub place: Place,
+}
+
+/// What a refunded place was taken in. A refund of a place in a count that
+/// has since ended gives nothing back: giving it to the count that
+/// replaced it would let one more event into that one than its bound (a
+/// slow right password whose streak filled, locked and restarted while it
+/// was checked would hand the new streak's attacker an extra guess).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Place {
+    /// The window that starts at this instant.
+    Window(DateTime<Utc>),
+    /// The streak under way when the place was reserved, at this instant:
+    /// a streak that started later is another one.
+    Streak(DateTime<Utc>),
 }
 
 impl Refund {
     /// The counter after this refund, given the stored one.
     pub fn apply(&self, stored: Option<Counter>) -> Option<Counter> {
-        stored.map(|c| match self.since {
-            Some(since) if since != c.since => c,
-            _ => Counter { count: c.count.saturating_sub(1), ..c },
+        stored.map(|c| {
+            let same = match self.place {
+                Place::Window(since) => c.since == since,
+                Place::Streak(reserved_at) => c.since <= reserved_at,
+            };
+            if same { Counter { count: c.count.saturating_sub(1), ..c } } else { c }
         })
     }
 }

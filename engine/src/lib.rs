@@ -143,7 +143,7 @@ pub mod testkit;
 pub use codec::reply::{ErrorCode, LOGIN_PREFIX, Reply};
 pub use config::{Config, DEFAULT_DUMMY_PASSWORD, MAX_DURATION, MAX_LINE};
 pub use contract::ContractError;
-pub use counters::{Bound, Counter, CounterKey, Refund, Reservation};
+pub use counters::{Bound, Counter, CounterKey, Place, Refund, Reservation};
 pub use device::{Mac, normalize_ip};
 pub use effect::{Effect, EffectId, EffectKind, EffectResult, Mail};
 pub use engine::Engine;

@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::counters::{Bound, Counter, CounterKey, Refund, Reservation};
+use crate::counters::{Bound, Counter, CounterKey, Place, Refund, Reservation};
 use crate::store::Snapshot;
 
 /// At most `max` events per fixed window of `period`; `max == 0` turns the
@@ -70,7 +70,7 @@ impl Window {
 
     /// Gives back a place reserved at `reserved_at`.
     pub fn refund(&self, key: CounterKey, reserved_at: DateTime<Utc>) -> Option<Refund> {
-        (self.max != 0).then(|| Refund { key, since: Some(self.start(reserved_at)) })
+        (self.max != 0).then(|| Refund { key, place: Place::Window(self.start(reserved_at)) })
     }
 }
 
@@ -250,7 +250,7 @@ impl Limits {
             .into_iter()
             .filter_map(|(key, window)| match window {
                 Some(w) => w.refund(key, reserved_at),
-                None => (with_streak && self.lockout_on()).then_some(Refund { key, since: None }),
+                None => (with_streak && self.lockout_on()).then_some(Refund { key, place: Place::Streak(reserved_at) }),
             })
             .collect()
     }

@@ -43,7 +43,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
-    PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, REUSE_HISTORY, Reservation, RotationRecord,
+    PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Place, REUSE_HISTORY, Reservation, RotationRecord,
     SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
 };
 
@@ -617,12 +617,17 @@ fn write_passcodes(tx: &Connection, batch: &PasscodesBatch) -> Result<Commit, St
                 }
             }
             PasscodesOp::Refund(refund) => {
-                let since = refund.since.map(millis);
-                tx.prepare_cached(
-                    "UPDATE counters SET count = count - 1
-                     WHERE key = ?1 AND count > 0 AND (?2 IS NULL OR since = ?2)",
-                )?
-                .execute(params![counter_key(&refund.key), since])?;
+                // The rule of `Refund::apply`: only the count the place was taken in.
+                let sql = match refund.place {
+                    Place::Window(_) => {
+                        "UPDATE counters SET count = count - 1 WHERE key = ?1 AND count > 0 AND since = ?2"
+                    }
+                    Place::Streak(_) => {
+                        "UPDATE counters SET count = count - 1 WHERE key = ?1 AND count > 0 AND since <= ?2"
+                    }
+                };
+                let (Place::Window(at) | Place::Streak(at)) = refund.place;
+                tx.prepare_cached(sql)?.execute(params![counter_key(&refund.key), millis(at)])?;
             }
             PasscodesOp::Reset(key) => {
                 tx.prepare_cached("DELETE FROM counters WHERE key = ?1")?.execute([counter_key(key)])?;

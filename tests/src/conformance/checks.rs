@@ -9,7 +9,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokenizer_auth_engine::testkit::epoch;
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeExpectation,
-    PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, REUSE_HISTORY, Refund, Reservation,
+    PasscodeKey, PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Place, REUSE_HISTORY, Refund, Reservation,
     RotationRecord, SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, Window, WriteBatch,
 };
 
@@ -367,11 +367,21 @@ pub(super) fn a_refund_gives_back_one_place_in_its_own_window_only<S: StoreUnder
         assert_eq!(write(&mut store, vec![refund(w, &k, 1_000)]), Committed);
     }
     assert_eq!(counter_of(&store, &k), Some(counter(0, 0, 4_000)), "never below zero");
-    // The streak's refund names no window.
+    // The streak's refund gives back a place in the streak under way when
+    // it was reserved, and none in a streak that started after.
     let s = streak_key();
+    let streak_refund =
+        |reserved_ms| PasscodesOp::Refund(Refund { key: s.clone(), place: Place::Streak(at(reserved_ms)) });
     assert_eq!(write(&mut store, vec![streak(3, 0), streak(3, 1_000)]), Committed);
-    assert_eq!(write(&mut store, vec![PasscodesOp::Refund(Refund { key: s.clone(), since: None })]), Committed);
+    assert_eq!(write(&mut store, vec![streak_refund(1_000)]), Committed);
     assert_eq!(counter_of(&store, &s), Some(counter(0, 1, 1_000)));
+    assert_eq!(write(&mut store, vec![streak(3, 2_000), streak(3, 3_000)]), Committed);
+    assert_eq!(write(&mut store, vec![streak(3, 13_000)]), Committed, "the lockout is over: a new streak");
+    assert_eq!(counter_of(&store, &s), Some(counter(13_000, 1, 13_000)));
+    assert_eq!(write(&mut store, vec![streak_refund(2_500)]), Committed);
+    assert_eq!(counter_of(&store, &s), Some(counter(13_000, 1, 13_000)), "the old streak's place is not the new one's");
+    assert_eq!(write(&mut store, vec![streak_refund(13_000)]), Committed);
+    assert_eq!(counter_of(&store, &s), Some(counter(13_000, 0, 13_000)));
 }
 
 pub(super) fn a_reset_removes_its_counter_only<S: StoreUnderTest>() {
