@@ -4,13 +4,20 @@
 //!
 //! Passwords come from a prompt or standard input, never from the command
 //! line; the session token lives in a file only its owner can read, and is
-//! never printed.
+//! never printed. With `--tls` (or `--ca FILE`) the connection is TLS, and
+//! the server's certificate must chain to the system's roots or the given
+//! ones and name the host of `--addr` (or `--server-name`).
 
 use std::fs;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
 use tokenizer_auth_effects::private;
 use tokenizer_auth_engine::{BaseToken, LOGIN_PREFIX, Mac, Secret};
@@ -33,6 +40,8 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
         None => Duration::from_secs(60),
     };
     let addr = server_addr(config, args.addr.as_deref())?;
+    let tls = tls_settings(args, addr)?;
+    let connect = || Connection::open(addr, timeout, tls.as_ref());
     let token_file = |given: &Option<PathBuf>| given.clone().unwrap_or_else(|| config.data_dir().join("client-token"));
     let mut out = io::stdout().lock();
     match &args.command {
@@ -42,7 +51,7 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             let phone = field("phone", phone, Field::Optional)?;
             let password = read_password(*password_stdin)?;
             let line = Secret::new(format!("require_passcode|{mac}|{}|{phone}|{email}", password.expose()));
-            let reply = Connection::open(addr, timeout)?.ask(&line)?;
+            let reply = connect()?.ask(&line)?;
             if reply != PASSCODE_SENT {
                 return Err(refused(&reply));
             }
@@ -55,7 +64,7 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             let passcode = field("passcode", passcode, Field::Required)?;
             let password = read_password(*password_stdin)?;
             let line = Secret::new(format!("{mac}|{email}|{phone}|{}|{passcode}", password.expose()));
-            let reply = Connection::open(addr, timeout)?.ask(&line)?;
+            let reply = connect()?.ask(&line)?;
             let token = reply
                 .strip_prefix(LOGIN_PREFIX)
                 .and_then(|token| BaseToken::parse(token.as_bytes()))
@@ -82,7 +91,7 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
                 Secret::new(line)
             };
             let token = read_token(&file)?;
-            let mut connection = Connection::open(addr, timeout)?;
+            let mut connection = connect()?;
             let mut replies = connection.pipeline(&line(&token), *repeat)?;
             // Every check of one expired token within the renewal grace is
             // told the same successor: store it once, and retry the
@@ -130,6 +139,54 @@ fn server_addr(config: &Configuration, given: Option<&str>) -> Result<SocketAddr
         return Err(Failure::Usage("the configured listen port is 0 (any free port): give the server's --addr".into()));
     }
     Ok(addr)
+}
+
+/// The client's TLS, if asked for: the roots (the system's, and `--ca`)
+/// and the name the certificate must carry.
+fn tls_settings(
+    args: &ClientArgs,
+    addr: SocketAddr,
+) -> Result<Option<(Arc<ClientConfig>, ServerName<'static>)>, Failure> {
+    if !args.tls && args.ca.is_none() {
+        return Ok(None);
+    }
+    let mut roots = RootCertStore::empty();
+    // Unreadable system certificates leave the others; with none at all,
+    // only --ca is trusted.
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(path) = &args.ca {
+        let bad = |e: String| Failure::Usage(format!("cannot use --ca {}: {e}", path.display()));
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(path).and_then(|certs| certs.collect()).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let host = match (&args.server_name, &args.addr) {
+        (Some(name), _) => name.clone(),
+        // The host as written, without its port (and an IPv6 address's
+        // brackets).
+        (None, Some(text)) => {
+            let host = text.rsplit_once(':').map_or(text.as_str(), |(host, _)| host);
+            host.trim_start_matches('[').trim_end_matches(']').to_owned()
+        }
+        (None, None) => addr.ip().to_string(),
+    };
+    let name = ServerName::try_from(host.clone()).map_err(|_| {
+        Failure::Usage(format!("{host:?} is not a host name or address to check a certificate against"))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Failure::Other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Some((Arc::new(config), name)))
 }
 
 /// The reason for a reply that is not what the command wanted: the reply.
@@ -205,19 +262,41 @@ fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
     Ok(password)
 }
 
+/// A byte stream to the server: TCP, or TLS over it.
+trait Stream: Read + Write {}
+
+impl<T: Read + Write> Stream for T {}
+
 /// One connection to the native listener.
 struct Connection {
     addr: SocketAddr,
     timeout: Duration,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
 }
 
 impl Connection {
-    fn open(addr: SocketAddr, timeout: Duration) -> Result<Connection, Failure> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)
+    /// Connects, and with TLS completes the handshake, so that a
+    /// certificate the client refuses is said before any request is sent.
+    fn open(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<&(Arc<ClientConfig>, ServerName<'static>)>,
+    ) -> Result<Connection, Failure> {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| Failure::Other(format!("cannot connect to {addr}: {e}")))?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let stream: Box<dyn Stream> = match tls {
+            None => Box::new(stream),
+            Some((config, name)) => {
+                let failed = |e: &dyn std::fmt::Display| Failure::Other(format!("TLS with {addr} failed: {e}"));
+                let mut conn = ClientConnection::new(Arc::clone(config), name.clone()).map_err(|e| failed(&e))?;
+                while conn.is_handshaking() {
+                    conn.complete_io(&mut stream).map_err(|e| failed(&e))?;
+                }
+                Box::new(StreamOwned::new(conn, stream))
+            }
+        };
         Ok(Connection { addr, timeout, reader: BufReader::new(stream) })
     }
 

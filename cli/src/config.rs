@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use tokenizer_auth_effects::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_effects::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
+use tokenizer_auth_effects::tls::TlsFiles;
 use tokenizer_auth_engine::{Config, Secret, ServerKey};
 
 use super::duration;
@@ -81,6 +82,17 @@ const KEYS: &[Key] = &[
     key!("listen", listen, |raw| address(raw.text()?), text),
     key!("legacy_passcode_listen", legacy_passcode_listen, |raw| address(raw.text()?), text),
     key!("legacy_login_listen", legacy_login_listen, |raw| address(raw.text()?), text),
+    Key {
+        name: "tls_cert",
+        set: |c, raw| raw.text().map(|t| c.tls_cert = optional_path(t)),
+        show: |c| c.tls_cert.as_deref().map_or(Shown::Unset(": the native listener speaks plaintext"), path),
+    },
+    Key {
+        name: "tls_key",
+        set: |c, raw| raw.text().map(|t| c.tls_key = optional_path(t)),
+        show: |c| c.tls_key.as_deref().map_or(Shown::Unset(""), path),
+    },
+    key!("allow_plaintext", allow_plaintext, |raw| raw.boolean(), |b: &bool| Shown::Value(toml::Value::Boolean(*b))),
     Key {
         name: "capture",
         set: |c, raw| raw.text().map(|t| c.capture = Some(t).filter(|t| !t.is_empty()).map(PathBuf::from)),
@@ -251,6 +263,9 @@ pub struct Configuration {
     listen: SocketAddr,
     legacy_passcode_listen: SocketAddr,
     legacy_login_listen: SocketAddr,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    allow_plaintext: bool,
     capture: Option<PathBuf>,
     capture_max_bytes: u64,
     engine: Config,
@@ -274,6 +289,9 @@ impl Default for Configuration {
             listen: settings.listen,
             legacy_passcode_listen: settings.legacy_passcode_listen,
             legacy_login_listen: settings.legacy_login_listen,
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext: settings.allow_plaintext,
             capture: None,
             capture_max_bytes: settings.capture_max_bytes,
             engine: settings.engine,
@@ -402,6 +420,11 @@ impl Configuration {
                 }
             }
         }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err("tls_cert is set but tls_key is not".to_owned()),
+            (None, Some(_)) => return Err("tls_key is set but tls_cert is not".to_owned()),
+            _ => {}
+        }
         let smtp = &self.smtp;
         match (&smtp.username, &smtp.password) {
             (Some(_), None) => return Err("smtp_username is set but smtp_password is not".to_owned()),
@@ -487,7 +510,12 @@ impl Configuration {
         }
     }
 
-    /// What a server runs with.
+    /// The native listener's certificate and key files, if TLS is on.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles { cert: self.tls_cert.clone()?, key: self.tls_key.clone()? })
+    }
+
+    /// What a server runs with (TLS not loaded yet: see [`Self::tls_files`]).
     pub fn settings(&self) -> Settings {
         let mut settings = Settings::new(self.data_dir.clone());
         settings.engine = self.engine.clone();
@@ -495,6 +523,7 @@ impl Configuration {
         settings.listen = self.listen;
         settings.legacy_passcode_listen = self.legacy_passcode_listen;
         settings.legacy_login_listen = self.legacy_login_listen;
+        settings.allow_plaintext = self.allow_plaintext;
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();
@@ -531,6 +560,11 @@ enum Shown {
     Secret,
 }
 
+/// A path, or none for the empty string.
+fn optional_path(text: &str) -> Option<PathBuf> {
+    Some(text).filter(|t| !t.is_empty()).map(PathBuf::from)
+}
+
 fn text(value: impl std::fmt::Display) -> Shown {
     Shown::Value(toml::Value::String(value.to_string()))
 }
@@ -552,6 +586,18 @@ fn secret(set: bool, unset_note: &'static str) -> Shown {
 }
 
 impl Raw<'_> {
+    /// `true` or `false` (a TOML boolean, or those words).
+    fn boolean(&self) -> Result<bool, String> {
+        if let Raw::Toml(toml::Value::Boolean(b)) = self {
+            return Ok(*b);
+        }
+        match self.text().map_err(|_| "expected true or false".to_owned())? {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            other => Err(format!("{other:?}: expected true or false")),
+        }
+    }
+
     fn text(&self) -> Result<&str, String> {
         match self {
             Raw::Text(text) => Ok(text),

@@ -128,6 +128,17 @@ pub struct ClientArgs {
     /// How long to wait to connect and for each reply [default: 60s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Speak TLS, checking the server's certificate against the system's
+    /// roots (and --ca).
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// Also trust the certificates in this PEM file (implies --tls).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// The name the server's certificate must carry [default: the host of
+    /// --addr].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub server_name: Option<String>,
     /// The request.
     #[command(subcommand)]
     pub command: ClientCommand,

@@ -2,12 +2,19 @@
 //! from the configuration and runs the chosen runtime until it stops.
 
 use tokenizer_auth_effects::mail::{MailConfig, SmtpSecurity};
+use tokenizer_auth_effects::tls::TlsConfig;
 
 use super::Failure;
 use super::config::{Configuration, Runtime};
 
 pub(super) fn run(config: &Configuration) -> Result<(), Failure> {
-    let settings = config.settings();
+    let mut settings = config.settings();
+    // A certificate that cannot serve, or secrets in the clear off this
+    // machine, are configuration errors: said before anything binds.
+    if let Some(files) = config.tls_files() {
+        settings.tls = Some(TlsConfig::load(files).map_err(|e| Failure::Usage(e.to_string()))?);
+    }
+    settings.check_exposure().map_err(Failure::Usage)?;
     // A capture is never overwritten. Said before anything starts or binds,
     // as a usage error, rather than by the runtime once it is listening.
     if let Some(path) = &settings.capture
@@ -38,6 +45,7 @@ pub(super) fn run(config: &Configuration) -> Result<(), Failure> {
         },
         data_dir = %settings.data_dir.display(),
         mail = %mail,
+        tls = settings.tls.is_some(),
         "starting"
     );
     let served = match runtime {

@@ -24,7 +24,9 @@
 //! - [`settings`] and [`serve`]: what a server runs with, and the start-up
 //!   both runtimes share (listeners, capture file, clock, OS randomness);
 //! - [`private`] and [`server_key`]: the data folder's permissions (0700,
-//!   files 0600) and the server key that keys the passcode digests.
+//!   files 0600) and the server key that keys the passcode digests;
+//! - [`tls`]: TLS on the native listener, rustls's sans-IO connection
+//!   between a socket and the engine, for both runtimes.
 //!
 //! Every call here blocks; the runtimes (`tokenizer-auth-runtime-mio`, the
 //! event loop, and `tokenizer-auth-runtime-std`, a thread per connection)
@@ -42,3 +44,4 @@ pub mod server_key;
 pub mod settings;
 pub mod socket;
 pub mod store;
+pub mod tls;

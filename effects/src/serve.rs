@@ -15,6 +15,7 @@ use crate::pool::{EffectPool, OnResult};
 use crate::server_key::KeyError;
 use crate::settings::Settings;
 use crate::store::StoreError;
+use crate::tls::TlsConfig;
 
 /// Why a server could not start or keep running.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +111,12 @@ impl Start {
     /// `on_result`.
     pub fn pool(&self, on_result: OnResult) -> Result<EffectPool, ServeError> {
         EffectPool::start(&self.settings, &self.hasher, on_result)
+    }
+
+    /// The native listener's TLS, if on (each connection's session comes
+    /// from it; SIGHUP reloads it).
+    pub fn tls(&self) -> Option<TlsConfig> {
+        self.settings.tls.clone()
     }
 
     /// Binds the three listeners.

@@ -12,6 +12,7 @@ use crate::mail::MailConfig;
 use crate::password::Cost;
 use crate::serve::ServeError;
 use crate::server_key;
+use crate::tls::TlsConfig;
 
 /// Threads that carry out effects.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -53,6 +54,11 @@ pub struct Settings {
     pub cost: Cost,
     /// The native listener.
     pub listen: SocketAddr,
+    /// TLS on the native listener, if set (`tls_cert`, `tls_key`).
+    pub tls: Option<TlsConfig>,
+    /// Listeners off loopback may speak plaintext (`allow_plaintext`): see
+    /// [`Settings::check_exposure`].
+    pub allow_plaintext: bool,
     /// The legacy passcode listener.
     pub legacy_passcode_listen: SocketAddr,
     /// The legacy login listener.
@@ -90,6 +96,8 @@ impl Settings {
             data_dir,
             cost: Cost::PRODUCT,
             listen: loopback(7160),
+            tls: None,
+            allow_plaintext: false,
             legacy_passcode_listen: loopback(7158),
             legacy_login_listen: loopback(7159),
             workers: Workers::default(),
@@ -115,6 +123,38 @@ impl Settings {
         };
         tracing::info!(fingerprint = %key.fingerprint(), from = %from, "server key");
         Ok(key)
+    }
+}
+
+impl Settings {
+    /// Refuses a listener that would carry secrets in the clear off this
+    /// machine (docs/SECURITY.md, "TLS"): the native listener on an
+    /// address other than loopback without TLS, or a legacy listener (which
+    /// cannot do TLS: the old clients do not) on one, unless
+    /// `allow_plaintext` says the operator knows.
+    pub fn check_exposure(&self) -> Result<(), String> {
+        if self.allow_plaintext {
+            return Ok(());
+        }
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "the native listener {} is not on loopback and has no TLS: passwords and tokens would cross the \
+                 network in the clear; set tls_cert and tls_key, or allow_plaintext = true",
+                self.listen
+            ));
+        }
+        for (name, addr) in
+            [("legacy passcode", self.legacy_passcode_listen), ("legacy login", self.legacy_login_listen)]
+        {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "the {name} listener {addr} is not on loopback, and the legacy protocol has no TLS: passwords \
+                     and passcodes would cross the network in the clear; keep it on loopback, or set \
+                     allow_plaintext = true"
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

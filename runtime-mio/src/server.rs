@@ -24,17 +24,24 @@
 //! contract, the engine stops for good ([`Engine::error`]), and the loop
 //! logs it and returns it at the end of that turn, dropping every
 //! connection.
+//!
+//! With TLS on the native listener, each of its connections has a
+//! [`TlsSession`] between the socket and the engine: the socket's bytes go
+//! through it to the engine, the engine's through it to the socket, and
+//! what the socket took is reported as the plaintext it carried. SIGHUP
+//! reloads the certificate for the handshakes that follow.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, unbounded};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::SockRef;
@@ -42,6 +49,7 @@ use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{CaptureFile, OsRng, ServeError, Start, log_notices, now, os_rng};
 use tokenizer_auth_effects::settings::Settings;
 use tokenizer_auth_effects::socket;
+use tokenizer_auth_effects::tls::{Received, TlsConfig, TlsSession};
 use tokenizer_auth_engine::{ConnId, EffectId, EffectResult, Engine, Input, Listener, Output};
 
 /// The most read from a socket at a time (the engine's contract).
@@ -64,6 +72,9 @@ struct Conn {
     read_done: bool,
     /// Listed in `EventLoop::unflushed`.
     unflushed: bool,
+    /// TLS between the socket and the engine (the native listener with
+    /// `tls_cert`): `out` then holds records, not plaintext.
+    tls: Option<Box<TlsSession>>,
 }
 
 /// The event loop and everything it owns.
@@ -90,6 +101,13 @@ struct EventLoop {
     stopped: bool,
     /// `serve --capture`: where the engine's records go.
     capture: Option<CaptureFile>,
+    /// The native listener's TLS, if on.
+    tls: Option<TlsConfig>,
+    /// (when its handshake is due, key) of each TLS connection, in the
+    /// order they were accepted (see `expire_handshakes`).
+    handshakes: VecDeque<(Instant, usize)>,
+    /// Plaintext out of a TLS record, on its way to the engine.
+    plain: Vec<u8>,
 }
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
@@ -124,7 +142,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
             .map_err(ServeError::os("cannot watch a listener"))?;
         listeners.push((*which, listener));
     }
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServeError::os("cannot catch signals"))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServeError::os("cannot catch signals"))?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(ServeError::os("cannot watch signals"))?;
@@ -133,6 +151,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 
     let (engine, capture) = start.engine()?;
     let mut event_loop = EventLoop::new(poll, engine, listeners, pool, results, wake_pending, capture);
+    event_loop.tls = start.tls();
     let outcome = event_loop.run(&mut signals);
     let EventLoop { pool, capture, .. } = event_loop;
     if let Some(mut capture) = capture {
@@ -169,6 +188,9 @@ impl EventLoop {
             shutting_down: false,
             stopped: false,
             capture,
+            tls: None,
+            handshakes: VecDeque::new(),
+            plain: Vec::new(),
         }
     }
 
@@ -187,8 +209,11 @@ impl EventLoop {
                     Token(i) if i < self.listeners.len() => self.accept(i),
                     WAKER => {}
                     SIGNALS => {
-                        if signals.pending().next().is_some() {
-                            self.shut_down();
+                        for signal in signals.pending() {
+                            match signal {
+                                SIGHUP => self.reload_tls(),
+                                _ => self.shut_down(),
+                            }
                         }
                     }
                     Token(t) => {
@@ -203,6 +228,7 @@ impl EventLoop {
                 }
             }
             self.feed_results();
+            self.expire_handshakes();
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
             }
@@ -234,10 +260,60 @@ impl EventLoop {
         if resumable {
             return Some(Duration::ZERO);
         }
-        self.engine.poll_timeout().map(|at| {
+        let engine = self.engine.poll_timeout().map(|at| {
             // Round up, so the wake-up is never just before the deadline.
             (at - now()).to_std().map_or(Duration::ZERO, |d| d + Duration::from_millis(1))
-        })
+        });
+        let handshake = self
+            .next_handshake_deadline()
+            .map(|at| at.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+        match (engine, handshake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The longest a TLS handshake may take: the engine's bound on a
+    /// partial line.
+    fn handshake_limit(&self) -> Duration {
+        self.engine.config().partial_line_timeout.to_std().unwrap_or(Duration::ZERO)
+    }
+
+    /// When the oldest handshake listed is due.
+    fn next_handshake_deadline(&self) -> Option<Instant> {
+        self.handshakes.front().map(|&(at, _)| at)
+    }
+
+    /// Fails the TLS connections whose handshake outlived its bound. All
+    /// share one bound, so the list is in deadline order. An entry names
+    /// the connection by its key, which a later connection may reuse: that
+    /// one is judged by its own accept time (and listed for it).
+    fn expire_handshakes(&mut self) {
+        let (limit, now) = (self.handshake_limit(), Instant::now());
+        while let Some(&(at, key)) = self.handshakes.front() {
+            if at > now {
+                return;
+            }
+            self.handshakes.pop_front();
+            let overdue =
+                self.conns.get(key).and_then(|c| c.tls.as_ref()).is_some_and(|t| t.handshake_overdue(now, limit));
+            if overdue {
+                tracing::debug!(conn = key, "TLS handshake not done in time");
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.read_done = true;
+                }
+                self.handle(Input::Failed { conn: conn_id(key) });
+            }
+        }
+    }
+
+    /// SIGHUP: the certificate and key files again, for the handshakes
+    /// from now on.
+    fn reload_tls(&mut self) {
+        match &self.tls {
+            Some(tls) => tls.reload(),
+            None => tracing::info!("SIGHUP: no TLS to reload"),
+        }
     }
 
     /// Feeds one input to the engine, then carries out what it asks.
@@ -254,15 +330,29 @@ impl EventLoop {
                 Output::Transmit { conn, bytes } => {
                     let key = conn_key(conn);
                     if let Some(c) = self.conns.get_mut(key) {
-                        c.out.extend_from_slice(&bytes);
+                        match &mut c.tls {
+                            Some(tls) => tls.transmit(&bytes, &mut c.out),
+                            None => c.out.extend_from_slice(&bytes),
+                        }
                         mark_unflushed(&mut self.unflushed, key, c);
                     }
                 }
                 Output::HalfClose { conn } => {
-                    if let Some(c) = self.conns.get(conn_key(conn)) {
-                        // Fails only if the peer is gone, which the next
-                        // read reports.
-                        let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                    let key = conn_key(conn);
+                    if let Some(c) = self.conns.get_mut(key) {
+                        match &mut c.tls {
+                            // TLS says it with a close_notify after the
+                            // replies, which are all out by now.
+                            Some(tls) => {
+                                tls.close(&mut c.out);
+                                mark_unflushed(&mut self.unflushed, key, c);
+                            }
+                            // Fails only if the peer is gone, which the
+                            // next read reports.
+                            None => {
+                                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                            }
+                        }
                     }
                 }
                 Output::Close { conn } => self.drop_conn(conn_key(conn)),
@@ -310,6 +400,7 @@ impl EventLoop {
             let which = *which;
             match listener.accept() {
                 Ok((mut stream, peer)) => {
+                    let handshake_due = Instant::now() + self.handshake_limit();
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     let interest = Interest::READABLE | Interest::WRITABLE;
@@ -321,7 +412,28 @@ impl EventLoop {
                     if let Err(e) = socket::configure(SockRef::from(&stream), max_backlog, None) {
                         tracing::debug!(error = %e, "cannot set up a connection's socket");
                     }
-                    entry.insert(Conn { stream, out: Vec::new(), paused: false, read_done: false, unflushed: false });
+                    let tls = match (&self.tls, which) {
+                        (Some(config), Listener::Native) => match config.session() {
+                            Ok(session) => Some(Box::new(session)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot start TLS on a connection");
+                                let _ = self.poll.registry().deregister(&mut stream);
+                                continue;
+                            }
+                        },
+                        _ => None,
+                    };
+                    if tls.is_some() {
+                        self.handshakes.push_back((handshake_due, key));
+                    }
+                    entry.insert(Conn {
+                        stream,
+                        out: Vec::new(),
+                        paused: false,
+                        read_done: false,
+                        unflushed: false,
+                        tls,
+                    });
                     self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
                     // Data may have arrived with the connection.
                     self.read(key);
@@ -360,6 +472,11 @@ impl EventLoop {
                     self.handle(Input::Closed { conn: conn_id(key) });
                     return;
                 }
+                Ok(n) if conn.tls.is_some() => {
+                    if !self.receive_tls(key, n) {
+                        return;
+                    }
+                }
                 Ok(n) => {
                     self.engine.handle(
                         now(),
@@ -379,6 +496,42 @@ impl EventLoop {
         }
     }
 
+    /// Takes `n` bytes of ciphertext read into `buf` on a TLS connection:
+    /// its records go out, its plaintext goes to the engine. Returns
+    /// whether to read on.
+    fn receive_tls(&mut self, key: usize, n: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else { return false };
+        let Some(tls) = conn.tls.as_mut() else { return false };
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let before = conn.out.len();
+        let received = tls.receive(&self.buf[..n], &mut plain, &mut conn.out);
+        if conn.out.len() > before {
+            mark_unflushed(&mut self.unflushed, key, conn);
+        }
+        if !plain.is_empty() {
+            self.engine.handle(now(), &mut self.rng, Input::Received { conn: conn_id(key), bytes: &plain });
+            self.dispatch();
+        }
+        self.plain = plain;
+        let input = match received {
+            Ok(Received::Open) => return true,
+            Ok(Received::Closed) => Input::Closed { conn: conn_id(key) },
+            Err(e) => {
+                tracing::debug!(conn = key, error = %e, "TLS failed");
+                // The alert goes out if the socket takes it now; the engine
+                // closes the connection.
+                self.flush(key);
+                Input::Failed { conn: conn_id(key) }
+            }
+        };
+        if let Some(c) = self.conns.get_mut(key) {
+            c.read_done = true;
+        }
+        self.handle(input);
+        false
+    }
+
     /// Writes what is queued and reports what the socket took.
     fn flush(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else { return };
@@ -396,10 +549,15 @@ impl EventLoop {
             }
         };
         conn.out.drain(..written);
+        // Over TLS, the plaintext whose records are all out.
+        let sent = match &mut conn.tls {
+            Some(tls) => tls.took(written),
+            None => written,
+        };
         if failed {
             self.handle(Input::Failed { conn: conn_id(key) });
-        } else if written > 0 {
-            self.handle(Input::Sent { conn: conn_id(key), bytes: written });
+        } else if sent > 0 {
+            self.handle(Input::Sent { conn: conn_id(key), bytes: sent });
         }
     }
 

@@ -9,6 +9,12 @@
 //! nothing never holds a worker. Each write reports what the socket took
 //! ([`Input::Sent`]); the engine decides when to stop reading and when to
 //! drop a silent client (`docs/SECURITY.md`, "Connections").
+//!
+//! With TLS on the native listener, a connection's [`TlsSession`] turns
+//! what the engine transmits into records as it is queued, the socket's
+//! bytes into plaintext as they are read, and what the socket took into
+//! the plaintext it carried. Records must leave in the order TLS made
+//! them, so both happen under the queue's lock (then the session's).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
+use tokenizer_auth_effects::tls::{Received, TlsSession};
 use tokenizer_auth_effects::{serve, socket};
 use tokenizer_auth_engine::{ConnId, Input, Listener};
 
@@ -56,6 +63,9 @@ pub(crate) struct Conn {
     pub(crate) out: Mutex<Outbound>,
     /// Notified when `out` changes or the engine may want input again.
     pub(crate) changed: Condvar,
+    /// TLS between the socket and the engine (the native listener with
+    /// `tls_cert`): `out` then holds records. Locked after `out`.
+    pub(crate) tls: Option<Mutex<TlsSession>>,
 }
 
 /// What waits to go out on a connection, and who may write it.
@@ -154,12 +164,17 @@ impl Server {
         if out.queue.is_empty() {
             out.stalled = false;
         }
+        // Over TLS, the plaintext whose records are all out.
+        let sent = match &conn.tls {
+            Some(tls) => lock(tls).took(taken),
+            None => taken,
+        };
         drop(out);
         conn.changed.notify_all();
         if failed {
             self.handle(Input::Failed { conn: conn.id })
-        } else if taken > 0 {
-            self.handle(Input::Sent { conn: conn.id, bytes: taken })
+        } else if sent > 0 {
+            self.handle(Input::Sent { conn: conn.id, bytes: sent })
         } else {
             Touched::new()
         }
@@ -217,7 +232,17 @@ impl Server {
             tracing::debug!(conn = id.0, error = %e, "cannot set up the socket");
             return;
         }
-        let conn = Arc::new(Conn { id, stream, out: Mutex::default(), changed: Condvar::new() });
+        let tls = match (&self.tls, listener) {
+            (Some(config), Listener::Native) => match config.session() {
+                Ok(session) => Some(Mutex::new(session)),
+                Err(e) => {
+                    tracing::warn!(conn = id.0, error = %e, "cannot start TLS on a connection");
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let conn = Arc::new(Conn { id, stream, out: Mutex::default(), changed: Condvar::new(), tls });
         let touched = {
             let mut state = self.state();
             let state = &mut *state;
@@ -239,12 +264,18 @@ impl Server {
     /// stalled, until the engine closes it.
     fn serve_connection(&self, conn: &Arc<Conn>) {
         let mut buf = vec![0u8; READ_CHUNK];
+        let mut plain = Vec::new();
         // The peer ended its side: nothing more to read, only to wait for
         // the engine's close.
         let mut read_done = false;
         loop {
             if self.write_stalled(conn) {
                 continue;
+            }
+            if !read_done && self.handshake_overdue(conn) {
+                tracing::debug!(conn = conn.id.0, "TLS handshake not done in time");
+                read_done = true;
+                self.feed(Some(conn.id), Input::Failed { conn: conn.id });
             }
             let generation = {
                 let out = lock(&conn.out);
@@ -265,13 +296,66 @@ impl Server {
                     read_done = true;
                     self.feed(Some(conn.id), Input::Closed { conn: conn.id });
                 }
-                Ok(n) => self.feed(Some(conn.id), Input::Received { conn: conn.id, bytes: &buf[..n] }),
+                Ok(n) => match &conn.tls {
+                    Some(tls) => {
+                        let ended = self.receive_tls(conn, tls, &buf[..n], &mut plain);
+                        if let Some(input) = ended {
+                            read_done = true;
+                            self.feed(Some(conn.id), input);
+                        }
+                    }
+                    None => self.feed(Some(conn.id), Input::Received { conn: conn.id, bytes: &buf[..n] }),
+                },
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
                 Err(e) => {
                     tracing::debug!(conn = conn.id.0, error = %e, "read failed");
                     read_done = true;
                     self.feed(Some(conn.id), Input::Failed { conn: conn.id });
                 }
+            }
+        }
+    }
+}
+
+impl Server {
+    /// Whether the connection's TLS handshake outlived its bound.
+    fn handshake_overdue(&self, conn: &Conn) -> bool {
+        conn.tls.as_ref().is_some_and(|tls| lock(tls).handshake_overdue(Instant::now(), self.handshake_limit))
+    }
+
+    /// Takes ciphertext the socket gave on a TLS connection: its records go
+    /// out, its plaintext to the engine. Returns the input that ends the
+    /// reading, if the peer closed or broke TLS.
+    fn receive_tls(
+        &self,
+        conn: &Arc<Conn>,
+        tls: &Mutex<TlsSession>,
+        bytes: &[u8],
+        plain: &mut Vec<u8>,
+    ) -> Option<Input<'static>> {
+        plain.clear();
+        let (received, wrote) = {
+            let mut out = lock(&conn.out);
+            let before = out.queue.len();
+            let received = lock(tls).receive(bytes, plain, &mut out.queue);
+            let wrote = out.queue.len() > before;
+            if wrote {
+                out.generation += 1;
+            }
+            (received, wrote)
+        };
+        if wrote {
+            self.write_out(Some(conn.id), vec![Arc::clone(conn)]);
+        }
+        if !plain.is_empty() {
+            self.feed(Some(conn.id), Input::Received { conn: conn.id, bytes: plain });
+        }
+        match received {
+            Ok(Received::Open) => None,
+            Ok(Received::Closed) => Some(Input::Closed { conn: conn.id }),
+            Err(e) => {
+                tracing::debug!(conn = conn.id.0, error = %e, "TLS failed");
+                Some(Input::Failed { conn: conn.id })
             }
         }
     }

@@ -27,11 +27,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{self, CaptureFile, Listeners, OsRng, ServeError, Start};
 use tokenizer_auth_effects::settings::Settings;
+use tokenizer_auth_effects::tls::TlsConfig;
 use tokenizer_auth_engine::{ConnId, Engine, Input, Listener, Output};
 
 pub use crate::connection::{CONNECTION_STACK, OWNER_WRITE_SLICE, READ_CHUNK, WORKER_PATIENCE};
@@ -106,16 +107,24 @@ impl Stop {
 /// returns.
 pub fn serve(settings: Settings) -> Result<(), ServeError> {
     let stop = Stop::new();
-    let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServeError::os("cannot watch for SIGINT and SIGTERM"))?;
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServeError::os("cannot watch for SIGINT and SIGTERM"))?;
     let signals_handle = signals.handle();
     let watcher = {
         let stop = stop.clone();
+        let tls = settings.tls.clone();
         thread::Builder::new()
             .name("signals".to_owned())
             .spawn(move || {
                 for signal in signals.forever() {
-                    tracing::info!(signal, "stopping: finishing the requests in flight");
-                    stop.stop();
+                    match (signal, &tls) {
+                        (SIGHUP, Some(tls)) => tls.reload(),
+                        (SIGHUP, None) => tracing::info!("SIGHUP: no TLS to reload"),
+                        _ => {
+                            tracing::info!(signal, "stopping: finishing the requests in flight");
+                            stop.stop();
+                        }
+                    }
                 }
             })
             .map_err(ServeError::os("cannot start the signal thread"))?
@@ -132,7 +141,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> Result<(), ServeError> {
     let start = Start::new(settings)?;
     let (engine, capture) = start.engine()?;
-    let server = Arc::new(Server::new(engine, stop.clone()));
+    let server = Arc::new(Server::new(engine, stop.clone(), start.tls()));
     server.state().capture = capture;
 
     // The callback holds the runtime weakly: the pool lives inside it.
@@ -221,6 +230,11 @@ pub(crate) struct Server {
     pub(crate) stop: Stop,
     /// The engine's `max_backlog`, for each accepted socket's send buffer.
     pub(crate) max_backlog: usize,
+    /// The native listener's TLS, if on.
+    pub(crate) tls: Option<TlsConfig>,
+    /// The longest a TLS handshake may take: the engine's
+    /// `partial_line_timeout`.
+    pub(crate) handshake_limit: Duration,
     pub(crate) next_conn: AtomicU64,
     threads: Mutex<usize>,
     threads_done: Condvar,
@@ -256,8 +270,9 @@ impl Drop for ThreadGuard {
 }
 
 impl Server {
-    fn new(engine: Engine, stop: Stop) -> Server {
+    fn new(engine: Engine, stop: Stop, tls: Option<TlsConfig>) -> Server {
         let max_backlog = engine.config().max_backlog;
+        let handshake_limit = engine.config().partial_line_timeout.to_std().unwrap_or(Duration::ZERO);
         Server {
             state: Mutex::new(EngineState {
                 engine,
@@ -273,6 +288,8 @@ impl Server {
             stopped_wake: Condvar::new(),
             stop,
             max_backlog,
+            tls,
+            handshake_limit,
             next_conn: AtomicU64::new(0),
             threads: Mutex::new(0),
             threads_done: Condvar::new(),
@@ -351,7 +368,11 @@ impl Server {
                 Output::Transmit { conn, bytes } => {
                     if let Some(c) = state.conns.get(&conn) {
                         let mut out = lock(&c.out);
-                        out.queue.extend_from_slice(&bytes);
+                        // Lock order: a connection's `out`, then its `tls`.
+                        match &c.tls {
+                            Some(tls) => lock(tls).transmit(&bytes, &mut out.queue),
+                            None => out.queue.extend_from_slice(&bytes),
+                        }
                         out.generation += 1;
                         drop(out);
                         note(&mut touched, c);
@@ -359,10 +380,23 @@ impl Server {
                 }
                 Output::HalfClose { conn } => {
                     if let Some(c) = state.conns.get(&conn) {
-                        // Everything was written (the engine counted it
-                        // taken). Fails only if the peer is gone, which the
-                        // next read reports.
-                        let _ = c.stream.shutdown(Shutdown::Write);
+                        match &c.tls {
+                            // TLS says it with a close_notify after the
+                            // replies.
+                            Some(tls) => {
+                                let mut out = lock(&c.out);
+                                lock(tls).close(&mut out.queue);
+                                out.generation += 1;
+                                drop(out);
+                                note(&mut touched, c);
+                            }
+                            // Everything was written (the engine counted it
+                            // taken). Fails only if the peer is gone, which
+                            // the next read reports.
+                            None => {
+                                let _ = c.stream.shutdown(Shutdown::Write);
+                            }
+                        }
                     }
                 }
                 Output::Close { conn } => {
