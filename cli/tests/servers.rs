@@ -1,6 +1,7 @@
 //! Both runtimes, through the real binary over real TCP: the same suite
 //! runs against `serve --runtime mio` and `serve --runtime std`.
 
+#[macro_use]
 mod support;
 
 use std::io::Write;
@@ -269,17 +270,6 @@ fn the_per_email_limit_holds_across_addresses(runtime: &str) {
     assert!(logged(&server, &["request refused by a limit", "failures_per_email", EMAIL]), "no refusal logged");
     let shown = limits(&server, &[], &["show", "127.0.0.30"]);
     assert!(shown.is_empty() || shown.contains("failures_per_ip\t127.0.0.30\t1 counted"), "{shown}");
-}
-
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod mio_runtime {
-            $(#[test] fn $name() { super::$name("mio") })*
-        }
-        mod std_runtime {
-            $(#[test] fn $name() { super::$name("std") })*
-        }
-    };
 }
 
 fn a_client_that_half_closes_gets_its_replies(runtime: &str) {

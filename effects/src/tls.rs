@@ -209,7 +209,7 @@ impl TlsSession {
     /// Whether the handshake is not done after `limit` (the engine's
     /// `partial_line_timeout`) since the accept.
     pub fn handshake_overdue(&self, now: Instant, limit: Duration) -> bool {
-        self.conn.is_handshaking() && now.saturating_duration_since(self.opened) >= limit
+        self.handshake_deadline(limit).is_some_and(|due| due <= now)
     }
 
     /// When the handshake becomes overdue, if it is still under way.

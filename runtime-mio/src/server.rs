@@ -400,7 +400,7 @@ impl EventLoop {
             let which = *which;
             match listener.accept() {
                 Ok((mut stream, peer)) => {
-                    let handshake_due = Instant::now() + self.handshake_limit();
+                    let handshake_limit = self.handshake_limit();
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
                     let interest = Interest::READABLE | Interest::WRITABLE;
@@ -423,8 +423,8 @@ impl EventLoop {
                         },
                         _ => None,
                     };
-                    if tls.is_some() {
-                        self.handshakes.push_back((handshake_due, key));
+                    if let Some(due) = tls.as_ref().and_then(|t| t.handshake_deadline(handshake_limit)) {
+                        self.handshakes.push_back((due, key));
                     }
                     entry.insert(Conn {
                         stream,

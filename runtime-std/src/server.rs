@@ -534,7 +534,7 @@ mod tests {
         let config = Config::default();
         let grace = config.shutdown_grace.to_std().unwrap();
         let stop = Stop::new();
-        let server = Server::new(Engine::new(config), stop.clone());
+        let server = Server::new(Engine::new(config), stop.clone(), None);
         let stray = EffectId(7);
         server.feed(None, Input::Completed { id: stray, result: EffectResult::Failed });
         assert!(stop.is_stopped(), "the breach did not stop the server");

@@ -1,7 +1,7 @@
 //! A running server and a native client, for the tests that drive the
 //! real binary over real TCP.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_macros)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -9,6 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// One test per function and runtime: `mio_runtime::NAME` and
+/// `std_runtime::NAME` call `NAME("mio")` and `NAME("std")`.
+macro_rules! both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod mio_runtime {
+            $(#[test] fn $name() { super::$name("mio") })*
+        }
+        mod std_runtime {
+            $(#[test] fn $name() { super::$name("std") })*
+        }
+    };
+}
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tokenizer-auth");
 pub const MAC: &str = "aa:bb:cc:dd:ee:ff";
@@ -58,7 +71,8 @@ impl Server {
             .arg("--data-dir")
             .arg(&dir)
             .args(["serve", "--runtime", runtime])
-            .args(["--listen", "127.0.0.1:0"])
+            // Loopback, unless the test listens elsewhere.
+            .args(if args.contains(&"--listen") { &[][..] } else { &["--listen", "127.0.0.1:0"][..] })
             .args(["--legacy-passcode-listen", "127.0.0.1:0", "--legacy-login-listen", "127.0.0.1:0"])
             .args(args)
             .env("TOKENIZER_AUTH_LOG_FORMAT", "json")
