@@ -15,7 +15,9 @@
 #               the default cores - 1), e-limits (e with the default
 #               brute-force limits), c-reserve and e-reserve (c and e with
 #               the brute-force limits on but far out of reach, so that every
-#               request commits its reservation and none is refused)
+#               request commits its reservation and none is refused), i
+#               (a over TLS and in plaintext, one after the other; needs
+#               openssl for the certificate)
 #   SERVER_BIN  the server binary to measure, default the one built here
 #               (target/release/tokenizer-auth); to compare with another
 #               build, e.g. one of the branch point
@@ -121,7 +123,7 @@ NO_LIMITS=(TOKENIZER_AUTH_FAILURES_PER_IP=0 TOKENIZER_AUTH_FAILURES_PER_EMAIL=0
     echo "settings: DURATION=$DURATION WARMUP=$WARMUP SCENARIOS=\"$SCENARIOS\""
 } | tee "$OUT/machine.txt"
 
-if has a || has c || has c-hash2 || has c-reserve || has e || has e-reserve || has e-limits || has f; then
+if has a || has c || has c-hash2 || has c-reserve || has e || has e-reserve || has e-limits || has f || has i; then
     "$BENCH" seed --data-dir "$DATA/100k" --tokens "$DATA/100k.tokens" --sessions 100000
 fi
 if has b; then
@@ -197,6 +199,26 @@ fi
 if has e-limits; then
     start_server e-limits mio "$DATA/100k"
     bench e-limits --mode legacy --addr "$LEGACY_LOGIN" -c 32
+    stop_server
+fi
+
+# i. (a) over TLS, and in plaintext in the same run: a certificate for
+# localhost from an authority made here.
+if has i; then
+    PKI="$OUT/pki"
+    mkdir -p "$PKI"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=bench-ca \
+        -keyout "$PKI/ca.key" -out "$PKI/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+        -keyout "$PKI/key.pem" -out "$PKI/leaf.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$PKI/ext"
+    openssl x509 -req -in "$PKI/leaf.csr" -CA "$PKI/ca.pem" -CAkey "$PKI/ca.key" -CAcreateserial -days 2 \
+        -extfile "$PKI/ext" -out "$PKI/cert.pem" 2>/dev/null
+    start_server i-plain mio "$DATA/100k"
+    bench i-plain --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16
+    stop_server
+    start_server i-tls mio "$DATA/100k" TOKENIZER_AUTH_TLS_CERT="$PKI/cert.pem" TOKENIZER_AUTH_TLS_KEY="$PKI/key.pem"
+    bench i-tls --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --tls-ca "$PKI/ca.pem"
     stop_server
 fi
 

@@ -24,6 +24,9 @@
 //!
 //! Only replies received inside the measured window count towards
 //! throughput and the token-check latency histogram.
+//!
+//! With a TLS configuration, native and renew connections speak TLS (the
+//! handshake is done before the run starts, so it is not measured).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -35,6 +38,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::stats::{Kinds, ReplyKind, histogram, record};
 use crate::tokens::{ENTRY, SplitMix, Tokens};
@@ -103,6 +108,9 @@ pub(crate) struct Plan {
     pub(crate) storm: Option<StormPlan>,
     /// Seeds the random picks of sessions.
     pub(crate) seed: u64,
+    /// TLS on native and renew connections (the server's name must be
+    /// `localhost`).
+    pub(crate) tls: Option<Arc<ClientConfig>>,
 }
 
 /// Counters the progress printer reads while the run goes on.
@@ -237,6 +245,8 @@ struct Line {
     slots: Vec<u8>,
     next_slot: usize,
     dead: bool,
+    /// TLS between the requests and the socket, if on.
+    tls: Option<Box<ClientConnection>>,
 }
 
 /// One exchange per connection: a legacy request (the slot starts over
@@ -282,11 +292,27 @@ struct Client {
     buf: Vec<u8>,
 }
 
-fn connect_blocking(addr: SocketAddr) -> Result<TcpStream, String> {
-    let stream = std::net::TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+/// Connects, and with TLS completes the handshake, blocking; the stream
+/// is then non-blocking.
+fn connect_blocking(
+    addr: SocketAddr,
+    tls: Option<&Arc<ClientConfig>>,
+) -> Result<(TcpStream, Option<Box<ClientConnection>>), String> {
+    let mut stream = std::net::TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     stream.set_nodelay(true).map_err(|e| format!("cannot configure a socket: {e}"))?;
+    let tls = match tls {
+        None => None,
+        Some(config) => {
+            let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+            let mut conn = ClientConnection::new(Arc::clone(config), name).map_err(|e| e.to_string())?;
+            while conn.is_handshaking() {
+                conn.complete_io(&mut stream).map_err(|e| format!("TLS with {addr} failed: {e}"))?;
+            }
+            Some(Box::new(conn))
+        }
+    };
     stream.set_nonblocking(true).map_err(|e| format!("cannot configure a socket: {e}"))?;
-    Ok(TcpStream::from_std(stream))
+    Ok((TcpStream::from_std(stream), tls))
 }
 
 impl Client {
@@ -330,7 +356,7 @@ impl Client {
                     } else {
                         Vec::new()
                     };
-                    let mut stream = connect_blocking(plan.addr)?;
+                    let (mut stream, tls) = connect_blocking(plan.addr, plan.tls.as_ref())?;
                     client
                         .poll
                         .registry()
@@ -345,6 +371,7 @@ impl Client {
                         slots,
                         next_slot: 0,
                         dead: false,
+                        tls,
                     })
                 }
                 Mode::Legacy => Conn::Shot(Shot {
@@ -512,6 +539,28 @@ impl Client {
     /// Writes what the socket takes.
     fn flush(&mut self, key: usize) {
         let Some(Conn::Line(line)) = self.conns.get_mut(key) else { return };
+        if let Some(tls) = &mut line.tls {
+            // All of it becomes records (rustls buffers them), then the
+            // socket takes what it can.
+            if tls.writer().write_all(&line.out[line.written..]).is_err() {
+                self.fail_line(key);
+                return;
+            }
+            line.out.clear();
+            line.written = 0;
+            while tls.wants_write() {
+                match tls.write_tls(&mut line.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        self.fail_line(key);
+                        return;
+                    }
+                }
+            }
+            return;
+        }
         while line.written < line.out.len() {
             match line.stream.write(&line.out[line.written..]) {
                 Ok(0) => {
@@ -549,6 +598,13 @@ impl Client {
             if line.dead {
                 return;
             }
+            if line.tls.is_some() {
+                match self.read_tls(key) {
+                    Some(true) => continue,
+                    Some(false) => break,
+                    None => return,
+                }
+            }
             match line.stream.read(&mut self.buf) {
                 Ok(0) => {
                     self.fail_line(key);
@@ -569,6 +625,41 @@ impl Client {
             }
         }
         self.refill(key, Instant::now());
+    }
+
+    /// One read of a TLS connection: records in, plaintext to
+    /// [`Client::on_bytes`]. `Some(true)`: read again; `Some(false)`: the
+    /// socket is drained; `None`: the connection failed.
+    fn read_tls(&mut self, key: usize) -> Option<bool> {
+        let Some(Conn::Line(line)) = self.conns.get_mut(key) else { return None };
+        let tls = line.tls.as_mut()?;
+        match tls.read_tls(&mut line.stream) {
+            Ok(0) => {
+                self.fail_line(key);
+                return None;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Some(true),
+            Err(_) => {
+                self.fail_line(key);
+                return None;
+            }
+        }
+        if tls.process_new_packets().is_err() {
+            self.fail_line(key);
+            return None;
+        }
+        let at = Instant::now();
+        let mut buf = std::mem::take(&mut self.buf);
+        while let Some(Conn::Line(Line { tls: Some(tls), .. })) = self.conns.get_mut(key) {
+            match tls.reader().read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.on_bytes(key, &buf[..n], at),
+            }
+        }
+        self.buf = buf;
+        Some(true)
     }
 
     /// Splits received bytes into reply lines.

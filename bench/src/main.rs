@@ -177,6 +177,30 @@ struct RunArgs {
     /// Seeds the random choice of sessions.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Speak TLS to the server (native and renew), trusting the
+    /// certificates in this PEM file; the server's certificate must name
+    /// `localhost`. The baseline stays plaintext.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+/// A TLS client configuration that trusts the certificates in `ca`.
+fn tls_client(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Parses `250ms`, `10s`, `2m`.
@@ -442,6 +466,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
         legacy_request: legacy_request.into_bytes(),
         storm: storm_plan(args.login_addr.unwrap_or(args.addr)),
         seed: args.seed,
+        tls: args.tls_ca.as_deref().map(tls_client).transpose()?,
     };
     let baseline_kind = match (args.baseline, mode) {
         (BaselineArg::None, _) => None,
@@ -456,6 +481,7 @@ fn run(args: &RunArgs) -> Result<(), String> {
             let mut baseline_plan = plan.clone();
             baseline_plan.addr = server.addr;
             baseline_plan.storm = storm_plan(server.addr);
+            baseline_plan.tls = None;
             let measured = measure(&args.label, kind.name(), &baseline_plan, Probe::Baseline);
             server.stop();
             Some((kind, measured?))
