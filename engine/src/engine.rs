@@ -25,6 +25,7 @@ use crate::device::normalize_ip;
 use crate::effect::{Effect, EffectId, EffectKind, EffectResult};
 use crate::flow::{self, Ctx, Next, Step, Waiting};
 use crate::io::{ConnId, Input, Listener, Output};
+use crate::metrics::Metrics;
 use crate::notice::Notice;
 use crate::recording::{Playback, Recorder, RecordingRng};
 use crate::timers::Timers;
@@ -58,6 +59,8 @@ impl Hasher for IdHasher {
 struct Task {
     origin: Option<Origin>,
     waiting: Waiting,
+    /// When the effect was asked for (its latency, in the metrics).
+    asked_at: DateTime<Utc>,
 }
 
 /// Whether an effect of this kind counts against `max_password_checks`.
@@ -114,6 +117,7 @@ pub struct Engine {
     lingering: usize,
     shutdown: Shutdown,
     notices: VecDeque<Notice>,
+    metrics: Metrics,
     capture: Option<Recorder>,
     /// During a replay: the recorded request lines, taken in place of
     /// parsing the (masked) buffered bytes.
@@ -138,6 +142,7 @@ impl Engine {
             lingering: 0,
             shutdown: Shutdown::No,
             notices: VecDeque::new(),
+            metrics: Metrics::default(),
             capture: None,
             playback: None,
         }
@@ -153,6 +158,18 @@ impl Engine {
     /// `max_connections`): each goes within `close_linger`.
     pub fn connections(&self) -> usize {
         self.conns.len() - self.lingering
+    }
+
+    /// Password checks and hashes asked for and not yet answered (bounded
+    /// by `max_password_checks`; past it, requests get `error|busy`).
+    pub fn password_checks(&self) -> usize {
+        self.password_checks
+    }
+
+    /// What the engine has counted since it started, for the metrics (see
+    /// [`crate::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Whether the engine holds this connection and has not yet asked to
@@ -339,6 +356,7 @@ impl Engine {
             return;
         }
         if full {
+            self.metrics.connections_refused += 1;
             conn.refuse(Reply::Error(ErrorCode::TooManyConnections));
         }
         self.conns.insert(id, conn);
@@ -363,10 +381,10 @@ impl Engine {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         // Replies that are ready leave first, making room in the pipeline
         // for the requests still waiting.
-        conn.flush(now, max_backlog);
+        conn.flush(now, max_backlog, &mut self.metrics);
         self.take_requests(id);
         let Some(conn) = self.conns.get_mut(&id) else { return };
-        conn.flush(now, max_backlog);
+        conn.flush(now, max_backlog, &mut self.metrics);
         if conn.queue_transmit() {
             self.queue.push_back(Queued::Transmit(id, conn.epoch));
         }
@@ -404,7 +422,7 @@ impl Engine {
                     // it and stall the rest.
                     let (now, max_backlog) = (self.now, self.config.max_backlog);
                     if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.flush(now, max_backlog);
+                        conn.flush(now, max_backlog, &mut self.metrics);
                     }
                 }
                 Frame::Incomplete => break,
@@ -476,7 +494,8 @@ impl Engine {
         let id = EffectId(self.next_effect);
         self.next_effect += 1;
         self.password_checks += usize::from(is_password_work(waiting.kind()));
-        self.tasks.insert(id, Task { origin, waiting });
+        self.metrics.performed(waiting.kind());
+        self.tasks.insert(id, Task { origin, waiting, asked_at: self.now });
         self.queue.push_back(Queued::Perform(id, effect));
     }
 
@@ -496,6 +515,7 @@ impl Engine {
         };
         let expected = task.waiting.kind();
         self.password_checks -= usize::from(is_password_work(expected));
+        self.metrics.completed(expected, self.now - task.asked_at);
         let mut ctx = Ctx {
             now: self.now,
             rng,
@@ -509,6 +529,11 @@ impl Engine {
             Err(got) => return self.fail(ContractError::WrongResult { id, expected, got }),
         };
         let detached = mem::take(&mut ctx.detached);
+        for notice in &ctx.notices {
+            if let Notice::Refused { limit, .. } = notice {
+                self.metrics.refused_by(limit);
+            }
+        }
         self.notices.extend(ctx.notices);
         self.proceed(task.origin, step);
         for step in detached {

@@ -124,6 +124,7 @@ mod hex;
 mod io;
 mod limits;
 pub mod mail;
+pub mod metrics;
 mod notice;
 mod passcode;
 mod password;

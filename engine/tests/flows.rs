@@ -764,3 +764,42 @@ fn every_forgotten_connection_is_closed_explicitly() {
     }
     assert_eq!(w.engine.connections(), 0);
 }
+
+#[test]
+fn the_metrics_count_replies_refusals_and_effects() {
+    use tokenizer_auth_engine::metrics::{EFFECT_KINDS, LIMITS, REPLY_KINDS};
+    let mut config = Config::default();
+    config.limits.passcode_requests_per_email = Window::new(1, TimeDelta::minutes(15));
+    config.max_connections = 2;
+    let mut w = world_with(config);
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|rate_limited");
+    assert_eq!(w.request(c, &token_line(&"ab".repeat(32), MAC)), "unauthorized");
+    assert_eq!(w.request(c, "not a request"), "error|malformed");
+    let _second = w.connect(Listener::Native, local());
+    let third = w.connect(Listener::Native, local());
+    w.settle();
+    assert_eq!(w.take_received(third), b"error|too_many_connections\n");
+
+    let m = w.engine.metrics().clone();
+    let replies = |kind: &str| m.replies[REPLY_KINDS.iter().position(|k| *k == kind).unwrap()];
+    assert_eq!(
+        ["passcode_sent", "rate_limited", "unauthorized", "malformed", "too_many_connections", "authorized"]
+            .map(replies),
+        [1, 1, 1, 1, 1, 0]
+    );
+    assert_eq!(m.connections_refused, 1);
+    let limit = LIMITS.iter().position(|l| *l == "passcode_requests_per_email").unwrap();
+    assert_eq!(m.limit_refusals[limit], 1);
+    assert_eq!(m.limit_refusals.iter().sum::<u64>(), 1);
+    for (kind, stats) in EFFECT_KINDS.iter().zip(&m.effects) {
+        assert_eq!(stats.performed, stats.completed, "{kind}: all answered");
+        assert_eq!(stats.latency_buckets.iter().sum::<u64>(), stats.completed, "{kind}: one bucket each");
+    }
+    let count = |kind: &str| m.effects[EFFECT_KINDS.iter().position(|k| *k == kind).unwrap()].completed;
+    assert_eq!(count("send_mail"), 1);
+    assert_eq!(count("verify_password"), 1, "the refused request verified nothing");
+    assert!(count("read") >= 2 && count("write") >= 2);
+    assert_eq!(w.engine.password_checks(), 0);
+}

@@ -48,6 +48,7 @@ pub(crate) use framing::{Framing, Receipt};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::config::Config;
 use crate::io::Listener;
+use crate::metrics::Metrics;
 use crate::token::PeerDigests;
 
 /// Where a connection is in its life.
@@ -354,7 +355,7 @@ impl Connection {
     /// that reads nothing makes the connection stop taking requests instead
     /// of growing. So what is owed never exceeds `max_backlog` plus one
     /// reply.
-    pub(crate) fn flush(&mut self, now: DateTime<Utc>, max_backlog: usize) {
+    pub(crate) fn flush(&mut self, now: DateTime<Utc>, max_backlog: usize, metrics: &mut Metrics) {
         if self.outbuf.capacity() == 0 && matches!(self.replies.front(), Some(Some(_))) {
             // Room for a few replies at once, so a reply is one allocation.
             self.outbuf.reserve(256);
@@ -366,6 +367,7 @@ impl Connection {
                 self.stalled_since = Some(now);
             }
             self.framing.encode(reply, &mut self.outbuf);
+            metrics.reply(reply);
             self.replies.pop_front();
             self.head_seq += 1;
         }
@@ -524,7 +526,7 @@ mod tests {
         c.refuse(Reply::Error(ErrorCode::TooManyConnections));
         assert_eq!(c.peer_closed(), PeerClosed::Drain);
         assert_eq!(c.settle(at(1), &config), None, "the reply is owed");
-        c.flush(at(1), config.max_backlog);
+        c.flush(at(1), config.max_backlog, &mut Metrics::default());
         assert!(c.queue_transmit());
         assert!(!c.queue_transmit(), "one transmit queued at a time");
         let bytes = c.transmit().unwrap();
