@@ -92,6 +92,15 @@ const KEYS: &[Key] = &[
         set: |c, raw| raw.text().map(|t| c.tls_key = optional_path(t)),
         show: |c| c.tls_key.as_deref().map_or(Shown::Unset(""), path),
     },
+    Key {
+        name: "admin_listen",
+        set: |c, raw| {
+            let text = raw.text()?;
+            c.admin_listen = if text.is_empty() { None } else { Some(address(text)?) };
+            Ok(())
+        },
+        show: |c| c.admin_listen.as_ref().map_or(Shown::Unset(": no admin listener"), text),
+    },
     key!("allow_plaintext", allow_plaintext, |raw| raw.boolean(), |b: &bool| Shown::Value(toml::Value::Boolean(*b))),
     Key {
         name: "capture",
@@ -265,6 +274,7 @@ pub struct Configuration {
     legacy_login_listen: SocketAddr,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
     allow_plaintext: bool,
     capture: Option<PathBuf>,
     capture_max_bytes: u64,
@@ -291,6 +301,7 @@ impl Default for Configuration {
             legacy_login_listen: settings.legacy_login_listen,
             tls_cert: None,
             tls_key: None,
+            admin_listen: None,
             allow_plaintext: settings.allow_plaintext,
             capture: None,
             capture_max_bytes: settings.capture_max_bytes,
@@ -408,11 +419,12 @@ impl Configuration {
 
     /// Checks what only the keys together can say.
     fn finish(&mut self) -> Result<(), String> {
-        let listeners = [
+        let mut listeners = vec![
             ("listen", self.listen),
             ("legacy_passcode_listen", self.legacy_passcode_listen),
             ("legacy_login_listen", self.legacy_login_listen),
         ];
+        listeners.extend(self.admin_listen.map(|a| ("admin_listen", a)));
         for (i, (a, addr)) in listeners.iter().enumerate() {
             for (b, other) in &listeners[i + 1..] {
                 if addr.port() != 0 && addr == other {
@@ -524,6 +536,7 @@ impl Configuration {
         settings.legacy_passcode_listen = self.legacy_passcode_listen;
         settings.legacy_login_listen = self.legacy_login_listen;
         settings.allow_plaintext = self.allow_plaintext;
+        settings.admin_listen = self.admin_listen;
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();

@@ -26,7 +26,10 @@
 //! - [`private`] and [`server_key`]: the data folder's permissions (0700,
 //!   files 0600) and the server key that keys the passcode digests;
 //! - [`tls`]: TLS on the native listener, rustls's sans-IO connection
-//!   between a socket and the engine, for both runtimes.
+//!   between a socket and the engine, for both runtimes;
+//! - [`metrics`] and [`admin_listener`]: what the engine and the workers
+//!   counted, rendered for Prometheus at scrape time, and the operators'
+//!   HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Every call here blocks; the runtimes (`tokenizer-auth-runtime-mio`, the
 //! event loop, and `tokenizer-auth-runtime-std`, a thread per connection)
@@ -34,7 +37,9 @@
 //! a hash or a relay. Neither runtime depends on the other: both depend on
 //! this crate and the engine.
 
+pub mod admin_listener;
 pub mod mail;
+pub mod metrics;
 pub mod password;
 pub mod pool;
 pub mod private;

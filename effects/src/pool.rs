@@ -24,6 +24,7 @@
 //! thread fills it from the file at start, while the server already serves.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
@@ -64,6 +65,71 @@ fn warm(store: &SqliteStore) {
     }
 }
 
+/// The upper bounds of the commit group size buckets (batches per
+/// transaction); the last bucket, past them, is `+Inf`. `WRITE_GROUP` caps
+/// a group at 256.
+pub const GROUP_SIZE_BOUNDS: [u64; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 256];
+
+/// What the workers count for the metrics, shared with whoever reads them
+/// (the admin listener): relaxed atomic adds, once per mail or per commit
+/// group, on the workers' threads, never on the event loop.
+#[derive(Default)]
+pub struct PoolStats {
+    mail_sent: AtomicU64,
+    mail_failed: AtomicU64,
+    /// Commit groups by size (see [`GROUP_SIZE_BOUNDS`]); one writer per
+    /// file adds to them.
+    group_sizes: [AtomicU64; GROUP_SIZE_BOUNDS.len() + 1],
+    group_batches: AtomicU64,
+    cache: Option<Arc<SessionCache>>,
+}
+
+/// [`PoolStats`] read at one instant.
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct PoolCounts {
+    /// Mail the relay (or the outbox) took.
+    pub mail_sent: u64,
+    /// Mail that could not be sent.
+    pub mail_failed: u64,
+    /// Commit groups by size, not cumulative (see [`GROUP_SIZE_BOUNDS`]).
+    pub group_sizes: [u64; GROUP_SIZE_BOUNDS.len() + 1],
+    /// Batches in all the groups.
+    pub group_batches: u64,
+    /// Session lookups answered by the cache, and read from the file
+    /// (none without a cache).
+    pub cache_hits: u64,
+    /// See `cache_hits`.
+    pub cache_misses: u64,
+}
+
+impl PoolStats {
+    fn mail(&self, result: &EffectResult) {
+        let counter = if matches!(result, EffectResult::Sent) { &self.mail_sent } else { &self.mail_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn group(&self, batches: usize) {
+        let size = batches as u64;
+        let bucket = GROUP_SIZE_BOUNDS.iter().position(|&bound| size <= bound).unwrap_or(GROUP_SIZE_BOUNDS.len());
+        self.group_sizes[bucket].fetch_add(1, Ordering::Relaxed);
+        self.group_batches.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn counts(&self) -> PoolCounts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (cache_hits, cache_misses) = self.cache.as_ref().map_or((0, 0), |c| c.lookups());
+        PoolCounts {
+            mail_sent: load(&self.mail_sent),
+            mail_failed: load(&self.mail_failed),
+            group_sizes: std::array::from_fn(|i| load(&self.group_sizes[i])),
+            group_batches: load(&self.group_batches),
+            cache_hits,
+            cache_misses,
+        }
+    }
+}
+
 /// The effect workers.
 pub struct EffectPool {
     reads: Sender<(EffectId, Lookup)>,
@@ -72,6 +138,7 @@ pub struct EffectPool {
     passwords: Sender<(EffectId, PasswordJob)>,
     mail: Sender<(EffectId, Mail)>,
     threads: Vec<JoinHandle<()>>,
+    stats: Arc<PoolStats>,
 }
 
 /// Starts `count` threads that each take up to `group` queued jobs at a
@@ -122,10 +189,12 @@ impl EffectPool {
         // are in `store::cache`.
         let mut store = SqliteStore::open(&settings.data_dir)?;
         store.key_passcodes(&settings.engine.server_key)?;
-        let store = match settings.session_cache {
-            0 => store,
-            bound => store.with_cache(Arc::new(SessionCache::new(bound))),
+        let cache = (settings.session_cache > 0).then(|| Arc::new(SessionCache::new(settings.session_cache)));
+        let store = match &cache {
+            None => store,
+            Some(cache) => store.with_cache(Arc::clone(cache)),
         };
+        let stats = Arc::new(PoolStats { cache, ..PoolStats::default() });
         let mailer = Mailer::new(&settings.mail)?;
         let (reads, reads_rx) = unbounded();
         let (creds_writes, creds_rx) = unbounded();
@@ -144,27 +213,29 @@ impl EffectPool {
             .map_err(io)?,
         );
         threads.extend(
-            spawn("store-write-creds", 1, WRITE_GROUP, &creds_rx, on, open, |s: &mut StoreConn, batches| match s {
-                Some(store) => store.write_creds_group(batches).into_iter().map(|r| settle(r.map(committed))).collect(),
-                None => unavailable(batches.len()),
+            spawn("store-write-creds", 1, WRITE_GROUP, &creds_rx, on, open, {
+                let stats = Arc::clone(&stats);
+                move |s: &mut StoreConn, batches| match s {
+                    Some(store) => {
+                        stats.group(batches.len());
+                        store.write_creds_group(batches).into_iter().map(|r| settle(r.map(committed))).collect()
+                    }
+                    None => unavailable(batches.len()),
+                }
             })
             .map_err(io)?,
         );
         threads.extend(
-            spawn(
-                "store-write-passcodes",
-                1,
-                WRITE_GROUP,
-                &passcodes_rx,
-                on,
-                open,
-                |s: &mut StoreConn, batches| match s {
+            spawn("store-write-passcodes", 1, WRITE_GROUP, &passcodes_rx, on, open, {
+                let stats = Arc::clone(&stats);
+                move |s: &mut StoreConn, batches| match s {
                     Some(store) => {
+                        stats.group(batches.len());
                         store.write_passcodes_group(batches).into_iter().map(|r| settle(r.map(committed))).collect()
                     }
                     None => unavailable(batches.len()),
-                },
-            )
+                }
+            })
             .map_err(io)?,
         );
         // The first store's connections go on to fill the cache.
@@ -192,18 +263,22 @@ impl EffectPool {
             .map_err(io)?,
         );
         threads.extend(
-            spawn(
-                "mail",
-                workers.mail,
-                1,
-                &mail_rx,
-                on,
-                || mailer.clone(),
-                |m: &mut Mailer, mails| mails.iter().map(|mail| send(m, mail)).collect(),
-            )
+            spawn("mail", workers.mail, 1, &mail_rx, on, || mailer.clone(), {
+                let stats = Arc::clone(&stats);
+                move |m: &mut Mailer, mails| {
+                    mails
+                        .iter()
+                        .map(|mail| {
+                            let result = send(m, mail);
+                            stats.mail(&result);
+                            result
+                        })
+                        .collect()
+                }
+            })
             .map_err(io)?,
         );
-        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads })
+        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, stats })
     }
 
     /// Queues an effect on the workers that carry out its kind.
@@ -225,9 +300,14 @@ impl EffectPool {
         }
     }
 
+    /// What the workers count, to read at any time from any thread.
+    pub fn stats(&self) -> Arc<PoolStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Lets the queued effects finish, then stops the workers.
     pub fn shutdown(self) {
-        let EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads } = self;
+        let EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, .. } = self;
         drop((reads, creds_writes, passcode_writes, passwords, mail));
         for thread in threads {
             let _ = thread.join();

@@ -5,11 +5,15 @@
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use chrono::{DateTime, Utc};
 use tokenizer_auth_engine::{ContractError, Engine, Listener, Notice};
 
+use crate::admin_listener::AdminListener;
 use crate::mail::MailError;
+use crate::metrics::Scrape;
 use crate::password::{HashError, PasswordHasher};
 use crate::pool::{EffectPool, OnResult};
 use crate::server_key::KeyError;
@@ -123,6 +127,26 @@ impl Start {
     pub fn listeners(&self) -> Result<Listeners, ServeError> {
         Listeners::bind(&self.settings)
     }
+
+    /// Starts the admin listener, if `admin_listen` is set. `ask` reads
+    /// the engine's counters on the thread that owns it; the pool's are
+    /// added here.
+    pub fn admin(
+        &self,
+        pool: &EffectPool,
+        ask: impl Fn() -> Option<Scrape> + Send + 'static,
+        listening: Arc<AtomicBool>,
+    ) -> Result<Option<AdminListener>, ServeError> {
+        let Some(addr) = self.settings.admin_listen else { return Ok(None) };
+        let stats = pool.stats();
+        let ask = Box::new(move || {
+            ask().map(|mut scrape| {
+                scrape.pool = stats.counts();
+                scrape
+            })
+        });
+        AdminListener::start(addr, &self.settings.data_dir, ask, listening).map(Some)
+    }
 }
 
 /// Logs the notices the engine has for the operator: call it after
@@ -177,14 +201,17 @@ impl Listeners {
     }
 
     /// Logs the bound addresses: one `listening` event that scripts and
-    /// tests read (port 0 in the settings becomes the real port here).
-    pub fn announce(&self, runtime: &str) {
+    /// tests read (port 0 in the settings becomes the real port here), with
+    /// the admin listener's if it is on.
+    pub fn announce(&self, runtime: &str, admin: Option<SocketAddr>) {
         let show = |l| self.addr(l).map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let admin = admin.map_or_else(|| "off".to_owned(), |a| a.to_string());
         tracing::info!(
             runtime,
             native = %show(Listener::Native),
             legacy_passcode = %show(Listener::LegacyPasscode),
             legacy_login = %show(Listener::LegacyLogin),
+            admin = %admin,
             "listening"
         );
     }

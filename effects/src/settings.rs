@@ -63,6 +63,8 @@ pub struct Settings {
     pub legacy_passcode_listen: SocketAddr,
     /// The legacy login listener.
     pub legacy_login_listen: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), if on.
+    pub admin_listen: Option<SocketAddr>,
     /// Effect worker threads.
     pub workers: Workers,
     /// Where to record a capture of the session, if anywhere.
@@ -100,6 +102,7 @@ impl Settings {
             allow_plaintext: false,
             legacy_passcode_listen: loopback(7158),
             legacy_login_listen: loopback(7159),
+            admin_listen: None,
             workers: Workers::default(),
             capture: None,
             capture_max_bytes: DEFAULT_CAPTURE_MAX_BYTES,

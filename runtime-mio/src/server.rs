@@ -38,13 +38,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::SockRef;
+use tokenizer_auth_effects::admin_listener::{AdminListener, ENGINE_PATIENCE};
+use tokenizer_auth_effects::metrics::Scrape;
 use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{CaptureFile, OsRng, ServeError, Start, log_notices, now, os_rng};
 use tokenizer_auth_effects::settings::Settings;
@@ -108,6 +110,10 @@ struct EventLoop {
     handshakes: VecDeque<(Instant, usize)>,
     /// Plaintext out of a TLS record, on its way to the engine.
     plain: Vec<u8>,
+    /// The admin listener's requests for the engine's counters.
+    scrapes: Option<Receiver<Sender<Scrape>>>,
+    /// Whether the listeners are open (for `/readyz`).
+    listening: Arc<AtomicBool>,
 }
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
@@ -116,10 +122,11 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
     let start = Start::new(settings)?;
     let bound = start.listeners()?;
     let poll = Poll::new().map_err(ServeError::os("cannot create the event loop"))?;
-    let waker = Waker::new(poll.registry(), WAKER).map_err(ServeError::os("cannot create a waker"))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServeError::os("cannot create a waker"))?);
     let (tx, results) = unbounded();
     let wake_pending = Arc::new(AtomicBool::new(false));
     let pending = wake_pending.clone();
+    let result_waker = Arc::clone(&waker);
     let on_result: OnResult = Arc::new(move |id, result| {
         // The loop outlives the pool's workers, so a failed send only
         // happens while it is returning.
@@ -127,10 +134,21 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
         // The send comes first: a loop that clears the flag after this swap
         // then finds the result in the channel.
         if !pending.swap(true, Ordering::AcqRel) {
-            let _ = waker.wake();
+            let _ = result_waker.wake();
         }
     });
     let pool = start.pool(on_result)?;
+    // The admin listener asks the loop for the engine's counters: a
+    // request on a channel, and a wake-up.
+    let (scrape_requests, scrapes) = unbounded::<Sender<Scrape>>();
+    let listening = Arc::new(AtomicBool::new(true));
+    let ask = move || {
+        let (reply, answer) = bounded(1);
+        scrape_requests.send(reply).ok()?;
+        waker.wake().ok()?;
+        answer.recv_timeout(ENGINE_PATIENCE).ok()
+    };
+    let admin = start.admin(&pool, ask, Arc::clone(&listening))?;
 
     let mut listeners = Vec::new();
     for (i, (which, socket)) in bound.all.iter().enumerate() {
@@ -146,14 +164,19 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(ServeError::os("cannot watch signals"))?;
-    bound.announce("mio");
+    bound.announce("mio", admin.as_ref().map(AdminListener::addr));
     drop(bound);
 
     let (engine, capture) = start.engine()?;
     let mut event_loop = EventLoop::new(poll, engine, listeners, pool, results, wake_pending, capture);
     event_loop.tls = start.tls();
+    event_loop.scrapes = Some(scrapes);
+    event_loop.listening = listening;
     let outcome = event_loop.run(&mut signals);
     let EventLoop { pool, capture, .. } = event_loop;
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     if let Some(mut capture) = capture {
         capture.flush();
     }
@@ -191,6 +214,8 @@ impl EventLoop {
             tls: None,
             handshakes: VecDeque::new(),
             plain: Vec::new(),
+            scrapes: None,
+            listening: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -228,6 +253,7 @@ impl EventLoop {
                 }
             }
             self.feed_results();
+            self.answer_scrapes();
             self.expire_handshakes();
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
@@ -577,12 +603,26 @@ impl EventLoop {
         }
     }
 
+    /// Hands the engine's counters to the admin listener's requests.
+    fn answer_scrapes(&mut self) {
+        let Some(scrapes) = &self.scrapes else { return };
+        while let Ok(reply) = scrapes.try_recv() {
+            let _ = reply.send(Scrape {
+                engine: self.engine.metrics().clone(),
+                connections_open: self.engine.connections(),
+                password_checks: self.engine.password_checks(),
+                ..Scrape::default()
+            });
+        }
+    }
+
     /// Stops accepting; the engine finishes what is in flight.
     fn shut_down(&mut self) {
         if self.shutting_down {
             return;
         }
         self.shutting_down = true;
+        self.listening.store(false, Ordering::Release);
         tracing::info!("shutting down: finishing the requests in flight");
         for (_, listener) in &mut self.listeners {
             let _ = self.poll.registry().deregister(listener);

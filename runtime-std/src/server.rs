@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use tokenizer_auth_effects::admin_listener::AdminListener;
+use tokenizer_auth_effects::metrics::Scrape;
 use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{self, CaptureFile, Listeners, OsRng, ServeError, Start};
 use tokenizer_auth_effects::settings::Settings;
@@ -151,12 +153,37 @@ pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> 
             server.feed(None, Input::Completed { id, result });
         }
     });
-    server.state().pool = Some(start.pool(on_result)?);
+    let pool = start.pool(on_result)?;
+    // The admin listener reads the engine's counters under the engine lock.
+    let listening = Arc::new(AtomicBool::new(false));
+    let weak = Arc::downgrade(&server);
+    let ask = move || {
+        let server = weak.upgrade()?;
+        let state = server.state();
+        Some(Scrape {
+            engine: state.engine.metrics().clone(),
+            connections_open: state.engine.connections(),
+            password_checks: state.engine.password_checks(),
+            ..Scrape::default()
+        })
+    };
+    let admin = start.admin(&pool, ask, Arc::clone(&listening));
+    server.state().pool = Some(pool);
+    let admin = match admin {
+        Ok(admin) => admin,
+        Err(e) => {
+            server.finish(&[]);
+            return Err(e);
+        }
+    };
 
     let listeners = match start.listeners() {
         Ok(listeners) => listeners,
         Err(e) => {
             server.finish(&[]);
+            if let Some(admin) = admin {
+                admin.stop();
+            }
             return Err(e);
         }
     };
@@ -165,7 +192,8 @@ pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> 
         legacy_passcode: addr(&listeners, Listener::LegacyPasscode),
         legacy_login: addr(&listeners, Listener::LegacyLogin),
     };
-    listeners.announce("std");
+    listeners.announce("std", admin.as_ref().map(AdminListener::addr));
+    listening.store(true, Ordering::Release);
 
     let mut pokes = Vec::new();
     let started = start_threads(&server, listeners, &mut pokes);
@@ -176,7 +204,11 @@ pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> 
     }
 
     stop.wait();
+    listening.store(false, Ordering::Release);
     server.finish(&pokes);
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     match lock(&server.failure).take() {
         Some(error) => Err(error),
         None => Ok(()),

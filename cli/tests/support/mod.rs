@@ -36,6 +36,8 @@ pub struct Server {
     pub native: SocketAddr,
     pub legacy_passcode: SocketAddr,
     pub legacy_login: SocketAddr,
+    /// The admin listener, if `admin_listen` is set.
+    pub admin: Option<SocketAddr>,
     pub dir: PathBuf,
     /// The server's log lines (JSON) so far.
     pub log: Arc<Mutex<Vec<String>>>,
@@ -95,6 +97,7 @@ impl Server {
             native: addr("native"),
             legacy_passcode: addr("legacy_passcode"),
             legacy_login: addr("legacy_login"),
+            admin: field(&line, "admin").and_then(|a| a.parse().ok()),
             child,
             dir,
             log: Arc::default(),

@@ -31,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokenizer_auth_engine::{CredsOp, MasterToken, SessionRecord};
@@ -41,6 +42,10 @@ use super::columns::{from_millis, millis};
 pub struct SessionCache {
     state: Mutex<State>,
     capacity: usize,
+    /// Session lookups answered from memory, and read from the file, for
+    /// the metrics (one add per batch of reads).
+    hits: AtomicU64,
+    misses: AtomicU64,
 }
 
 struct State {
@@ -65,7 +70,7 @@ impl SessionCache {
     /// An empty cache of at most `capacity` sessions.
     pub fn new(capacity: usize) -> SessionCache {
         let state = State { epoch: None, committing: false, sessions: HashMap::with_hasher(MasterHash) };
-        SessionCache { state: Mutex::new(state), capacity }
+        SessionCache { state: Mutex::new(state), capacity, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -190,6 +195,18 @@ impl SessionCache {
     /// Whether no session is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Counts a batch's session lookups: `hits` answered from memory, the
+    /// rest of `asked` read from the file.
+    pub(crate) fn looked_up(&self, asked: usize, hits: usize) {
+        self.hits.fetch_add(hits as u64, Ordering::Relaxed);
+        self.misses.fetch_add(asked.saturating_sub(hits) as u64, Ordering::Relaxed);
+    }
+
+    /// (hits, misses) since the cache was made.
+    pub fn lookups(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
     }
 }
 

@@ -230,6 +230,14 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Whether both files answer a read (readiness, for the admin
+    /// listener).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.creds.query_row("SELECT count(*) FROM sessions WHERE 0", [], |_| Ok(()))?;
+        self.passcodes.query_row("SELECT count(*) FROM passcode_table WHERE 0", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     /// The data folder.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -288,11 +296,15 @@ impl SqliteStore {
         };
         let lookups: Vec<&Lookup> = lookups.into_iter().collect();
         // One lock for the batch's hits.
-        let mut hits = match (view, &self.cache) {
+        let hits = match (view, &self.cache) {
             (View::Valid(epoch), Some(cache)) => cache.get_many(epoch, lookups.iter().map(|l| l.session.as_ref())),
             _ => Vec::new(),
+        };
+        if let Some(cache) = &self.cache {
+            let asked = lookups.iter().filter(|l| l.session.is_some()).count();
+            cache.looked_up(asked, hits.iter().filter(|h| h.is_some()).count());
         }
-        .into_iter();
+        let mut hits = hits.into_iter();
         let results = lookups.iter().map(|lookup| self.read_in(lookup, view, hits.next().flatten())).collect();
         for conn in began {
             // Nothing was written: ending the transaction only drops the
