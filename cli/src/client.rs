@@ -69,11 +69,23 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
                 .strip_prefix(LOGIN_PREFIX)
                 .and_then(|token| BaseToken::parse(token.as_bytes()))
                 .ok_or_else(|| refused(&reply))?;
-            store_token(&token_file(file), &token)?;
+            store_token(&token_file(file), &token, mac)?;
             writeln!(out, "logged in")?;
         }
         ClientCommand::Request { mac, token_file: file, repeat, request, data } => {
-            let mac = mac_field(mac)?;
+            let file = token_file(file);
+            let (token, stored_mac) = read_token(&file)?;
+            // The MAC the token is bound to, as stored with it, unless given.
+            let mac = match (mac, &stored_mac) {
+                (Some(mac), _) => mac_field(mac)?,
+                (None, Some(stored)) => stored.as_str(),
+                (None, None) => {
+                    return Err(Failure::Usage(format!(
+                        "{} holds no MAC (it was written by an older client): give --mac",
+                        file.display()
+                    )));
+                }
+            };
             let request = field("request", request, Field::Required)?;
             for item in data {
                 field("data", item, Field::Rest)?;
@@ -81,7 +93,6 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             if *repeat == 0 {
                 return Err(Failure::Usage("--repeat must be at least 1".into()));
             }
-            let file = token_file(file);
             let line = |token: &BaseToken| {
                 let mut line = format!("{token}|{mac}|{request}");
                 for item in data {
@@ -90,14 +101,13 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
                 }
                 Secret::new(line)
             };
-            let token = read_token(&file)?;
             let mut connection = connect()?;
             let mut replies = connection.pipeline(&line(&token), *repeat)?;
             // Every check of one expired token within the renewal grace is
             // told the same successor: store it once, and retry the
             // requests it answered with it, once.
             if let Some(renewed) = one_renewal(&replies)? {
-                store_token(&file, &renewed)?;
+                store_token(&file, &renewed, mac)?;
                 eprintln!("the token expired and was renewed; the new one is in {}; retrying", file.display());
                 let renewals = replies.iter().filter(|r| r.starts_with("renew|")).count();
                 let mut retried = connection.pipeline(&line(&renewed), renewals)?.into_iter();
@@ -105,7 +115,7 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
                     *reply = retried.next().unwrap_or_default();
                 }
                 if let Some(again) = one_renewal(&replies)? {
-                    store_token(&file, &again)?;
+                    store_token(&file, &again, mac)?;
                     return Err(Failure::Other(
                         "the server renewed the token again on the retry; the newest token is stored".into(),
                     ));
@@ -345,8 +355,10 @@ impl Connection {
     }
 }
 
-/// The stored token, or a clear reason there is none.
-fn read_token(path: &Path) -> Result<BaseToken, Failure> {
+/// The stored token, and the MAC stored with it (a file written before
+/// the MAC was kept holds the token alone), or a clear reason there is
+/// none.
+fn read_token(path: &Path) -> Result<(BaseToken, Option<String>), Failure> {
     let text = match fs::read_to_string(path) {
         Ok(text) => Secret::new(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -357,13 +369,23 @@ fn read_token(path: &Path) -> Result<BaseToken, Failure> {
         }
         Err(e) => return Err(Failure::Other(format!("cannot read the token file {}: {e}", path.display()))),
     };
-    BaseToken::parse(text.expose().trim().as_bytes())
-        .ok_or_else(|| Failure::Other(format!("the token file {} does not hold a token", path.display())))
+    let mut fields = text.expose().split_whitespace();
+    let token = fields
+        .next()
+        .and_then(|t| BaseToken::parse(t.as_bytes()))
+        .ok_or_else(|| Failure::Other(format!("the token file {} does not hold a token", path.display())))?;
+    let mac = match fields.next() {
+        None => None,
+        Some(mac) if Mac::parse(mac).is_some() => Some(mac.to_owned()),
+        Some(_) => return Err(Failure::Other(format!("the token file {} holds no valid MAC", path.display()))),
+    };
+    Ok((token, mac))
 }
 
 /// Replaces the token file, all or nothing, with a file only its owner can
-/// read (mode 0600); a missing folder is created (mode 0700).
-fn store_token(path: &Path, token: &BaseToken) -> Result<(), Failure> {
+/// read (mode 0600): the token and the MAC it is bound to, on one line; a
+/// missing folder is created (mode 0700).
+fn store_token(path: &Path, token: &BaseToken, mac: &str) -> Result<(), Failure> {
     let failed = |e: io::Error| Failure::Other(format!("cannot write the token file {}: {e}", path.display()));
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
@@ -375,7 +397,7 @@ fn store_token(path: &Path, token: &BaseToken) -> Result<(), Failure> {
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&temp);
     let written = private::create_new_file(&temp).and_then(|mut file| {
-        file.write_all(format!("{token}\n").as_bytes())?;
+        file.write_all(format!("{token} {mac}\n").as_bytes())?;
         file.sync_all()
     });
     if let Err(e) = written.and_then(|()| fs::rename(&temp, path)) {
@@ -394,9 +416,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("new-folder").join("token");
         let token = BaseToken::parse("ab".repeat(32).as_bytes()).unwrap();
-        store_token(&path, &token).unwrap();
-        assert_eq!(read_token(&path).unwrap(), token);
-        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{}\n", "ab".repeat(32)));
+        let mac = "aa:bb:cc:dd:ee:ff";
+        store_token(&path, &token, mac).unwrap();
+        assert_eq!(read_token(&path).unwrap(), (token, Some(mac.to_owned())));
+        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{} {mac}\n", "ab".repeat(32)));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -404,10 +427,15 @@ mod tests {
             assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
         }
         let other = BaseToken::parse("cd".repeat(32).as_bytes()).unwrap();
-        store_token(&path, &other).unwrap();
-        assert_eq!(read_token(&path).unwrap(), other);
+        store_token(&path, &other, mac).unwrap();
+        assert_eq!(read_token(&path).unwrap(), (other, Some(mac.to_owned())));
         assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file is left");
 
+        // A file of an older client: the token alone.
+        fs::write(&path, format!("{}\n", "cd".repeat(32))).unwrap();
+        assert_eq!(read_token(&path).unwrap(), (other, None));
+        fs::write(&path, format!("{} not-a-mac\n", "cd".repeat(32))).unwrap();
+        assert!(matches!(read_token(&path), Err(Failure::Other(r)) if r.contains("no valid MAC")));
         fs::write(&path, "not a token").unwrap();
         assert!(matches!(read_token(&path), Err(Failure::Other(r)) if r.contains("does not hold a token")));
         let missing = read_token(&dir.path().join("missing"));

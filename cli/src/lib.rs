@@ -38,7 +38,15 @@ impl<E: std::error::Error> From<E> for Failure {
 #[command(
     name = "tokenizer-auth",
     version,
-    about,
+    about = "An authentication server for devices: email, password and a one-time passcode sent by mail, then a \
+             session token bound to the device's MAC address and IP, renewed by rotation. Speaks its native line \
+             protocol (TLS optional) and the old Python server's, on its files.",
+    long_about = "An authentication server for devices: email, password and a one-time passcode sent by mail, then \
+                  a session token bound to the device's MAC address and IP, renewed by rotation. Speaks its native \
+                  line protocol (TLS optional) and the old Python server's, on its files.\n\n\
+                  Start: `tokenizer-auth user add EMAIL --phone PHONE` makes an account, `tokenizer-auth serve` \
+                  serves it on 127.0.0.1:7160 (data and mail outbox in ./data), and `tokenizer-auth client` \
+                  talks to it.",
     after_help = "Configuration: embedded defaults, then --config FILE (TOML), then TOKENIZER_AUTH_<KEY> \
                   environment variables, then flags; later wins. `tokenizer-auth config show` prints the \
                   result. Every key is in docs/CONFIGURATION.md."
@@ -165,7 +173,8 @@ pub enum ClientCommand {
         password_stdin: bool,
     },
     /// Log in with a mailed passcode: sends
-    /// `MAC|EMAIL|PHONE|PASSWORD|PASSCODE` and stores the token.
+    /// `MAC|EMAIL|PHONE|PASSWORD|PASSCODE` and stores the token, with the
+    /// MAC it is bound to.
     Login {
         /// The device's MAC address.
         #[arg(long)]
@@ -192,9 +201,10 @@ pub enum ClientCommand {
     /// `TOKEN|MAC|REQUEST|DATA...`; on `renew|<token>` (to any of the
     /// pipelined copies) stores the new token and retries those once.
     Request {
-        /// The device's MAC address.
+        /// The device's MAC address [default: the one `client login`
+        /// stored with the token].
         #[arg(long)]
-        mac: String,
+        mac: Option<String>,
         /// Send the request this many times, pipelined on one connection,
         /// and print every reply.
         #[arg(long, default_value_t = 1, value_name = "N")]

@@ -291,8 +291,8 @@ fn client_speaks_the_native_protocol_byte_for_byte() {
     assert_eq!(out, "Passcode is sent\n");
     assert_eq!(lines(server.join().unwrap()), [format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}\n")]);
 
-    // Login: the token goes to <data_dir>/client-token, private, and is not
-    // printed.
+    // Login: the token goes to <data_dir>/client-token, private, with the
+    // MAC it is bound to, and is not printed.
     let (addr, server) = scripted(&[&format!("{LOGIN_PREFIX}{token_a}")]);
     let out = stdout_of(
         &["--data-dir", dir, "client", "--addr", &addr, "login", "--mac", MAC, "--email", EMAIL]
@@ -304,15 +304,14 @@ fn client_speaks_the_native_protocol_byte_for_byte() {
     );
     assert_eq!(out, "logged in\n");
     assert_eq!(lines(server.join().unwrap()), [format!("{MAC}|{EMAIL}|{PHONE}|{PASSWORD}|K7QX2M\n")]);
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_a}\n"));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_a} {MAC}\n"));
     #[cfg(unix)]
     assert_eq!(mode(&token_file), 0o600);
 
-    // Request: renew once, store the new token, retry once on the same
-    // connection with it.
+    // Request, with the MAC stored with the token: renew once, store the
+    // new token, retry once on the same connection with it.
     let (addr, server) = scripted(&[&format!("renew|{token_b}"), "authorized"]);
-    let out =
-        run(&["--data-dir", dir, "client", "--addr", &addr, "request", "--mac", MAC, "status", "a|b", "--c"], &[], "");
+    let out = run(&["--data-dir", dir, "client", "--addr", &addr, "request", "status", "a|b", "--c"], &[], "");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "authorized\n");
@@ -322,13 +321,18 @@ fn client_speaks_the_native_protocol_byte_for_byte() {
         lines(server.join().unwrap()),
         [format!("{token_a}|{MAC}|status|a|b|--c\n"), format!("{token_b}|{MAC}|status|a|b|--c\n")]
     );
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_b}\n"));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_b} {MAC}\n"));
     #[cfg(unix)]
     assert_eq!(mode(&token_file), 0o600);
 
+    // A token file of an older client holds no MAC: --mac is needed.
+    std::fs::write(&token_file, format!("{token_a}\n")).unwrap();
+    let out = run(&["--data-dir", dir, "client", "--addr", "127.0.0.1:9", "request", "ping"], &[], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --mac"));
+
     // Pipelined: the copies answered `renew|` (all with the one successor)
     // are retried with it, once, and every reply is printed in order.
-    std::fs::write(&token_file, format!("{token_a}\n")).unwrap();
     let renew = format!("renew|{token_b}");
     let (addr, server) = scripted(&[&renew, "authorized", &renew, "authorized", "authorized"]);
     let args = ["--data-dir", dir, "client", "--addr", &addr, "request", "--mac", MAC, "--repeat", "3", "ping"];
@@ -337,7 +341,7 @@ fn client_speaks_the_native_protocol_byte_for_byte() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "authorized\n".repeat(3));
     let (a, b) = (format!("{token_a}|{MAC}|ping\n"), format!("{token_b}|{MAC}|ping\n"));
     assert_eq!(lines(server.join().unwrap()), [a.clone(), a.clone(), a, b.clone(), b]);
-    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_b}\n"));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), format!("{token_b} {MAC}\n"));
 
     // No DATA: just TOKEN|MAC|REQUEST.
     let (addr, server) = scripted(&["authorized"]);

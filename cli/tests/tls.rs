@@ -167,11 +167,13 @@ fn the_full_flow_over_tls(runtime: &str) {
         ["login", "--mac", MAC, "--email", EMAIL, "--phone", PHONE, "--passcode", &passcode, "--password-stdin"];
     let logged_in = client(&server, &tls, &login, &password);
     assert!(logged_in.status.success(), "{}", stderr(&logged_in));
-    let requested = client(&server, &tls, &["request", "--mac", MAC, "--repeat", "3", "get"], "");
+    let requested = client(&server, &tls, &["request", "--repeat", "3", "get"], "");
     assert!(requested.status.success(), "{}", stderr(&requested));
     assert_eq!(String::from_utf8_lossy(&requested.stdout), "authorized\n".repeat(3));
 
-    let token = std::fs::read_to_string(server.dir.join("client-token")).unwrap().trim().to_owned();
+    let stored = std::fs::read_to_string(server.dir.join("client-token")).unwrap();
+    assert_eq!(stored.split_whitespace().nth(1), Some(MAC), "the MAC is stored with the token");
+    let token = stored.split_whitespace().next().unwrap().to_owned();
     let mut c = TlsClient::connect(server.native, &pki.ca).unwrap();
     c.send(format!("{}\n", token_line(&token)).repeat(100).as_bytes());
     for i in 0..100 {
