@@ -13,14 +13,23 @@ use support::*;
 
 /// One HTTP/1.0 exchange: (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    http_raw(addr, format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+}
+
+/// Sends `request` as it is: (status, body).
+fn http_raw(addr: SocketAddr, request: &[u8]) -> (u16, String) {
+    try_http(addr, request).unwrap()
+}
+
+fn try_http(addr: SocketAddr, request: &[u8]) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request)?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body).to_owned();
-    (status, body)
+    Ok((status, body))
 }
 
 /// The value of the sample `name` (with its labels, as written), if shown.
@@ -35,6 +44,7 @@ fn the_admin_listener_serves_health_readiness_and_metrics(runtime: &str) {
     assert_eq!(http(admin, "GET", "/readyz"), (200, "ready\n".to_owned()));
     assert_eq!(http(admin, "GET", "/nothing").0, 404);
     assert_eq!(http(admin, "POST", "/metrics").0, 405);
+    assert_eq!(http_raw(admin, b"\x16\x03\x01 not http\r\n\r\n").0, 400);
 
     let token = server.login();
     let mut c = server.connect();
@@ -67,4 +77,35 @@ fn the_admin_listener_serves_health_readiness_and_metrics(runtime: &str) {
     assert!(server.stop().success());
 }
 
-both_runtimes!(the_admin_listener_serves_health_readiness_and_metrics);
+/// Silent and oversized clients on the admin port take no more than its
+/// few threads, and are let go within seconds; the protocol is not
+/// disturbed.
+fn the_admin_listener_is_bounded_under_a_flood(runtime: &str) {
+    let server = Server::start(runtime, &[("TOKENIZER_AUTH_ADMIN_LISTEN", "127.0.0.1:0")]);
+    let admin = server.admin.unwrap();
+    let threads = || std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap().count();
+    let before = threads();
+    let mut flood: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(admin).unwrap()).collect();
+    for s in flood.iter_mut().take(20) {
+        let _ = s.write_all(&vec![b'a'; 20_000]);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // (A thread per connection would be 200 more; the runtimes' own may
+    // come and go meanwhile.)
+    assert!(threads() < before + 10, "{} threads for a flood, {before} before", threads());
+    let mut c = server.connect();
+    assert_eq!(c.ask(&token_line(&"ab".repeat(32))), "unauthorized", "the protocol is not disturbed");
+    drop(flood);
+    // Once the flood is gone, scrapes are answered again.
+    let started = std::time::Instant::now();
+    loop {
+        let answered = try_http(admin, b"GET /healthz HTTP/1.0\r\n\r\n").ok();
+        if answered == Some((200, "ok\n".to_owned())) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the admin listener did not recover");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+both_runtimes!(the_admin_listener_serves_health_readiness_and_metrics, the_admin_listener_is_bounded_under_a_flood,);

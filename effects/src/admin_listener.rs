@@ -1,6 +1,6 @@
 //! The admin listener (`admin_listen`, off by default): HTTP for operators,
-//! on a thread of its own, apart from the protocol listeners
-//! (docs/OPERATIONS.md, "Metrics and health").
+//! apart from the protocol listeners (docs/OPERATIONS.md, "Metrics and
+//! health").
 //!
 //! - `GET /metrics`: [`crate::metrics`], in the OpenMetrics text format.
 //! - `GET /healthz`: `200 ok` while the process serves HTTP at all.
@@ -8,19 +8,29 @@
 //!   answers (through its runtime) and both SQLite files answer a read;
 //!   else `503` and which of them does not.
 //!
-//! Nothing else is served: another path is `404`, another method `405`.
-//! Admin traffic is light, so this is `tiny_http`, blocking, one request at
-//! a time; a scrape never waits on the engine for more than
-//! [`ENGINE_PATIENCE`].
+//! Nothing else is served: another path is `404`, another method `405`, a
+//! request that does not parse `400`. One request per connection
+//! (`Connection: close`), no body.
+//!
+//! Bounded whatever connects: one acceptor and [`HANDLERS`] handler
+//! threads; at most [`QUEUED`] connections wait for a handler, and past that
+//! a new one is closed at once. A handler gives a connection
+//! [`CLIENT_PATIENCE`] to send its request head (at most [`MAX_HEAD`]
+//! bytes, parsed by `httparse`) and to take the answer. So a flood of slow
+//! clients can delay a scrape, never grow the server. (A general-purpose
+//! HTTP crate was tried first: it spawned a thread per connection, 365
+//! threads for 350 silent clients.) A scrape never waits on the engine for
+//! more than [`ENGINE_PATIENCE`].
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tiny_http::{Header, Method, Response, Server};
+use crossbeam_channel::{Receiver, TrySendError, bounded};
 
 use crate::metrics::{self, Scrape};
 use crate::serve::ServeError;
@@ -29,21 +39,41 @@ use crate::store::SqliteStore;
 /// How long a scrape waits for the thread that owns the engine.
 pub const ENGINE_PATIENCE: Duration = Duration::from_secs(2);
 
+/// Threads that answer requests.
+pub const HANDLERS: usize = 2;
+
+/// Connections that may wait for a handler.
+pub const QUEUED: usize = 16;
+
+/// The longest request head read (request line and headers).
+pub const MAX_HEAD: usize = 8 * 1024;
+
+/// How long a client has to send its request head, and to take the
+/// answer.
+pub const CLIENT_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Asks the engine's thread for its counters: `None` if it did not answer
 /// within [`ENGINE_PATIENCE`] (it is stopped, or stuck).
-pub type AskEngine = Box<dyn Fn() -> Option<Scrape> + Send>;
+pub type AskEngine = Box<dyn Fn() -> Option<Scrape> + Send + Sync>;
 
 /// A running admin listener; [`AdminListener::stop`] ends it.
 pub struct AdminListener {
-    server: Arc<Server>,
     addr: SocketAddr,
-    thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What every handler shares.
+struct Answerer {
+    ask: AskEngine,
+    listening: Arc<AtomicBool>,
+    data_dir: std::path::PathBuf,
 }
 
 impl AdminListener {
-    /// Binds `addr` and serves on a thread. `ask` reads the counters;
-    /// `listening` says whether the protocol listeners are bound (false
-    /// once a shutdown closed them); the store is opened read-only from
+    /// Binds `addr` and serves on threads of its own. `ask` reads the
+    /// counters; `listening` says whether the protocol listeners are bound
+    /// (false once a shutdown closed them); each handler opens the store in
     /// `data_dir` for readiness.
     pub fn start(
         addr: SocketAddr,
@@ -51,16 +81,42 @@ impl AdminListener {
         ask: AskEngine,
         listening: Arc<AtomicBool>,
     ) -> Result<AdminListener, ServeError> {
-        let listen_error = |e: String| ServeError::Listen { addr, source: std::io::Error::other(e) };
-        let server = Arc::new(Server::http(addr).map_err(|e| listen_error(e.to_string()))?);
-        let bound = server.server_addr().to_ip().ok_or_else(|| listen_error("not an IP listener".into()))?;
-        let store = SqliteStore::open(data_dir).ok();
-        let serving = Arc::clone(&server);
-        let thread = std::thread::Builder::new()
-            .name("admin".into())
-            .spawn(move || serve(&serving, &ask, &listening, store.as_ref()))
-            .map_err(ServeError::os("cannot start the admin listener"))?;
-        Ok(AdminListener { server, addr: bound, thread: Some(thread) })
+        let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let answerer = Arc::new(Answerer { ask, listening, data_dir: data_dir.to_path_buf() });
+        let (queue, connections) = bounded::<TcpStream>(QUEUED);
+        let spawn = ServeError::os("cannot start the admin listener");
+        let mut threads = Vec::new();
+        for i in 0..HANDLERS {
+            let (connections, answerer) = (connections.clone(), Arc::clone(&answerer));
+            let thread = std::thread::Builder::new()
+                .name(format!("admin-{i}"))
+                .spawn(move || handle_all(&connections, &answerer))
+                .map_err(spawn)?;
+            threads.push(thread);
+        }
+        let stop = Arc::clone(&stopping);
+        let acceptor = std::thread::Builder::new()
+            .name("admin-accept".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    // A failed accept (out of descriptors) is retried on
+                    // the next connection; a full queue closes this one.
+                    if let Ok(stream) = stream
+                        && let Err(TrySendError::Disconnected(_)) = queue.try_send(stream)
+                    {
+                        break;
+                    }
+                }
+                // Dropping the queue ends the handlers once it is drained.
+            })
+            .map_err(spawn)?;
+        threads.push(acceptor);
+        Ok(AdminListener { addr: bound, stopping, threads })
     }
 
     /// The bound address (port 0 in the settings is the real port here).
@@ -68,50 +124,123 @@ impl AdminListener {
         self.addr
     }
 
-    /// Stops serving and waits for the thread.
-    pub fn stop(mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
+    /// Stops serving and waits for the threads.
+    pub fn stop(self) {
+        self.stopping.store(true, Ordering::Release);
+        // Wakes the acceptor, which sees the flag and ends.
+        let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
+        for thread in self.threads {
             let _ = thread.join();
         }
     }
 }
 
-fn serve(server: &Server, ask: &AskEngine, listening: &AtomicBool, store: Option<&SqliteStore>) {
-    while let Ok(request) = server.recv() {
-        let (status, content_type, body) = match (request.method(), request.url()) {
-            (Method::Get, "/metrics") => match ask() {
-                Some(scrape) => (200, metrics::CONTENT_TYPE, metrics::render(scrape)),
-                None => (503, "text/plain", "the engine did not answer\n".to_owned()),
-            },
-            (Method::Get, "/healthz") => (200, "text/plain", "ok\n".to_owned()),
-            (Method::Get, "/readyz") => match not_ready(ask, listening, store) {
-                None => (200, "text/plain", "ready\n".to_owned()),
-                Some(why) => (503, "text/plain", format!("not ready: {why}\n")),
-            },
-            (Method::Get, _) => (404, "text/plain", "not found: /metrics, /healthz, /readyz\n".to_owned()),
-            _ => (405, "text/plain", "only GET\n".to_owned()),
-        };
-        let mut response = Response::from_string(body).with_status_code(status);
-        if let Ok(header) = Header::from_bytes("Content-Type", content_type) {
-            response = response.with_header(header);
+/// The address to connect to so that the acceptor wakes: the bound one,
+/// with a wildcard IP as loopback.
+fn wake_address(mut addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
+}
+
+fn handle_all(connections: &Receiver<TcpStream>, answerer: &Answerer) {
+    // Opened on first use, and again after a failure.
+    let mut store: Option<SqliteStore> = None;
+    while let Ok(stream) = connections.recv() {
+        handle(stream, answerer, &mut store);
+    }
+}
+
+/// Reads one request head, answers it, closes.
+fn handle(mut stream: TcpStream, answerer: &Answerer, store: &mut Option<SqliteStore>) {
+    let deadline = Instant::now() + CLIENT_PATIENCE;
+    let _ = stream.set_write_timeout(Some(CLIENT_PATIENCE));
+    let (status, content_type, body) = match read_head(&mut stream, deadline) {
+        Some(head) => answer(&head, answerer, store),
+        None => (400, "text/plain", "bad request\n".to_owned()),
+    };
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    };
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    // A client gone before its answer is its own business.
+    let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));
+    let _ = stream.shutdown(Shutdown::Both);
+}
+
+/// A parsed request line: (method, path).
+type Head = (String, String);
+
+/// Reads until the request head is complete, within `deadline` and
+/// [`MAX_HEAD`] bytes; `None` if it is not, or does not parse.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> Option<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let left = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())?;
+        stream.set_read_timeout(Some(left)).ok()?;
+        let n = stream.read(&mut chunk).ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => {
+                return Some((request.method?.to_owned(), request.path?.to_owned()));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+            _ => return None,
         }
-        // A client gone before its answer is its own business.
-        let _ = request.respond(response);
+    }
+}
+
+fn answer(head: &Head, answerer: &Answerer, store: &mut Option<SqliteStore>) -> (u16, &'static str, String) {
+    let (method, path) = head;
+    if method != "GET" {
+        return (405, "text/plain", "only GET\n".to_owned());
+    }
+    match path.as_str() {
+        "/metrics" => match (answerer.ask)() {
+            Some(scrape) => (200, metrics::CONTENT_TYPE, metrics::render(scrape)),
+            None => (503, "text/plain", "the engine did not answer\n".to_owned()),
+        },
+        "/healthz" => (200, "text/plain", "ok\n".to_owned()),
+        "/readyz" => match not_ready(answerer, store) {
+            None => (200, "text/plain", "ready\n".to_owned()),
+            Some(why) => (503, "text/plain", format!("not ready: {why}\n")),
+        },
+        _ => (404, "text/plain", "not found: /metrics, /healthz, /readyz\n".to_owned()),
     }
 }
 
 /// Why the server is not ready, if it is not.
-fn not_ready(ask: &AskEngine, listening: &AtomicBool, store: Option<&SqliteStore>) -> Option<String> {
-    if !listening.load(Ordering::Acquire) {
+fn not_ready(answerer: &Answerer, store: &mut Option<SqliteStore>) -> Option<String> {
+    if !answerer.listening.load(Ordering::Acquire) {
         return Some("the listeners are closed".into());
     }
-    if ask().is_none() {
+    if (answerer.ask)().is_none() {
         return Some("the engine does not answer".into());
     }
-    match store.map(SqliteStore::ping) {
+    if store.is_none() {
+        *store = SqliteStore::open(&answerer.data_dir).ok();
+    }
+    let pinged = store.as_ref().map(SqliteStore::ping);
+    match pinged {
         Some(Ok(())) => None,
-        Some(Err(e)) => Some(format!("the store does not answer: {e}")),
+        Some(Err(e)) => {
+            *store = None;
+            Some(format!("the store does not answer: {e}"))
+        }
         None => Some("the store could not be opened".into()),
     }
 }

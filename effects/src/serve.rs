@@ -134,7 +134,7 @@ impl Start {
     pub fn admin(
         &self,
         pool: &EffectPool,
-        ask: impl Fn() -> Option<Scrape> + Send + 'static,
+        ask: impl Fn() -> Option<Scrape> + Send + Sync + 'static,
         listening: Arc<AtomicBool>,
     ) -> Result<Option<AdminListener>, ServeError> {
         let Some(addr) = self.settings.admin_listen else { return Ok(None) };
