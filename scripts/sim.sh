@@ -17,7 +17,7 @@ hours=${1:?usage: scripts/sim.sh HOURS [REQUESTS_PER_SEED]}
 requests=${2:-10000}
 batch=200
 if [ -z "${SIM_BIN:-}" ]; then
-    cargo build --release --quiet -p tokenizer-auth-sim --bin sim
+    cargo build --release --quiet --bin sim
 fi
 sim=${SIM_BIN:-target/release/sim}
 end=$(python3 -c "import time; print(int(time.time() + float('$hours') * 3600))")

@@ -72,7 +72,7 @@ fn main() -> ExitCode {
             violations += 1;
             println!("seed {seed}: VIOLATION {violation}");
             println!(
-                "seed {seed}: replay with: cargo run --release -p tokenizer-auth-sim --bin sim -- --seed {seed} --requests {}",
+                "seed {seed}: replay with: cargo run --release --bin sim -- --seed {seed} --requests {}",
                 args.requests
             );
         }
