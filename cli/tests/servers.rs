@@ -18,6 +18,14 @@ fn full_flow(runtime: &str) {
     let mut c = server.connect();
     assert_eq!(c.ask(&token_line(&token)), "authorized");
     assert_eq!(c.ask(&token_line(&"ab".repeat(32))), "unauthorized");
+    // The log says what happened, to whom, from where (docs/OPERATIONS.md).
+    for outcome in ["\"outcome\":\"sent\"", "\"outcome\":\"logged_in\""] {
+        assert!(logged(&server, &["\"audit\"", outcome, EMAIL, "127.0.0.1", "\"listener\":\"native\""]), "{outcome}");
+    }
+    assert!(
+        !server.log.lock().unwrap().iter().any(|l| l.contains(&token) || l.contains(PASSWORD)),
+        "a secret in the log"
+    );
     assert!(server.stop().success(), "SIGTERM ends the server with exit 0");
 }
 

@@ -150,14 +150,26 @@ impl Start {
 }
 
 /// Logs the notices the engine has for the operator: call it after
-/// draining the outputs. A request refused by a brute-force limit is logged
-/// at `info`, with the limit's name and what it counts (an email or an
-/// address, never a secret); a rotated-away token that came back, and so
-/// revoked its session, at `warn`, with the email, MAC and address (never
-/// the token).
+/// draining the outputs. Every passcode request, login and renewal is
+/// logged at `info` (event `audit`) with what came of it, failures with
+/// their reason; a request refused by a brute-force limit, at `info`, with
+/// the limit's name and what it counts (an email or an address, never a
+/// secret); a rotated-away token that came back, and so revoked its
+/// session, at `warn`, with the email, MAC and address (never the token).
 pub fn log_notices(engine: &mut Engine) {
     while let Some(notice) = engine.poll_notice() {
         match &notice {
+            // The audit trail's events, at `info`, so that the log says
+            // what happened to whom (never a secret).
+            Notice::Audit(e) => tracing::info!(
+                event = e.kind.as_str(),
+                outcome = e.outcome.as_str(),
+                email = e.subject.email.as_str(),
+                ip = %e.subject.ip,
+                mac = %e.subject.mac,
+                listener = e.listener.map_or("none", Listener::as_str),
+                "audit"
+            ),
             Notice::Refused { limit, subject, peer } => {
                 tracing::info!(limit, subject = subject.as_str(), %peer, "request refused by a limit");
             }

@@ -523,6 +523,10 @@ impl Engine {
             password_checks: self.password_checks,
             detached: Vec::new(),
             notices: Vec::new(),
+            listener: task
+                .origin
+                .and_then(|o| self.conns.get(&o.conn).filter(|c| c.epoch == o.epoch))
+                .map(|c| c.framing().listener()),
         };
         let step = match task.waiting.resume(&mut ctx, result) {
             Ok(step) => step,

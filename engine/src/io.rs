@@ -27,6 +27,17 @@ pub enum Listener {
     LegacyLogin,
 }
 
+impl Listener {
+    /// The listener's name in logs, as its setting names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Native => "native",
+            Listener::LegacyPasscode => "legacy_passcode",
+            Listener::LegacyLogin => "legacy_login",
+        }
+    }
+}
+
 /// Something that happened outside the engine.
 #[derive(Debug)]
 pub enum Input<'a> {

@@ -110,6 +110,7 @@
 // their large variants would add an allocation per effect on the hot path.
 #![allow(clippy::large_enum_variant)]
 
+mod audit;
 pub mod capture;
 pub mod codec;
 mod config;
@@ -141,6 +142,7 @@ mod token;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use audit::{AuditEvent, AuditKind, Outcome, Subject};
 pub use codec::reply::{ErrorCode, LOGIN_PREFIX, Reply};
 pub use config::{Config, DEFAULT_DUMMY_PASSWORD, MAX_DURATION, MAX_LINE};
 pub use contract::ContractError;

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::audit::AuditEvent;
 use crate::device::Mac;
 use crate::renewal::Reuse;
 
@@ -24,6 +25,9 @@ pub enum Notice {
         /// The address the request came from.
         peer: IpAddr,
     },
+    /// An event of the audit trail: a passcode request, a login or a
+    /// renewal, and what came of it.
+    Audit(AuditEvent),
     /// A rotated-away token came back after its renewal grace, or from
     /// another binding, so its session is revoked (see `renewal`). Told once
     /// the revocation is settled.
@@ -49,6 +53,15 @@ impl fmt::Display for Notice {
             Notice::Refused { limit, subject, peer } => {
                 write!(f, "refused by limit {limit} for {subject:?} (request from {peer})")
             }
+            Notice::Audit(e) => write!(
+                f,
+                "{} of {:?} from {} (MAC {}): {}",
+                e.kind.as_str(),
+                e.subject.email,
+                e.subject.ip,
+                e.subject.mac,
+                e.outcome.as_str()
+            ),
             Notice::TokenReuse { email, mac, peer, why, revoked } => {
                 let outcome = if *revoked { "session revoked" } else { "revoking the session failed" };
                 write!(

@@ -23,6 +23,22 @@ fn local() -> IpAddr {
     ip("127.0.0.1")
 }
 
+/// The next notice that is not of the audit trail (those are checked on
+/// their own, in `the_audit_trail_says_what_came_of_each_request`).
+fn next_notice(w: &mut World) -> Option<Notice> {
+    std::iter::from_fn(|| w.engine.poll_notice()).find(|n| !matches!(n, Notice::Audit(_)))
+}
+
+/// The audit trail's events so far: (event, outcome, email, listener).
+fn audits(w: &mut World) -> Vec<(&'static str, &'static str, String, Option<Listener>)> {
+    std::iter::from_fn(|| w.engine.poll_notice())
+        .filter_map(|n| match n {
+            Notice::Audit(e) => Some((e.kind.as_str(), e.outcome.as_str(), e.subject.email, e.listener)),
+            _ => None,
+        })
+        .collect()
+}
+
 fn world() -> World {
     world_with(Config::default())
 }
@@ -154,7 +170,7 @@ fn an_expired_token_is_rotated_once() {
     assert_eq!(w.request(c, &token_line(&t1, MAC)), "unauthorized");
     assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
     assert!(w.store.sessions.is_empty() && w.store.rotations.is_empty());
-    let notice = w.engine.poll_notice().expect("a notice of the reuse");
+    let notice = next_notice(&mut w).expect("a notice of the reuse");
     assert!(
         matches!(&notice, Notice::TokenReuse { email, why: Reuse::AfterGrace, revoked: true, .. } if email == EMAIL),
         "{notice}"
@@ -186,7 +202,7 @@ fn a_check_under_way_when_its_token_rotates_is_not_reuse_however_slow_the_store(
     let (r1, r2) = (String::from_utf8_lossy(&r1), String::from_utf8_lossy(&r2));
     assert!(r1.starts_with("renew|"), "{r1:?}");
     assert_eq!(r1, r2, "one successor for both checks");
-    assert_eq!((w.store.sessions.len(), w.engine.poll_notice()), (1, None), "nothing revoked");
+    assert_eq!((w.store.sessions.len(), next_notice(&mut w)), (1, None), "nothing revoked");
 }
 
 #[test]
@@ -200,13 +216,13 @@ fn a_rotated_away_token_from_another_device_revokes_the_session_at_once() {
     let elsewhere = w.connect(Listener::Native, ip("127.0.0.9"));
     assert_eq!(w.request(elsewhere, &token_line(&t1, MAC)), "unauthorized");
     assert_eq!(w.request(c, &token_line(&t2, MAC)), "unauthorized");
-    assert!(matches!(w.engine.poll_notice(), Some(Notice::TokenReuse { why: Reuse::OtherBinding, revoked: true, .. })));
+    assert!(matches!(next_notice(&mut w), Some(Notice::TokenReuse { why: Reuse::OtherBinding, revoked: true, .. })));
     // A current token from another device is merely refused: nothing to
     // revoke, nobody told.
     let t3 = w.login(local(), MAC, EMAIL, PHONE, PASSWORD).unwrap();
     assert_eq!(w.request(elsewhere, &token_line(&t3, MAC)), "unauthorized");
     assert_eq!(w.request(c, &token_line(&t3, MAC)), "authorized");
-    assert_eq!(w.engine.poll_notice(), None);
+    assert_eq!(next_notice(&mut w), None);
 }
 
 #[test]
@@ -441,11 +457,11 @@ fn ipv6_clients_are_rate_limited_per_prefix() {
         let c = w.connect(Listener::Native, ip(host));
         assert_eq!(w.request(c, &login_line(EMAIL, "nope", "AAAAAA")), "False");
     }
-    assert!(w.engine.poll_notice().is_none());
+    assert!(next_notice(&mut w).is_none());
     let inside = w.connect(Listener::Native, ip("2001:db8:0:1:1234::1"));
     assert_eq!(w.request(inside, &login_line("someone@else.org", "nope", "AAAAAA")), "error|rate_limited");
     assert_eq!(
-        w.engine.poll_notice(),
+        next_notice(&mut w),
         Some(Notice::Refused {
             limit: "failures_per_ip",
             subject: "2001:db8:0:1::/64".into(),
@@ -802,4 +818,59 @@ fn the_metrics_count_replies_refusals_and_effects() {
     assert_eq!(count("verify_password"), 1, "the refused request verified nothing");
     assert!(count("read") >= 2 && count("write") >= 2);
     assert_eq!(w.engine.password_checks(), 0);
+}
+
+#[test]
+fn the_audit_trail_says_what_came_of_each_request() {
+    let mut config = Config::default();
+    config.limits.passcode_requests_per_email = Window::new(3, TimeDelta::minutes(15));
+    config.session.token_ttl = TimeDelta::minutes(1);
+    let mut w = world_with(config);
+    let c = w.connect(Listener::Native, local());
+    let native = Some(Listener::Native);
+    let e = |s: &str| s.to_owned();
+    assert_eq!(require_passcode(&mut w, c, "wrong", EMAIL), "False");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, "nobody@example.com"), "False");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    assert_eq!(
+        audits(&mut w),
+        [
+            ("passcode_requested", "wrong_password", e(EMAIL), native),
+            ("passcode_requested", "unknown_email", e("nobody@example.com"), native),
+            ("passcode_requested", "sent", e(EMAIL), native),
+        ]
+    );
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|rate_limited");
+    let code = w.passcode_for(EMAIL).unwrap();
+    let wrong = if code == "AAAAAA" { "BBBBBB" } else { "AAAAAA" };
+    assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, wrong)), "False");
+    assert_eq!(w.request(c, &login_line(EMAIL, "wrong", &code)), "False");
+    assert_eq!(w.request(c, &login_line("nobody@example.com", PASSWORD, &code)), "False");
+    let reply = w.request(c, &login_line(EMAIL, PASSWORD, &code));
+    let token = reply.strip_prefix(LOGIN_PREFIX).expect("logged in").to_owned();
+    assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, &code)), "False", "the passcode was used");
+    let outcomes: Vec<(&str, &str)> = audits(&mut w).into_iter().map(|(event, outcome, ..)| (event, outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("passcode_requested", "sent"),
+            ("passcode_requested", "rate_limited"),
+            ("login", "wrong_passcode"),
+            ("login", "wrong_password"),
+            ("login", "unknown_email"),
+            ("login", "logged_in"),
+            ("login", "no_live_passcode"),
+        ]
+    );
+    w.advance(TimeDelta::minutes(2));
+    let c = w.connect(Listener::Native, local());
+    assert!(w.request(c, &token_line(&token, MAC)).starts_with("renew|"));
+    assert_eq!(audits(&mut w), [("token_renewed", "renewed", e(EMAIL), native)]);
+    // An old client's port is said so.
+    let old = w.connect(Listener::LegacyPasscode, local());
+    w.send(old, format!("require_passcode|{MAC}|wrong|{PHONE}|{EMAIL}").as_bytes());
+    w.hang_up(old);
+    w.settle();
+    assert_eq!(audits(&mut w), [("passcode_requested", "rate_limited", e(EMAIL), Some(Listener::LegacyPasscode))]);
 }

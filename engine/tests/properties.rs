@@ -26,7 +26,7 @@ use tokenizer_auth_engine::testkit::{Completion, World};
 use tokenizer_auth_engine::{
     ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Notice, Output, Window, normalize_ip,
 };
-use tokenizer_auth_engine::{Config, PASSCODE_LENGTH};
+use tokenizer_auth_engine::{Config, Outcome, PASSCODE_LENGTH};
 
 // ---------------------------------------------------------------------------
 // Shared helpers
@@ -1752,14 +1752,21 @@ proptest! {
             Tight::RequestsPerEmail => "passcode_requests_per_email",
             Tight::RequestsPerIp => "passcode_requests_per_ip",
         };
+        let mut audited = 0;
         while let Some(notice) = w.engine.poll_notice() {
-            let Notice::Refused { limit, .. } = notice else {
-                return Err(TestCaseError::fail(format!("a notice that is no refusal: {notice}")));
-            };
-            prop_assert_eq!(limit, name);
-            notices += 1;
+            match notice {
+                Notice::Refused { limit, .. } => {
+                    prop_assert_eq!(limit, name);
+                    notices += 1;
+                }
+                // Every request is in the audit trail; the refused ones as
+                // such.
+                Notice::Audit(event) => audited += usize::from(event.outcome == Outcome::RateLimited),
+                other => return Err(TestCaseError::fail(format!("a notice that is no refusal: {other}"))),
+            }
         }
         prop_assert_eq!(notices, shots.len() - allowed, "one notice per refusal");
+        prop_assert_eq!(audited, notices, "each refusal in the audit trail");
     }
 
     /// A burst of logins with the right password against one passcode, its

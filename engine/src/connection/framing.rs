@@ -79,6 +79,11 @@ impl Framing {
         Framing(listener)
     }
 
+    /// The listener this framing is for.
+    pub(crate) fn listener(self) -> Listener {
+        self.0
+    }
+
     /// Takes received bytes into a connection's inbox.
     pub(super) fn receive(self, inbox: &mut Inbox, bytes: &[u8], now: DateTime<Utc>) -> Receipt {
         inbox.last_active = now;

@@ -19,6 +19,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
+use crate::audit::{AuditKind, Outcome, Subject};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::LoginRequest;
 use crate::counters::CounterKey;
@@ -44,9 +45,9 @@ pub(crate) enum LoginWrite {
     /// states).
     Reserve(Box<Reserved>),
     /// Waiting for the passcode to be consumed.
-    Consume(SessionRecord, BaseToken),
+    Consume(SessionRecord, BaseToken, Subject),
     /// Waiting for the session to be stored.
-    Store(BaseToken),
+    Store(BaseToken, Subject),
     /// Waiting for an unchecked attempt's failure to be given back, then
     /// `busy`.
     GiveBack,
@@ -75,6 +76,18 @@ pub(crate) struct Reserved {
     guess: bool,
 }
 
+impl Attempt {
+    fn subject(&self) -> Subject {
+        Subject { email: self.key.email.clone(), ip: self.key.ip, mac: self.key.mac }
+    }
+}
+
+/// Records what came of the login, and answers it.
+fn done<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, subject: Subject, outcome: Outcome, reply: Reply) -> Step {
+    ctx.audit(AuditKind::Login, outcome, subject);
+    Step::Done(reply)
+}
+
 pub(crate) fn start(request: &LoginRequest<'_>, ip: IpAddr, limits: &Limits) -> Step {
     let attempt = Attempt {
         key: PasscodeKey { email: request.email.to_owned(), mac: request.mac, ip },
@@ -101,7 +114,7 @@ fn lookup(attempt: Attempt, limits: &Limits) -> Step {
 pub(crate) fn looked_up<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, outcome: ReadOutcome) -> Step {
     match outcome {
         Ok(snapshot) => reserve(ctx, attempt, *snapshot),
-        Err(_) => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+        Err(_) => done(ctx, attempt.subject(), Outcome::StoreUnavailable, Reply::Error(ErrorCode::StoreUnavailable)),
     }
 }
 
@@ -113,7 +126,7 @@ pub(crate) fn verified<R: CryptoRng + ?Sized>(
 ) -> Step {
     match outcome {
         Ok(verified) => decide(ctx, *state, verified),
-        Err(_) => busy(&ctx.config.limits, &state),
+        Err(_) => busy(ctx, &state),
     }
 }
 
@@ -127,27 +140,32 @@ impl LoginWrite {
                 let Reserved { mut attempt, .. } = *state;
                 attempt.tries += 1;
                 if attempt.tries >= MAX_TRIES {
-                    return Step::Done(Reply::Error(ErrorCode::Busy));
+                    return done(ctx, attempt.subject(), Outcome::Busy, Reply::Error(ErrorCode::Busy));
                 }
                 lookup(attempt, &ctx.config.limits)
             }
-            (LoginWrite::Reserve(_), WriteOutcome::Unavailable) => {
-                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            (LoginWrite::Reserve(state), WriteOutcome::Unavailable) => {
+                let subject = state.attempt.subject();
+                done(ctx, subject, Outcome::StoreUnavailable, Reply::Error(ErrorCode::StoreUnavailable))
             }
-            (LoginWrite::Consume(session, token), WriteOutcome::Committed) => {
+            (LoginWrite::Consume(session, token, subject), WriteOutcome::Committed) => {
                 let batch = CredsBatch { expect: None, ops: vec![CredsOp::PutSession(session)] };
-                Step::Write(WriteWait::Login(LoginWrite::Store(token)), WriteBatch::Creds(batch))
+                Step::Write(WriteWait::Login(LoginWrite::Store(token, subject)), WriteBatch::Creds(batch))
             }
             // Another login consumed this passcode first.
-            (LoginWrite::Consume(..), WriteOutcome::Conflict) => Step::Done(Reply::False),
-            (LoginWrite::Consume(..), WriteOutcome::Unavailable) => {
-                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            (LoginWrite::Consume(_, _, subject), WriteOutcome::Conflict) => {
+                done(ctx, subject, Outcome::PasscodeUsed, Reply::False)
             }
-            (LoginWrite::Store(token), WriteOutcome::Committed) => Step::Done(Reply::LoggedIn(token)),
+            (LoginWrite::Consume(_, _, subject), WriteOutcome::Unavailable) => {
+                done(ctx, subject, Outcome::StoreUnavailable, Reply::Error(ErrorCode::StoreUnavailable))
+            }
+            (LoginWrite::Store(token, subject), WriteOutcome::Committed) => {
+                done(ctx, subject, Outcome::LoggedIn, Reply::LoggedIn(token))
+            }
             // The session's batch expects nothing, so a conflict says the
             // store misbehaved: the client may try again.
-            (LoginWrite::Store(_), WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
-                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            (LoginWrite::Store(_, subject), WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
+                done(ctx, subject, Outcome::StoreUnavailable, Reply::Error(ErrorCode::StoreUnavailable))
             }
             // Given back or not, the attempt was never checked.
             (LoginWrite::GiveBack, WriteOutcome::Committed | WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
@@ -165,11 +183,13 @@ fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsh
     let key = &attempt.key;
     if let Some(limit) = limits.refusal(AttemptKind::Login, &snapshot, &key.email, key.ip, ctx.now) {
         ctx.refused(limit, key.ip);
-        return Step::Done(Reply::Error(ErrorCode::RateLimited));
+        return done(ctx, attempt.subject(), Outcome::RateLimited, Reply::Error(ErrorCode::RateLimited));
     }
     if !ctx.password_capacity() {
-        return Step::Done(Reply::Error(ErrorCode::Busy));
+        return done(ctx, attempt.subject(), Outcome::Busy, Reply::Error(ErrorCode::Busy));
     }
+    let limits = &ctx.config.limits;
+    let key = &attempt.key;
     let mut ops: Vec<PasscodesOp> = limits
         .reservations(AttemptKind::Login, &key.email, key.ip, ctx.now)
         .into_iter()
@@ -195,7 +215,7 @@ fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsh
 /// Asks for the one password verification, once the attempt is counted.
 fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> Step {
     if !ctx.password_capacity() {
-        return busy(&ctx.config.limits, &state);
+        return busy(ctx, &state);
     }
     let (hash, candidate) =
         credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.attempt.password);
@@ -207,10 +227,16 @@ fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> 
 /// back first, so a server under load does not lock out the clients it
 /// could not serve. A reserved passcode guess stays counted: erring that
 /// way only costs the client a guess.
-fn busy(limits: &Limits, state: &Reserved) -> Step {
+fn busy<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: &Reserved) -> Step {
+    ctx.audit(AuditKind::Login, Outcome::Busy, state.attempt.subject());
     let key = &state.attempt.key;
-    let ops: Vec<PasscodesOp> =
-        limits.failure_refunds(&key.email, key.ip, state.at, true).into_iter().map(PasscodesOp::Refund).collect();
+    let ops: Vec<PasscodesOp> = ctx
+        .config
+        .limits
+        .failure_refunds(&key.email, key.ip, state.at, true)
+        .into_iter()
+        .map(PasscodesOp::Refund)
+        .collect();
     if ops.is_empty() {
         return Step::Done(Reply::Error(ErrorCode::Busy));
     }
@@ -233,9 +259,20 @@ fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Reserved, verified
         record.is_some_and(|r| policy.accepts(&ctx.config.server_key, r, passcode.expose(), ctx.now)) && guess;
     let credentials_ok = credentials::accepted(user, &phone, verified);
 
+    let subject = Subject { email: key.email.clone(), ip: key.ip, mac: key.mac };
     let (true, true, Some(user), Some(record)) = (credentials_ok, passcode_ok, user, record) else {
-        // Counted when it was reserved.
-        return Step::Done(Reply::False);
+        // Counted when it was reserved. The client hears `False` whatever
+        // failed; the audit trail says what.
+        let why = match (user, record) {
+            (None, _) => Outcome::UnknownEmail,
+            _ if !credentials_ok => Outcome::WrongPassword,
+            (_, None) => Outcome::NoLivePasscode,
+            (_, Some(r)) if r.expires_at <= ctx.now => Outcome::ExpiredPasscode,
+            // Its guesses were spent (no place could be reserved).
+            (_, Some(_)) if !guess => Outcome::NoLivePasscode,
+            _ => Outcome::WrongPasscode,
+        };
+        return done(ctx, subject, why, Reply::False);
     };
     credentials::upgrade_if_needed(ctx, user, &password);
     let salt = random::token_salt(ctx.rng);
@@ -247,5 +284,5 @@ fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Reserved, verified
     let refunds = ctx.config.limits.failure_refunds(&key.email, key.ip, at, false);
     ops.extend(refunds.into_iter().map(PasscodesOp::Refund));
     let batch = PasscodesBatch { expect: Some(consumption(record)), ops };
-    Step::Write(WriteWait::Login(LoginWrite::Consume(session, token)), WriteBatch::Passcodes(batch))
+    Step::Write(WriteWait::Login(LoginWrite::Consume(session, token, subject)), WriteBatch::Passcodes(batch))
 }

@@ -17,10 +17,12 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
+use crate::audit::{AuditEvent, AuditKind, Outcome, Subject};
 use crate::codec::reply::Reply;
 use crate::config::Config;
 use crate::counters::CounterKey;
 use crate::effect::{Effect, EffectKind, EffectResult, Mail};
+use crate::io::Listener;
 use crate::notice::Notice;
 use crate::password::PasswordHash;
 use crate::secret::Secret;
@@ -44,12 +46,21 @@ pub(crate) struct Ctx<'a, R: ?Sized> {
     pub(crate) detached: Vec<Step>,
     /// What the operator should hear about this step.
     pub(crate) notices: Vec<Notice>,
+    /// The listener of the request this step is for (none for work on the
+    /// side), for the audit trail.
+    pub(crate) listener: Option<Listener>,
 }
 
 impl<R: CryptoRng + ?Sized> Ctx<'_, R> {
     /// Whether one more password verification or hash may be queued.
     pub(crate) fn password_capacity(&self) -> bool {
         self.password_checks + self.detached.len() < self.config.max_password_checks
+    }
+
+    /// Records an event of the audit trail.
+    pub(crate) fn audit(&mut self, kind: AuditKind, outcome: Outcome, subject: Subject) {
+        let event = AuditEvent { at: self.now, kind, outcome, subject, listener: self.listener };
+        self.notices.push(Notice::Audit(event));
     }
 
     /// Tells the operator that the limit on `counter` refused a request

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
+use crate::audit::{AuditKind, Outcome, Subject};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::PasscodeRequest;
 use crate::device::Mac;
@@ -37,7 +38,7 @@ pub(crate) enum PasscodeWrite {
     /// states).
     Reserve(Box<Reserved>),
     /// Waiting for the passcode to commit.
-    Store,
+    Store(Subject),
     /// Waiting for the failure to be given back, then this reply.
     Refund(Reply),
 }
@@ -72,6 +73,18 @@ pub(crate) struct Claim {
 /// losing a race before it answers `busy`.
 const MAX_TRIES: u8 = 4;
 
+impl Claim {
+    fn subject(&self) -> Subject {
+        Subject { email: self.email.clone(), ip: self.ip, mac: self.mac }
+    }
+}
+
+/// Records what came of the request, and answers it.
+fn done<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, claim: &Claim, outcome: Outcome, reply: Reply) -> Step {
+    ctx.audit(AuditKind::PasscodeRequest, outcome, claim.subject());
+    Step::Done(reply)
+}
+
 pub(crate) fn start(request: &PasscodeRequest<'_>, ip: IpAddr, limits: &Limits) -> Step {
     let claim = Claim {
         mac: request.mac,
@@ -102,7 +115,7 @@ fn write(next: PasscodeWrite, ops: Vec<PasscodesOp>) -> Step {
 /// Asks for the one password verification, once the request is counted.
 fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> Step {
     if !ctx.password_capacity() {
-        return busy(&ctx.config.limits, &state.claim);
+        return busy(ctx, &state.claim);
     }
     let (hash, candidate) = credentials::verification(ctx.config, state.snapshot.user.as_ref(), &state.claim.password);
     Step::Verify(VerifyWait::Passcode(state), hash, candidate)
@@ -112,8 +125,9 @@ fn verify<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Box<Reserved>) -> 
 /// never checked: the failure it reserved is given back first, so a server
 /// under load does not lock out the clients it could not serve. (The
 /// request itself stays counted, as every passcode request does.)
-fn busy(limits: &Limits, claim: &Claim) -> Step {
-    let ops: Vec<PasscodesOp> = refunds(limits, claim).collect();
+fn busy<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, claim: &Claim) -> Step {
+    ctx.audit(AuditKind::PasscodeRequest, Outcome::Busy, claim.subject());
+    let ops: Vec<PasscodesOp> = refunds(&ctx.config.limits, claim).collect();
     if ops.is_empty() {
         return Step::Done(Reply::Error(ErrorCode::Busy));
     }
@@ -128,16 +142,19 @@ fn refunds(limits: &Limits, claim: &Claim) -> impl Iterator<Item = PasscodesOp> 
 /// The account and the counters, as read: refuse by a limit, or reserve
 /// the request's places.
 pub(crate) fn looked_up<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, mut claim: Claim, outcome: ReadOutcome) -> Step {
-    let Ok(snapshot) = outcome else { return Step::Done(Reply::Error(ErrorCode::StoreUnavailable)) };
+    let Ok(snapshot) = outcome else {
+        return done(ctx, &claim, Outcome::StoreUnavailable, Reply::Error(ErrorCode::StoreUnavailable));
+    };
     let limits = &ctx.config.limits;
     if let Some(limit) = limits.refusal(AttemptKind::PasscodeRequest, &snapshot, &claim.email, claim.ip, ctx.now) {
         ctx.refused(limit, claim.ip);
-        return Step::Done(Reply::Error(ErrorCode::RateLimited));
+        return done(ctx, &claim, Outcome::RateLimited, Reply::Error(ErrorCode::RateLimited));
     }
     if !ctx.password_capacity() {
-        return Step::Done(Reply::Error(ErrorCode::Busy));
+        return done(ctx, &claim, Outcome::Busy, Reply::Error(ErrorCode::Busy));
     }
     claim.reserved_at = ctx.now;
+    let limits = &ctx.config.limits;
     let reservations = limits.reservations(AttemptKind::PasscodeRequest, &claim.email, claim.ip, ctx.now);
     let state = Box::new(Reserved { claim, snapshot: *snapshot });
     if reservations.is_empty() {
@@ -153,15 +170,17 @@ pub(crate) fn verified<R: CryptoRng + ?Sized>(
     state: Box<Reserved>,
     outcome: VerifyOutcome,
 ) -> Step {
-    let Ok(verified) = outcome else { return busy(&ctx.config.limits, &state.claim) };
+    let Ok(verified) = outcome else { return busy(ctx, &state.claim) };
     let Reserved { claim, snapshot } = *state;
     let user = snapshot.user.as_ref().filter(|u| u.email == claim.email);
-    if let (true, Some(user)) = (credentials::accepted(user, &claim.phone, verified), user) {
-        credentials::upgrade_if_needed(ctx, user, &claim.password);
-        issue(ctx, claim)
-    } else {
+    match (credentials::accepted(user, &claim.phone, verified), user) {
+        (true, Some(user)) => {
+            credentials::upgrade_if_needed(ctx, user, &claim.password);
+            issue(ctx, claim)
+        }
         // Counted when it was reserved.
-        Step::Done(Reply::False)
+        (_, None) => done(ctx, &claim, Outcome::UnknownEmail, Reply::False),
+        (_, Some(_)) => done(ctx, &claim, Outcome::WrongPassword, Reply::False),
     }
 }
 
@@ -175,17 +194,21 @@ impl PasscodeWrite {
                 let Reserved { mut claim, .. } = *state;
                 claim.tries += 1;
                 if claim.tries >= MAX_TRIES {
-                    return Step::Done(Reply::Error(ErrorCode::Busy));
+                    return done(ctx, &claim, Outcome::Busy, Reply::Error(ErrorCode::Busy));
                 }
                 lookup(claim, &ctx.config.limits)
             }
-            (PasscodeWrite::Reserve(_), WriteOutcome::Unavailable) => {
-                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            (PasscodeWrite::Reserve(state), WriteOutcome::Unavailable) => {
+                done(ctx, &state.claim, Outcome::StoreUnavailable, Reply::Error(ErrorCode::StoreUnavailable))
             }
-            (PasscodeWrite::Store, WriteOutcome::Committed) => Step::Done(Reply::PasscodeSent),
+            (PasscodeWrite::Store(subject), WriteOutcome::Committed) => {
+                ctx.audit(AuditKind::PasscodeRequest, Outcome::Sent, subject);
+                Step::Done(Reply::PasscodeSent)
+            }
             // The batch expects nothing, so a conflict says the store
             // misbehaved: the client may try again.
-            (PasscodeWrite::Store, WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
+            (PasscodeWrite::Store(subject), WriteOutcome::Conflict | WriteOutcome::Unavailable) => {
+                ctx.audit(AuditKind::PasscodeRequest, Outcome::StoreUnavailable, subject);
                 Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
             }
             // Given back or not, the reply was decided before.
@@ -207,9 +230,12 @@ impl Mailing {
         match outcome {
             Ok(()) => {
                 ops.push(PasscodesOp::Put(record));
-                write(PasscodeWrite::Store, ops)
+                write(PasscodeWrite::Store(claim.subject()), ops)
             }
-            Err(_) => write(PasscodeWrite::Refund(Reply::Error(ErrorCode::MailUnavailable)), ops),
+            Err(_) => {
+                ctx.audit(AuditKind::PasscodeRequest, Outcome::MailUnavailable, claim.subject());
+                write(PasscodeWrite::Refund(Reply::Error(ErrorCode::MailUnavailable)), ops)
+            }
         }
     }
 }

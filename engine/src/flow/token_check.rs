@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
+use crate::audit::{AuditKind, Outcome, Subject};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::TokenRequest;
 use crate::device::Mac;
@@ -43,8 +44,9 @@ pub(crate) enum TokenRead {
 
 /// The writes a token check waits on.
 pub(crate) enum TokenWrite {
-    /// The rotation of its expired session to the successor.
-    Rotate(Check),
+    /// The rotation of its expired session (of this email) to the
+    /// successor.
+    Rotate(Check, String),
     /// The revocation of a session whose rotated-away token came back.
     Revoke(Reused),
 }
@@ -92,13 +94,16 @@ impl TokenRead {
 impl TokenWrite {
     pub(crate) fn written<R: CryptoRng + ?Sized>(self, ctx: &mut Ctx<'_, R>, outcome: WriteOutcome) -> Step {
         match (self, outcome) {
-            (TokenWrite::Rotate(check), WriteOutcome::Committed) => {
+            (TokenWrite::Rotate(check, email), WriteOutcome::Committed) => {
+                ctx.audit(AuditKind::Renewal, Outcome::Renewed, Subject { email, ip: check.ip, mac: check.mac });
                 Step::Done(Reply::Renew(renewal::successor(&ctx.config.server_key, &check.token)))
             }
             // Someone else rotated (or revoked) it first: what became of
             // the token is in its rotation record, if anywhere.
-            (TokenWrite::Rotate(check), WriteOutcome::Conflict) => check.find_rotation(ctx),
-            (TokenWrite::Rotate(_), WriteOutcome::Unavailable) => Step::Done(Reply::Error(ErrorCode::StoreUnavailable)),
+            (TokenWrite::Rotate(check, _), WriteOutcome::Conflict) => check.find_rotation(ctx),
+            (TokenWrite::Rotate(..), WriteOutcome::Unavailable) => {
+                Step::Done(Reply::Error(ErrorCode::StoreUnavailable))
+            }
             // The token is dead whatever became of the revocation; a
             // revocation that failed is tried again by the next reuse.
             (TokenWrite::Revoke(Reused { email, mac, ip, why }), outcome) => {
@@ -140,7 +145,8 @@ impl Check {
                 CredsOp::PutRotation(rotation),
             ],
         };
-        Step::Write(WriteWait::Token(TokenWrite::Rotate(self)), WriteBatch::Creds(batch))
+        let email = session.email.clone();
+        Step::Write(WriteWait::Token(TokenWrite::Rotate(self, email)), WriteBatch::Creds(batch))
     }
 
     /// The token was rotated away: its successor again, or reuse.
