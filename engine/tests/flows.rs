@@ -874,3 +874,29 @@ fn the_audit_trail_says_what_came_of_each_request() {
     w.settle();
     assert_eq!(audits(&mut w), [("passcode_requested", "rate_limited", e(EMAIL), Some(Listener::LegacyPasscode))]);
 }
+
+#[test]
+fn the_audit_trail_tells_an_expired_passcode_and_one_a_concurrent_login_took() {
+    let mut w = world();
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let code = w.passcode_for(EMAIL).unwrap();
+    w.advance(Config::default().passcode.lifetime + TimeDelta::seconds(1));
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, &code)), "False");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let code = w.passcode_for(EMAIL).unwrap();
+    // Two logins with the right passcode at once: both are read and
+    // counted before either consumes it.
+    let both: Vec<ConnId> = (0..2).map(|_| w.connect(Listener::Native, local())).collect();
+    for &c in &both {
+        w.send(c, format!("{}\n", login_line(EMAIL, PASSWORD, &code)).as_bytes());
+    }
+    w.settle();
+    let replies: Vec<String> = both.iter().map(|&c| String::from_utf8(w.take_received(c)).unwrap()).collect();
+    assert!(replies[0].starts_with(LOGIN_PREFIX) && replies[1] == "False\n", "{replies:?}");
+    let outcomes: Vec<&str> = audits(&mut w).into_iter().map(|(_, outcome, ..)| outcome).collect();
+    // In the order decided: the loser's consumption fails before the
+    // winner's session is stored.
+    assert_eq!(outcomes, ["sent", "expired_passcode", "sent", "passcode_used", "logged_in"]);
+}
