@@ -184,25 +184,6 @@ struct RunArgs {
     tls_ca: Option<PathBuf>,
 }
 
-/// A TLS client configuration that trusts the certificates in `ca`.
-fn tls_client(ca: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-        roots.add(cert).map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 /// Parses `250ms`, `10s`, `2m`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -466,7 +447,11 @@ fn run(args: &RunArgs) -> Result<(), String> {
         legacy_request: legacy_request.into_bytes(),
         storm: storm_plan(args.login_addr.unwrap_or(args.addr)),
         seed: args.seed,
-        tls: args.tls_ca.as_deref().map(tls_client).transpose()?,
+        tls: args
+            .tls_ca
+            .as_deref()
+            .map(|ca| tokenizer_auth_effects::tls::client_config(Some(ca), false))
+            .transpose()?,
     };
     let baseline_kind = match (args.baseline, mode) {
         (BaselineArg::None, _) => None,

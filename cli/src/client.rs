@@ -15,11 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use tokenizer_auth_effects::private;
+use tokenizer_auth_effects::{private, tls};
 use tokenizer_auth_engine::{BaseToken, LOGIN_PREFIX, Mac, Secret};
 
 use super::config::{self, Configuration};
@@ -160,23 +159,7 @@ fn tls_settings(
     if !args.tls && args.ca.is_none() {
         return Ok(None);
     }
-    let mut roots = RootCertStore::empty();
-    // Unreadable system certificates leave the others; with none at all,
-    // only --ca is trusted.
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = &args.ca {
-        let bad = |e: String| Failure::Usage(format!("cannot use --ca {}: {e}", path.display()));
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(path).and_then(|certs| certs.collect()).map_err(|e| bad(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(bad("no certificate in it".into()));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| bad(e.to_string()))?;
-        }
-    }
+    let config = tls::client_config(args.ca.as_deref(), true).map_err(|e| Failure::Usage(format!("--ca: {e}")))?;
     let host = match (&args.server_name, &args.addr) {
         (Some(name), _) => name.clone(),
         // The host as written, without its port (and an IPv6 address's
@@ -190,13 +173,7 @@ fn tls_settings(
     let name = ServerName::try_from(host.clone()).map_err(|_| {
         Failure::Usage(format!("{host:?} is not a host name or address to check a certificate against"))
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Failure::Other(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Some((Arc::new(config), name)))
+    Ok(Some((config, name)))
 }
 
 /// The reason for a reply that is not what the command wanted: the reply.

@@ -12,6 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+use tokenizer_auth_engine::Engine;
 use tokenizer_auth_engine::metrics::{EFFECT_KINDS, LATENCY_BOUNDS_US, LIMITS, Metrics, REPLY_KINDS};
 
 use crate::pool::{GROUP_SIZE_BOUNDS, PoolCounts};
@@ -27,6 +28,19 @@ pub struct Scrape {
     pub password_checks: usize,
     /// The workers' counters.
     pub pool: PoolCounts,
+}
+
+impl Scrape {
+    /// What the engine counted and holds now (the workers' counts are
+    /// added by whoever holds the pool).
+    pub fn of(engine: &Engine) -> Scrape {
+        Scrape {
+            engine: engine.metrics().clone(),
+            connections_open: engine.connections(),
+            password_checks: engine.password_checks(),
+            pool: PoolCounts::default(),
+        }
+    }
 }
 
 /// The content type of [`render`]'s text.

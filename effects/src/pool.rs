@@ -37,7 +37,7 @@ use crate::password::PasswordHasher;
 use crate::runner::{committed, hash, read, send, settle, verify};
 use crate::serve::ServeError;
 use crate::settings::Settings;
-use crate::store::{SessionCache, SqliteStore};
+use crate::store::{Commit, SessionCache, SqliteStore, StoreError};
 
 /// Called with each effect's result, on a worker thread.
 pub type OnResult = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
@@ -175,6 +175,26 @@ fn spawn<S: Send + 'static, J: Send + 'static>(
 /// then each of its effects fails (retryable for the client).
 type StoreConn = Option<SqliteStore>;
 
+/// How a writer commits a group of batches of one file, in one
+/// transaction (`SqliteStore::write_creds_group`, `write_passcodes_group`).
+type CommitGroup<B> = fn(&mut SqliteStore, &[&B]) -> Vec<Result<Commit, StoreError>>;
+
+/// A writer's work on each group it takes: count the group, commit it with
+/// `commit` (one transaction), settle each batch.
+fn writer<B: 'static>(
+    stats: &Arc<PoolStats>,
+    commit: CommitGroup<B>,
+) -> impl Fn(&mut StoreConn, &[&B]) -> Vec<EffectResult> + Send + Clone + 'static {
+    let stats = Arc::clone(stats);
+    move |s: &mut StoreConn, batches: &[&B]| match s {
+        Some(store) => {
+            stats.group(batches.len());
+            commit(store, batches).into_iter().map(|r| settle(r.map(committed))).collect()
+        }
+        None => unavailable(batches.len()),
+    }
+}
+
 /// A store worker's answer when it has no connection.
 fn unavailable(count: usize) -> Vec<EffectResult> {
     vec![EffectResult::Failed; count]
@@ -213,29 +233,27 @@ impl EffectPool {
             .map_err(io)?,
         );
         threads.extend(
-            spawn("store-write-creds", 1, WRITE_GROUP, &creds_rx, on, open, {
-                let stats = Arc::clone(&stats);
-                move |s: &mut StoreConn, batches| match s {
-                    Some(store) => {
-                        stats.group(batches.len());
-                        store.write_creds_group(batches).into_iter().map(|r| settle(r.map(committed))).collect()
-                    }
-                    None => unavailable(batches.len()),
-                }
-            })
+            spawn(
+                "store-write-creds",
+                1,
+                WRITE_GROUP,
+                &creds_rx,
+                on,
+                open,
+                writer(&stats, SqliteStore::write_creds_group),
+            )
             .map_err(io)?,
         );
         threads.extend(
-            spawn("store-write-passcodes", 1, WRITE_GROUP, &passcodes_rx, on, open, {
-                let stats = Arc::clone(&stats);
-                move |s: &mut StoreConn, batches| match s {
-                    Some(store) => {
-                        stats.group(batches.len());
-                        store.write_passcodes_group(batches).into_iter().map(|r| settle(r.map(committed))).collect()
-                    }
-                    None => unavailable(batches.len()),
-                }
-            })
+            spawn(
+                "store-write-passcodes",
+                1,
+                WRITE_GROUP,
+                &passcodes_rx,
+                on,
+                open,
+                writer(&stats, SqliteStore::write_passcodes_group),
+            )
             .map_err(io)?,
         );
         // The first store's connections go on to fill the cache.

@@ -32,10 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerConnection;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// The certificate chain and key files (PEM) of the native listener.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -100,8 +100,7 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         return Err(fail("the certificate file holds no certificate".to_owned()));
     }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| fail(format!("the key: {e}")))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| fail(e.to_string()))?
         .with_no_client_auth()
@@ -113,6 +112,41 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, rustls::pki_types::pem::Error> {
     CertificateDer::pem_file_iter(path)?.collect()
+}
+
+/// The cryptography of both sides: ring, with rustls's safe defaults.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A client's configuration (the `client` command, the load generator):
+/// it trusts the system's roots if `system_roots`, and the certificates in
+/// the PEM file `ca` if given; the error says what is wrong with `ca`.
+pub fn client_config(ca: Option<&Path>, system_roots: bool) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    if system_roots {
+        // Unreadable system certificates leave the others; with none at
+        // all, only `ca` is trusted.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+    }
+    if let Some(path) = ca {
+        let bad = |e: String| format!("cannot use {}: {e}", path.display());
+        let certs = read_certs(path).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no certificate in it".into()));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// What a peer's bytes did to its connection.

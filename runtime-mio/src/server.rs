@@ -607,12 +607,7 @@ impl EventLoop {
     fn answer_scrapes(&mut self) {
         let Some(scrapes) = &self.scrapes else { return };
         while let Ok(reply) = scrapes.try_recv() {
-            let _ = reply.send(Scrape {
-                engine: self.engine.metrics().clone(),
-                connections_open: self.engine.connections(),
-                password_checks: self.engine.password_checks(),
-                ..Scrape::default()
-            });
+            let _ = reply.send(Scrape::of(&self.engine));
         }
     }
 

@@ -159,13 +159,8 @@ pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> 
     let weak = Arc::downgrade(&server);
     let ask = move || {
         let server = weak.upgrade()?;
-        let state = server.state();
-        Some(Scrape {
-            engine: state.engine.metrics().clone(),
-            connections_open: state.engine.connections(),
-            password_checks: state.engine.password_checks(),
-            ..Scrape::default()
-        })
+        let scrape = Scrape::of(&server.state().engine);
+        Some(scrape)
     };
     let admin = start.admin(&pool, ask, Arc::clone(&listening));
     server.state().pool = Some(pool);
