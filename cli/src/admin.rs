@@ -1,7 +1,10 @@
-//! `user` and `session`: administration on the real files.
+//! `user` and `session`: administration on the real files, each change
+//! recorded in the audit trail.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::net::IpAddr;
 
+use tokenizer_auth_effects::audit::{AuditLine, append_one};
 use tokenizer_auth_effects::password::{Cost, PasswordHasher};
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{Mac, NewPasswordRule, Secret};
@@ -12,6 +15,58 @@ use super::{Failure, SessionCommand, UserCommand};
 fn open(config: &Configuration) -> Result<SqliteStore, Failure> {
     let dir = config.data_dir();
     SqliteStore::open(dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())))
+}
+
+/// What an admin command changed, for the audit trail.
+pub(super) struct Change<'a> {
+    /// The event (`user_added`, `sessions_revoked`, ...).
+    pub(super) event: &'a str,
+    /// Whose account.
+    pub(super) email: Option<&'a str>,
+    /// Whose address (`limits reset IP`).
+    pub(super) ip: Option<IpAddr>,
+    /// Which device.
+    pub(super) mac: Option<Mac>,
+    /// More, in words.
+    pub(super) detail: Option<String>,
+}
+
+/// Appends `change` to the audit trail, with who ran the command. The
+/// change is made by then; if the line cannot be written, the command
+/// says so and fails, so that no change goes unrecorded unnoticed.
+pub(super) fn record(config: &Configuration, change: Change<'_>) -> Result<(), Failure> {
+    let line = AuditLine {
+        time: AuditLine::time(chrono::Utc::now()),
+        event: change.event,
+        outcome: "done",
+        email: change.email,
+        ip: change.ip,
+        mac: change.mac.map(|m| m.to_string()),
+        listener: None,
+        detail: change.detail,
+        by: Some(operator()),
+    };
+    append_one(&config.audit_log(), &line)
+        .map_err(|e| Failure::Other(format!("done, but the audit log could not record it: {e}")))
+}
+
+/// Who runs this command: the user the environment names, and the uid
+/// that owns the process (read from `/proc/self`, so a changed `$USER`
+/// cannot hide it).
+fn operator() -> String {
+    let name = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).unwrap_or_else(|_| "?".to_owned());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(proc) = std::fs::metadata("/proc/self") {
+            return format!("{name} (uid {})", proc.uid());
+        }
+    }
+    name
+}
+
+fn change<'a>(event: &'a str, email: Option<&'a str>) -> Change<'a> {
+    Change { event, email, ip: None, mac: None, detail: None }
 }
 
 fn hasher() -> Result<PasswordHasher, Failure> {
@@ -56,6 +111,7 @@ pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), 
             tokenizer_auth_effects::mail::recipient(email).map_err(|e| Failure::Usage(e.to_string()))?;
             let password = read_password(config, email, phone, *password_stdin)?;
             store.add_user(email, phone, &hasher()?.hash(&password)?)?;
+            record(config, change("user_added", Some(email)))?;
             writeln!(out, "added {email}")?;
         }
         UserCommand::List => {
@@ -68,6 +124,7 @@ pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), 
             if !open(config)?.remove_user(email)? {
                 return Err(Failure::Other(format!("no user {email}")));
             }
+            record(config, change("user_removed", Some(email)))?;
             writeln!(out, "removed {email}")?;
         }
         UserCommand::Passwd { email, password_stdin } => {
@@ -77,10 +134,14 @@ pub(super) fn user(config: &Configuration, command: &UserCommand) -> Result<(), 
             };
             let password = read_password(config, email, &user.phone, *password_stdin)?;
             store.set_password(email, &hasher()?.hash(&password)?)?;
+            let detail = Some("its sessions ended".to_owned());
+            record(config, Change { detail, ..change("password_changed", Some(email)) })?;
             writeln!(out, "changed the password of {email}; its sessions have ended")?;
         }
         UserCommand::Rehash => {
             let hashed = open(config)?.rehash_plaintext(&hasher()?)?;
+            let detail = Some(format!("{hashed} plaintext passwords hashed"));
+            record(config, Change { detail, ..change("passwords_rehashed", None) })?;
             writeln!(out, "hashed {hashed} plaintext passwords")?;
         }
     }
@@ -103,6 +164,8 @@ pub(super) fn session(config: &Configuration, command: &SessionCommand) -> Resul
                 None => None,
             };
             let ended = open(config)?.revoke(email, mac)?;
+            let detail = Some(format!("{ended} sessions ended"));
+            record(config, Change { mac, detail, ..change("sessions_revoked", Some(email)) })?;
             writeln!(out, "ended {ended} sessions of {email}")?;
         }
     }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::TimeDelta;
+use tokenizer_auth_effects::audit::AuditTarget;
 use tokenizer_auth_effects::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_effects::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
 use tokenizer_auth_effects::tls::TlsFiles;
@@ -100,6 +101,11 @@ const KEYS: &[Key] = &[
             Ok(())
         },
         show: |c| c.admin_listen.as_ref().map_or(Shown::Unset(": no admin listener"), text),
+    },
+    Key {
+        name: "audit_log",
+        set: |c, raw| raw.text().map(|t| c.audit_log = Some(t).filter(|t| !t.is_empty()).map(str::to_owned)),
+        show: |c| c.audit_log.as_deref().map_or(Shown::Unset(": the audit trail is <data_dir>/audit.log"), text),
     },
     key!("allow_plaintext", allow_plaintext, |raw| raw.boolean(), |b: &bool| Shown::Value(toml::Value::Boolean(*b))),
     Key {
@@ -275,6 +281,7 @@ pub struct Configuration {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     admin_listen: Option<SocketAddr>,
+    audit_log: Option<String>,
     allow_plaintext: bool,
     capture: Option<PathBuf>,
     capture_max_bytes: u64,
@@ -302,6 +309,7 @@ impl Default for Configuration {
             tls_cert: None,
             tls_key: None,
             admin_listen: None,
+            audit_log: None,
             allow_plaintext: settings.allow_plaintext,
             capture: None,
             capture_max_bytes: settings.capture_max_bytes,
@@ -522,6 +530,11 @@ impl Configuration {
         }
     }
 
+    /// Where the audit trail goes: `audit_log`, or `<data_dir>/audit.log`.
+    pub fn audit_log(&self) -> AuditTarget {
+        self.audit_log.as_deref().map_or_else(|| AuditTarget::in_data_dir(&self.data_dir), AuditTarget::parse)
+    }
+
     /// The native listener's certificate and key files, if TLS is on.
     pub fn tls_files(&self) -> Option<TlsFiles> {
         Some(TlsFiles { cert: self.tls_cert.clone()?, key: self.tls_key.clone()? })
@@ -537,6 +550,7 @@ impl Configuration {
         settings.legacy_login_listen = self.legacy_login_listen;
         settings.allow_plaintext = self.allow_plaintext;
         settings.admin_listen = self.admin_listen;
+        settings.audit_log = self.audit_log();
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();

@@ -3,6 +3,7 @@
 //! and their layers are in `docs/CONFIGURATION.md`.
 
 mod admin;
+mod backup;
 mod client;
 pub mod config;
 mod duration;
@@ -78,6 +79,13 @@ pub enum Command {
     /// Inspect or clear the brute-force counters of an email or a client.
     #[command(subcommand)]
     Limits(LimitsCommand),
+    /// Copy the data folder's two databases (and its server key) into one
+    /// archive, FILE, while servers run: a tar file, mode 0600, restored
+    /// with `tar -xf FILE -C DATA_DIR` (docs/OPERATIONS.md).
+    Backup {
+        /// The archive to write; it must not exist.
+        file: PathBuf,
+    },
     /// Talk to a server in the native protocol.
     Client(ClientArgs),
     /// Inspect the configuration.
@@ -328,6 +336,7 @@ impl Cli {
             Command::User(command) => admin::user(config, command),
             Command::Session(command) => admin::session(config, command),
             Command::Limits(command) => limits::run(config, command),
+            Command::Backup { file } => backup::run(config, file),
             Command::Client(args) => client::run(config, args),
             Command::Replay { file } => replay::run(config, file),
             Command::Config(ConfigCommand::Show(_)) => {

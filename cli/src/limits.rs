@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{Counter, CounterKey, Limits, normalize_ip};
 
+use super::admin::{Change, record};
 use super::config::Configuration;
 use super::{Failure, LimitsCommand};
 
@@ -75,7 +76,21 @@ pub(super) fn run(config: &Configuration, command: &LimitsCommand) -> Result<(),
         }
         LimitsCommand::Reset { subject } => {
             let keys = counters_of(&limits, subject)?;
-            let removed = open()?.reset_counters(&keys)?;
+            let mut store = open()?;
+            let now = Utc::now();
+            let was_locked = store.counters(&keys)?.iter().any(|(key, counter)| {
+                matches!(key, CounterKey::FailureStreak(_)) && state(&limits, key, counter, now).0
+            });
+            let removed = store.reset_counters(&keys)?;
+            let (email, ip) = match subject.parse::<IpAddr>() {
+                Ok(ip) => (None, Some(ip)),
+                Err(_) => (Some(subject.as_str()), None),
+            };
+            let detail = Some(format!("{removed} counters removed"));
+            record(config, Change { event: "limits_reset", email, ip, mac: None, detail })?;
+            if was_locked {
+                record(config, Change { event: "account_unlocked", email, ip, mac: None, detail: None })?;
+            }
             let shown = keys.first().map(|k| limits.subject(k)).unwrap_or_default();
             writeln!(out, "reset {removed} counters of {shown}")?;
         }

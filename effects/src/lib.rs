@@ -29,7 +29,9 @@
 //!   between a socket and the engine, for both runtimes;
 //! - [`metrics`] and [`admin_listener`]: what the engine and the workers
 //!   counted, rendered for Prometheus at scrape time, and the operators'
-//!   HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//!   HTTP listener (`/metrics`, `/healthz`, `/readyz`);
+//! - [`audit`]: the audit trail's file, one JSON line per security event,
+//!   written by a thread of its own so that no event loop waits on it.
 //!
 //! Every call here blocks; the runtimes (`tokenizer-auth-runtime-mio`, the
 //! event loop, and `tokenizer-auth-runtime-std`, a thread per connection)
@@ -38,6 +40,7 @@
 //! this crate and the engine.
 
 pub mod admin_listener;
+pub mod audit;
 pub mod mail;
 pub mod metrics;
 pub mod password;

@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use tokenizer_auth_engine::Engine;
 use tokenizer_auth_engine::metrics::{EFFECT_KINDS, LATENCY_BOUNDS_US, LIMITS, Metrics, REPLY_KINDS};
 
+use crate::audit::AuditCounts;
 use crate::pool::{GROUP_SIZE_BOUNDS, PoolCounts};
 
 /// Everything a scrape shows, read at one instant.
@@ -28,6 +29,8 @@ pub struct Scrape {
     pub password_checks: usize,
     /// The workers' counters.
     pub pool: PoolCounts,
+    /// The audit trail's writer's counters.
+    pub audit: AuditCounts,
 }
 
 impl Scrape {
@@ -39,6 +42,7 @@ impl Scrape {
             connections_open: engine.connections(),
             password_checks: engine.password_checks(),
             pool: PoolCounts::default(),
+            audit: AuditCounts::default(),
         }
     }
 }
@@ -113,6 +117,15 @@ impl Collector for Scrape {
         counter(&mut encoder, "session_cache_misses", "Session lookups read from the file", p.cache_misses)?;
         counter(&mut encoder, "mail_sent", "Mail the relay (or the outbox) took", p.mail_sent)?;
         counter(&mut encoder, "mail_failed", "Mail that could not be sent", p.mail_failed)?;
+        let a = &self.audit;
+        counter(&mut encoder, "audit_lines", "Audit trail lines written", a.lines_written)?;
+        counter(
+            &mut encoder,
+            "audit_lines_lost",
+            "Audit trail lines lost (a failed write or a full queue)",
+            a.lines_lost,
+        )?;
+        counter(&mut encoder, "audit_write_errors", "Audit trail writes that failed (a full disk)", a.write_errors)?;
         let groups: u64 = p.group_sizes.iter().sum();
         let sizes = buckets(&GROUP_SIZE_BOUNDS.map(|b| b as f64), &p.group_sizes);
         encoder
@@ -171,6 +184,7 @@ mod tests {
         scrape.engine.effects[0].latency_buckets[LATENCY_BOUNDS_US.len()] = 1;
         scrape.pool.group_sizes[1] = 2;
         scrape.pool.group_batches = 4;
+        scrape.audit.lines_lost = 5;
         let text = render(scrape);
         for line in [
             "tokenizer_auth_replies_total{kind=\"authorized\"} 7",
@@ -182,6 +196,7 @@ mod tests {
             "tokenizer_auth_effect_latency_seconds_bucket{le=\"+Inf\",kind=\"read\"} 4",
             "tokenizer_auth_effect_latency_seconds_count{kind=\"read\"} 4",
             "tokenizer_auth_commit_group_size_count 2",
+            "tokenizer_auth_audit_lines_lost_total 5",
             "tokenizer_auth_commit_group_size_bucket{le=\"2.0\"} 2",
             "# EOF",
         ] {

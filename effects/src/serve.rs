@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use tokenizer_auth_engine::{ContractError, Engine, Listener, Notice};
 
 use crate::admin_listener::AdminListener;
+use crate::audit::{AuditLog, AuditTarget};
 use crate::mail::MailError;
 use crate::metrics::Scrape;
 use crate::password::{HashError, PasswordHasher};
@@ -42,6 +43,14 @@ pub enum ServeError {
     Listen {
         /// The address.
         addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The audit trail could not be opened.
+    #[error("cannot open the audit log {}: {source}", path.display())]
+    Audit {
+        /// The file.
+        path: PathBuf,
         /// Why.
         source: io::Error,
     },
@@ -123,25 +132,40 @@ impl Start {
         self.settings.tls.clone()
     }
 
+    /// Opens the audit trail and starts its writer.
+    pub fn audit(&self) -> Result<AuditLog, ServeError> {
+        let target = &self.settings.audit_log;
+        AuditLog::open(target).map_err(|source| ServeError::Audit {
+            path: match target {
+                AuditTarget::File(path) => path.clone(),
+                AuditTarget::Stderr => PathBuf::from("-"),
+            },
+            source,
+        })
+    }
+
     /// Binds the three listeners.
     pub fn listeners(&self) -> Result<Listeners, ServeError> {
         Listeners::bind(&self.settings)
     }
 
     /// Starts the admin listener, if `admin_listen` is set. `ask` reads
-    /// the engine's counters on the thread that owns it; the pool's are
-    /// added here.
+    /// the engine's counters on the thread that owns it; the pool's and
+    /// the audit trail's are added here.
     pub fn admin(
         &self,
         pool: &EffectPool,
+        audit: &AuditLog,
         ask: impl Fn() -> Option<Scrape> + Send + Sync + 'static,
         listening: Arc<AtomicBool>,
     ) -> Result<Option<AdminListener>, ServeError> {
         let Some(addr) = self.settings.admin_listen else { return Ok(None) };
         let stats = pool.stats();
+        let audit = audit.stats();
         let ask = Box::new(move || {
             ask().map(|mut scrape| {
                 scrape.pool = stats.counts();
+                scrape.audit = audit.counts();
                 scrape
             })
         });
@@ -149,15 +173,22 @@ impl Start {
     }
 }
 
-/// Logs the notices the engine has for the operator: call it after
-/// draining the outputs. Every passcode request, login and renewal is
-/// logged at `info` (event `audit`) with what came of it, failures with
-/// their reason; a request refused by a brute-force limit, at `info`, with
-/// the limit's name and what it counts (an email or an address, never a
-/// secret); a rotated-away token that came back, and so revoked its
-/// session, at `warn`, with the email, MAC and address (never the token).
-pub fn log_notices(engine: &mut Engine) {
+/// Logs the notices the engine has for the operator, and queues the audit
+/// trail's events among them: call it after draining the outputs. Every
+/// passcode request, login, lock and renewal is logged at `info` (event
+/// `audit`) with what came of it, failures with their reason; a request
+/// refused by a brute-force limit, at `info`, with the limit's name and
+/// what it counts (an email or an address, never a secret); a rotated-away
+/// token that came back, and so revoked its session, at `warn`, with the
+/// email, MAC and address (never the token). (`audit` is `None` only
+/// while a runtime starts or after it closed the trail.)
+pub fn log_notices(engine: &mut Engine, audit: Option<&AuditLog>) {
     while let Some(notice) = engine.poll_notice() {
+        if let Some(audit) = audit
+            && let Some(line) = crate::audit::line_of(&notice, now())
+        {
+            audit.record(line);
+        }
         match &notice {
             // The audit trail's events, at `info`, so that the log says
             // what happened to whom (never a secret).

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use tokenizer_auth_engine::{Config, ServerKey};
 
+use crate::audit::AuditTarget;
 use crate::mail::MailConfig;
 use crate::password::Cost;
 use crate::serve::ServeError;
@@ -67,6 +68,9 @@ pub struct Settings {
     pub admin_listen: Option<SocketAddr>,
     /// Effect worker threads.
     pub workers: Workers,
+    /// Where the audit trail goes (`audit_log`; by default
+    /// `<data_dir>/audit.log`).
+    pub audit_log: AuditTarget,
     /// Where to record a capture of the session, if anywhere.
     pub capture: Option<PathBuf>,
     /// The most bytes a capture may hold; recording stops there.
@@ -95,6 +99,7 @@ impl Settings {
             engine: Config::default(),
             server_key: None,
             mail: MailConfig::Outbox { dir: data_dir.join("outbox") },
+            audit_log: AuditTarget::in_data_dir(&data_dir),
             data_dir,
             cost: Cost::PRODUCT,
             listen: loopback(7160),

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
+use crate::counters::CounterKey;
 use crate::device::Mac;
 use crate::io::Listener;
 
@@ -34,6 +35,10 @@ pub enum AuditKind {
     Login,
     /// An expired token rotated to its successor.
     Renewal,
+    /// A failure filled the account's streak of consecutive failures: it
+    /// refuses every login and passcode request until `lockout` after its
+    /// last failure (or `limits reset`). The outcome is the failure's.
+    AccountLocked,
 }
 
 impl AuditKind {
@@ -43,6 +48,7 @@ impl AuditKind {
             AuditKind::PasscodeRequest => "passcode_requested",
             AuditKind::Login => "login",
             AuditKind::Renewal => "token_renewed",
+            AuditKind::AccountLocked => "account_locked",
         }
     }
 }
@@ -71,6 +77,8 @@ pub enum Outcome {
     PasscodeUsed,
     /// A brute-force limit refused it.
     RateLimited,
+    /// The account is locked (its streak of failures is full).
+    Locked,
     /// Too many password checks were waiting.
     Busy,
     /// The store failed.
@@ -80,6 +88,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome of a request the limit on `counter` refused.
+    pub(crate) fn refused_by(counter: &CounterKey) -> Outcome {
+        match counter {
+            CounterKey::FailureStreak(_) => Outcome::Locked,
+            _ => Outcome::RateLimited,
+        }
+    }
+
     /// The outcome's name in logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +109,7 @@ impl Outcome {
             Outcome::WrongPasscode => "wrong_passcode",
             Outcome::PasscodeUsed => "passcode_used",
             Outcome::RateLimited => "rate_limited",
+            Outcome::Locked => "locked",
             Outcome::Busy => "busy",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::MailUnavailable => "mail_unavailable",

@@ -125,6 +125,16 @@ impl Limits {
             && streak.is_some_and(|c| c.count >= self.max_consecutive_failures && now < c.last + self.lockout)
     }
 
+    /// Whether a failure reserved at `at` on the streak `key`, `stored` as
+    /// read, fills it, and so locks the account.
+    pub(crate) fn fills_streak(&self, key: CounterKey, stored: Option<&Counter>, at: DateTime<Utc>) -> bool {
+        let streak = Bound::Streak { max: self.max_consecutive_failures, lockout: self.lockout };
+        self.lockout_on()
+            && Reservation { key, bound: streak, at }
+                .apply(stored.copied())
+                .is_some_and(|c| c.count >= self.max_consecutive_failures)
+    }
+
     /// Whether the lockout is on at all: `0` for either setting turns it
     /// off, as `max = 0` does a window (so does `u32::MAX`, a streak no
     /// one reaches).

@@ -900,3 +900,33 @@ fn the_audit_trail_tells_an_expired_passcode_and_one_a_concurrent_login_took() {
     // winner's session is stored.
     assert_eq!(outcomes, ["sent", "expired_passcode", "sent", "passcode_used", "logged_in"]);
 }
+
+#[test]
+fn the_audit_trail_tells_the_failure_that_locked_the_account_and_the_refusals_that_follow() {
+    let mut config = Config::default();
+    config.limits.max_consecutive_failures = 3;
+    let mut w = world_with(config);
+    let c = w.connect(Listener::Native, local());
+    assert_eq!(require_passcode(&mut w, c, "wrong", EMAIL), "False");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let code = w.passcode_for(EMAIL).unwrap();
+    // The passcode sent does not end the streak (only a login does): the
+    // third failure in a row locks the account.
+    assert_eq!(w.request(c, &login_line(EMAIL, "wrong", &code)), "False");
+    assert_eq!(w.request(c, &login_line(EMAIL, "wrong", &code)), "False");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "error|rate_limited");
+    assert_eq!(w.request(c, &login_line(EMAIL, PASSWORD, &code)), "error|rate_limited");
+    let outcomes: Vec<(&str, &str)> = audits(&mut w).into_iter().map(|(event, outcome, ..)| (event, outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("passcode_requested", "wrong_password"),
+            ("passcode_requested", "sent"),
+            ("login", "wrong_password"),
+            ("login", "wrong_password"),
+            ("account_locked", "wrong_password"),
+            ("passcode_requested", "locked"),
+            ("login", "locked"),
+        ]
+    );
+}

@@ -26,7 +26,7 @@ use tokenizer_auth_engine::testkit::{Completion, World};
 use tokenizer_auth_engine::{
     ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Notice, Output, Window, normalize_ip,
 };
-use tokenizer_auth_engine::{Config, Outcome, PASSCODE_LENGTH};
+use tokenizer_auth_engine::{AuditKind, Config, Outcome, PASSCODE_LENGTH};
 
 // ---------------------------------------------------------------------------
 // Shared helpers
@@ -1753,6 +1753,7 @@ proptest! {
             Tight::RequestsPerIp => "passcode_requests_per_ip",
         };
         let mut audited = 0;
+        let mut locks = 0;
         while let Some(notice) = w.engine.poll_notice() {
             match notice {
                 Notice::Refused { limit, .. } => {
@@ -1760,13 +1761,19 @@ proptest! {
                     notices += 1;
                 }
                 // Every request is in the audit trail; the refused ones as
-                // such.
-                Notice::Audit(event) => audited += usize::from(event.outcome == Outcome::RateLimited),
+                // such (a refusal by the streak says the account is locked).
+                Notice::Audit(event) => {
+                    audited += usize::from(matches!(event.outcome, Outcome::RateLimited | Outcome::Locked));
+                    locks += usize::from(event.kind == AuditKind::AccountLocked);
+                }
                 other => return Err(TestCaseError::fail(format!("a notice that is no refusal: {other}"))),
             }
         }
         prop_assert_eq!(notices, shots.len() - allowed, "one notice per refusal");
         prop_assert_eq!(audited, notices, "each refusal in the audit trail");
+        // The failures race from one read here, so which one filled the
+        // streak may go untold; never more than one tells it.
+        prop_assert!(locks <= usize::from(matches!(tight, Tight::Streak)), "{locks} locks told");
     }
 
     /// A burst of logins with the right password against one passcode, its

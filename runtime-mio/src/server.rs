@@ -46,6 +46,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use socket2::SockRef;
 use tokenizer_auth_effects::admin_listener::{AdminListener, ENGINE_PATIENCE};
+use tokenizer_auth_effects::audit::AuditLog;
 use tokenizer_auth_effects::metrics::Scrape;
 use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{CaptureFile, OsRng, ServeError, Start, log_notices, now, os_rng};
@@ -103,6 +104,8 @@ struct EventLoop {
     stopped: bool,
     /// `serve --capture`: where the engine's records go.
     capture: Option<CaptureFile>,
+    /// The audit trail.
+    audit: Option<AuditLog>,
     /// The native listener's TLS, if on.
     tls: Option<TlsConfig>,
     /// (when its handshake is due, key) of each TLS connection, in the
@@ -138,6 +141,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
         }
     });
     let pool = start.pool(on_result)?;
+    let audit = start.audit()?;
     // The admin listener asks the loop for the engine's counters: a
     // request on a channel, and a wake-up.
     let (scrape_requests, scrapes) = unbounded::<Sender<Scrape>>();
@@ -148,7 +152,7 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
         waker.wake().ok()?;
         answer.recv_timeout(ENGINE_PATIENCE).ok()
     };
-    let admin = start.admin(&pool, ask, Arc::clone(&listening))?;
+    let admin = start.admin(&pool, &audit, ask, Arc::clone(&listening))?;
 
     let mut listeners = Vec::new();
     for (i, (which, socket)) in bound.all.iter().enumerate() {
@@ -170,10 +174,11 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
     let (engine, capture) = start.engine()?;
     let mut event_loop = EventLoop::new(poll, engine, listeners, pool, results, wake_pending, capture);
     event_loop.tls = start.tls();
+    event_loop.audit = Some(audit);
     event_loop.scrapes = Some(scrapes);
     event_loop.listening = listening;
     let outcome = event_loop.run(&mut signals);
-    let EventLoop { pool, capture, .. } = event_loop;
+    let EventLoop { pool, capture, audit, .. } = event_loop;
     if let Some(admin) = admin {
         admin.stop();
     }
@@ -181,6 +186,9 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
         capture.flush();
     }
     pool.shutdown();
+    if let Some(audit) = audit {
+        audit.close();
+    }
     tracing::info!("stopped");
     outcome
 }
@@ -211,6 +219,7 @@ impl EventLoop {
             shutting_down: false,
             stopped: false,
             capture,
+            audit: None,
             tls: None,
             handshakes: VecDeque::new(),
             plain: Vec::new(),
@@ -386,7 +395,7 @@ impl EventLoop {
                 Output::Stopped => self.stopped = true,
             }
         }
-        log_notices(&mut self.engine);
+        log_notices(&mut self.engine, self.audit.as_ref());
         if let Some(capture) = &mut self.capture {
             capture.append(&mut self.engine);
         }

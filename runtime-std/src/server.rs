@@ -30,6 +30,7 @@ use chrono::{DateTime, Utc};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tokenizer_auth_effects::admin_listener::AdminListener;
+use tokenizer_auth_effects::audit::AuditLog;
 use tokenizer_auth_effects::metrics::Scrape;
 use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{self, CaptureFile, Listeners, OsRng, ServeError, Start};
@@ -154,6 +155,14 @@ pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> 
         }
     });
     let pool = start.pool(on_result)?;
+    let audit = match start.audit() {
+        Ok(audit) => audit,
+        Err(e) => {
+            server.state().pool = Some(pool);
+            server.finish(&[]);
+            return Err(e);
+        }
+    };
     // The admin listener reads the engine's counters under the engine lock.
     let listening = Arc::new(AtomicBool::new(false));
     let weak = Arc::downgrade(&server);
@@ -162,8 +171,9 @@ pub fn serve_with(settings: Settings, ready: impl FnOnce(Bound), stop: Stop) -> 
         let scrape = Scrape::of(&server.state().engine);
         Some(scrape)
     };
-    let admin = start.admin(&pool, ask, Arc::clone(&listening));
+    let admin = start.admin(&pool, &audit, ask, Arc::clone(&listening));
     server.state().pool = Some(pool);
+    server.state().audit = Some(audit);
     let admin = match admin {
         Ok(admin) => admin,
         Err(e) => {
@@ -284,6 +294,8 @@ pub(crate) struct EngineState {
     /// `serve --capture`: where the engine's records go, in engine order
     /// (written under the engine lock).
     pub(crate) capture: Option<CaptureFile>,
+    /// The audit trail (taken and closed at the end of the shutdown).
+    pub(crate) audit: Option<AuditLog>,
 }
 
 /// Ends a tracked thread's life in the count, however the thread ends.
@@ -310,6 +322,7 @@ impl Server {
                 timer_stopped: false,
                 stopped: false,
                 capture: None,
+                audit: None,
             }),
             timer_wake: Condvar::new(),
             stopped_wake: Condvar::new(),
@@ -451,7 +464,7 @@ impl Server {
                 }
             }
         }
-        tokenizer_auth_effects::serve::log_notices(&mut state.engine);
+        tokenizer_auth_effects::serve::log_notices(&mut state.engine, state.audit.as_ref());
         if let Some(capture) = &mut state.capture {
             capture.append(&mut state.engine);
         }
@@ -534,6 +547,10 @@ impl Server {
         }
         if let Some(capture) = &mut self.state().capture {
             capture.flush();
+        }
+        let audit = self.state().audit.take();
+        if let Some(audit) = audit {
+            audit.close();
         }
 
         let deadline = Instant::now() + THREADS_CAP;

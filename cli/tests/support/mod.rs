@@ -57,10 +57,9 @@ impl Server {
     /// [`Server::start`] with more `serve` arguments.
     pub fn start_with(runtime: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_owned();
         let mut add = Command::new(BIN)
             .args(["--data-dir"])
-            .arg(&dir)
+            .arg(tmp.path())
             .args(["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -68,7 +67,13 @@ impl Server {
             .unwrap();
         add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
         assert!(add.wait().unwrap().success());
+        Server::start_on(tmp, runtime, env, args)
+    }
 
+    /// A server on a data folder made already (whose accounts are the
+    /// test's business).
+    pub fn start_on(tmp: tempfile::TempDir, runtime: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+        let dir = tmp.path().to_owned();
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(&dir)
@@ -133,6 +138,12 @@ impl Server {
     pub fn stop(mut self) -> std::process::ExitStatus {
         signal(&self.child, "TERM");
         self.child.wait().unwrap()
+    }
+
+    /// [`Server::stop`], keeping the data folder to read after.
+    pub fn stop_keeping_dir(mut self) -> (std::process::ExitStatus, tempfile::TempDir) {
+        let dir = std::mem::replace(&mut self._tmp, tempfile::tempdir().unwrap());
+        (self.stop(), dir)
     }
 }
 

@@ -31,6 +31,7 @@
 //! pages into each connection's own cache.
 
 mod admin;
+mod backup;
 mod cache;
 mod columns;
 mod counters;
@@ -48,6 +49,7 @@ use tokenizer_auth_engine::{
 };
 
 pub use admin::{SessionSummary, UserSummary};
+pub use backup::snapshot;
 pub use cache::SessionCache;
 use cache::View;
 use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
@@ -99,6 +101,14 @@ pub enum StoreError {
         path: PathBuf,
         /// SQLite's reason.
         source: rusqlite::Error,
+    },
+    /// A backup copy failed its check.
+    #[error("backup {}: {why}", path.display())]
+    Backup {
+        /// The copy.
+        path: PathBuf,
+        /// What was wrong.
+        why: String,
     },
     /// The file system does not support SQLite's write-ahead log.
     #[error("{} cannot use WAL mode (got {mode})", path.display())]

@@ -182,8 +182,8 @@ fn reserve<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, attempt: Attempt, snapsh
     let limits = &ctx.config.limits;
     let key = &attempt.key;
     if let Some(limit) = limits.refusal(AttemptKind::Login, &snapshot, &key.email, key.ip, ctx.now) {
-        ctx.refused(limit, key.ip);
-        return done(ctx, attempt.subject(), Outcome::RateLimited, Reply::Error(ErrorCode::RateLimited));
+        let outcome = ctx.refused(limit, key.ip);
+        return done(ctx, attempt.subject(), outcome, Reply::Error(ErrorCode::RateLimited));
     }
     if !ctx.password_capacity() {
         return done(ctx, attempt.subject(), Outcome::Busy, Reply::Error(ErrorCode::Busy));
@@ -272,7 +272,8 @@ fn decide<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, state: Reserved, verified
             (_, Some(_)) if !guess => Outcome::NoLivePasscode,
             _ => Outcome::WrongPasscode,
         };
-        return done(ctx, subject, why, Reply::False);
+        ctx.failed(AuditKind::Login, why, subject, &snapshot, at);
+        return Step::Done(Reply::False);
     };
     credentials::upgrade_if_needed(ctx, user, &password);
     let salt = random::token_salt(ctx.rng);

@@ -64,10 +64,34 @@ impl<R: CryptoRng + ?Sized> Ctx<'_, R> {
     }
 
     /// Tells the operator that the limit on `counter` refused a request
-    /// from `peer`.
-    pub(crate) fn refused(&mut self, counter: CounterKey, peer: IpAddr) {
+    /// from `peer`, and returns the outcome for the audit trail.
+    pub(crate) fn refused(&mut self, counter: CounterKey, peer: IpAddr) -> Outcome {
+        let outcome = Outcome::refused_by(&counter);
         let subject = self.config.limits.subject(&counter);
         self.notices.push(Notice::Refused { limit: counter.limit_name(), subject, peer });
+        outcome
+    }
+
+    /// Records a failure (`why`) whose places were reserved at `at` after
+    /// `snapshot` was read, and, when its place filled the account's
+    /// streak by the counters as read, that it locked the account. (Two
+    /// failures racing from one read may fill it without either seeing
+    /// so; the refusals that follow say `locked` all the same.)
+    pub(crate) fn failed(
+        &mut self,
+        kind: AuditKind,
+        why: Outcome,
+        subject: Subject,
+        snapshot: &Snapshot,
+        at: DateTime<Utc>,
+    ) {
+        let streak = CounterKey::FailureStreak(subject.email.clone());
+        let stored = snapshot.counter(&streak);
+        let locked = self.config.limits.fills_streak(streak.clone(), stored, at);
+        self.audit(kind, why, subject.clone());
+        if locked {
+            self.audit(AuditKind::AccountLocked, why, subject);
+        }
     }
 }
 

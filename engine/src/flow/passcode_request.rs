@@ -147,8 +147,8 @@ pub(crate) fn looked_up<R: CryptoRng + ?Sized>(ctx: &mut Ctx<'_, R>, mut claim: 
     };
     let limits = &ctx.config.limits;
     if let Some(limit) = limits.refusal(AttemptKind::PasscodeRequest, &snapshot, &claim.email, claim.ip, ctx.now) {
-        ctx.refused(limit, claim.ip);
-        return done(ctx, &claim, Outcome::RateLimited, Reply::Error(ErrorCode::RateLimited));
+        let outcome = ctx.refused(limit, claim.ip);
+        return done(ctx, &claim, outcome, Reply::Error(ErrorCode::RateLimited));
     }
     if !ctx.password_capacity() {
         return done(ctx, &claim, Outcome::Busy, Reply::Error(ErrorCode::Busy));
@@ -179,8 +179,11 @@ pub(crate) fn verified<R: CryptoRng + ?Sized>(
             issue(ctx, claim)
         }
         // Counted when it was reserved.
-        (_, None) => done(ctx, &claim, Outcome::UnknownEmail, Reply::False),
-        (_, Some(_)) => done(ctx, &claim, Outcome::WrongPassword, Reply::False),
+        (_, user) => {
+            let why = if user.is_some() { Outcome::WrongPassword } else { Outcome::UnknownEmail };
+            ctx.failed(AuditKind::PasscodeRequest, why, claim.subject(), &snapshot, claim.reserved_at);
+            Step::Done(Reply::False)
+        }
     }
 }
 
