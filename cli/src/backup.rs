@@ -6,7 +6,8 @@
 //! The archive is written beside FILE under a temporary name, synced, and
 //! only then given its name, which it never takes from an existing file: a
 //! backup is whole or absent. It holds what the data folder holds (password
-//! hashes, sessions, the key), so it is made mode 0600.
+//! hashes, sessions, the key), so it is made mode 0600, its members carry
+//! the owner of the files they copy, and taking it is in the audit trail.
 
 use std::fs::File;
 use std::io::Write;
@@ -16,6 +17,7 @@ use tokenizer_auth_effects::server_key::key_path;
 use tokenizer_auth_effects::store::snapshot;
 
 use super::Failure;
+use super::admin::{Change, record};
 use super::config::Configuration;
 
 /// The mode of every file in the archive.
@@ -48,6 +50,14 @@ pub(super) fn run(config: &Configuration, file: &Path) -> Result<(), Failure> {
         let mut header = tar::Header::new_gnu();
         header.set_size(source.metadata()?.len());
         header.set_mode(MODE);
+        // The owner of the file it copies (the copy is this command's): a
+        // restore by root gives the files back to the service's user.
+        #[cfg(unix)]
+        if let Ok(original) = std::fs::metadata(data_dir.join(&name)) {
+            use std::os::unix::fs::MetadataExt;
+            header.set_uid(u64::from(original.uid()));
+            header.set_gid(u64::from(original.gid()));
+        }
         header.set_mtime(now);
         header.set_cksum();
         tar.append_data(&mut header, &name, &mut source)?;
@@ -62,6 +72,9 @@ pub(super) fn run(config: &Configuration, file: &Path) -> Result<(), Failure> {
         // The new name is on the disk too.
         let _ = dir.sync_all();
     }
+    // It holds every password hash and the key: the trail says who took it.
+    let detail = Some(format!("{} ({size} bytes)", file.display()));
+    record(config, Change { event: "backup_taken", email: None, ip: None, mac: None, detail })?;
     writeln!(std::io::stdout().lock(), "backed up {} into {} ({size} bytes)", names.join(", "), file.display())?;
     Ok(())
 }

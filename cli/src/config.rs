@@ -294,6 +294,8 @@ pub struct Configuration {
     log_level: String,
     smtp: Smtp,
     warnings: Vec<String>,
+    /// The SMTP keys do not make a whole (see [`Configuration::check_mail`]).
+    mail_problem: Option<&'static str>,
 }
 
 impl Default for Configuration {
@@ -330,6 +332,7 @@ impl Default for Configuration {
                 timeout: DEFAULT_TIMEOUT,
             },
             warnings: Vec::new(),
+            mail_problem: None,
         }
     }
 }
@@ -446,11 +449,13 @@ impl Configuration {
             _ => {}
         }
         let smtp = &self.smtp;
-        match (&smtp.username, &smtp.password) {
-            (Some(_), None) => return Err("smtp_username is set but smtp_password is not".to_owned()),
-            (None, Some(_)) => return Err("smtp_password is set but smtp_username is not".to_owned()),
-            _ => {}
-        }
+        // Only what sends mail needs both (`check_mail`): an admin command
+        // run without the service's secrets still works.
+        self.mail_problem = match (&smtp.username, &smtp.password) {
+            (Some(_), None) => Some("smtp_username is set but smtp_password is not"),
+            (None, Some(_)) => Some("smtp_password is set but smtp_username is not"),
+            _ => None,
+        };
         if let MailConfig::Smtp(relay) = self.mail() {
             Mailer::new(&MailConfig::Smtp(relay)).map_err(|e| format!("invalid SMTP relay settings: {e}"))?;
             if smtp.security == SmtpSecurity::Plain && smtp.password.is_some() {
@@ -464,6 +469,14 @@ impl Configuration {
             self.warnings.push("smtp_username is set but smtp_host is not: mail goes to the outbox".to_owned());
         }
         Ok(())
+    }
+
+    /// Whether mail can be sent as configured: the SMTP username and
+    /// password are given together. `serve` and `config show` ask; the
+    /// admin commands, which send no mail, do not, so that they run
+    /// without the service's secrets.
+    pub fn check_mail(&self) -> Result<(), String> {
+        self.mail_problem.map_or(Ok(()), |problem| Err(problem.to_owned()))
     }
 
     /// Warnings found while loading (ignored variables, a config file
@@ -986,7 +999,8 @@ mod tests {
         let MailConfig::Smtp(smtp) = config.mail() else { panic!() };
         assert_eq!(smtp.port, 465);
 
-        let error = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "h"), ("TOKENIZER_AUTH_SMTP_USERNAME", "u")]).unwrap_err();
+        let half = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "h"), ("TOKENIZER_AUTH_SMTP_USERNAME", "u")]).unwrap();
+        let error = half.check_mail().unwrap_err();
         assert!(error.contains("smtp_password is not"), "{error}");
         let error = relay(&[("TOKENIZER_AUTH_SMTP_HOST", "h"), ("TOKENIZER_AUTH_SMTP_FROM", "nobody")]).unwrap_err();
         assert!(error.contains("invalid SMTP relay settings"), "{error}");

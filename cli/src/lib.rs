@@ -81,7 +81,8 @@ pub enum Command {
     Limits(LimitsCommand),
     /// Copy the data folder's two databases (and its server key) into one
     /// archive, FILE, while servers run: a tar file, mode 0600, restored
-    /// with `tar -xf FILE -C DATA_DIR` (docs/OPERATIONS.md).
+    /// into an empty folder with `tar -xf FILE -C DIR` (docs/OPERATIONS.md).
+    /// Run it as the service's user.
     Backup {
         /// The archive to write; it must not exist.
         file: PathBuf,
@@ -341,6 +342,7 @@ impl Cli {
             Command::Replay { file } => replay::run(config, file),
             Command::Config(ConfigCommand::Show(_)) => {
                 use std::io::Write;
+                config.check_mail().map_err(Failure::Usage)?;
                 std::io::stdout().lock().write_all(config.show().as_bytes())?;
                 Ok(())
             }

@@ -8,6 +8,7 @@ use super::Failure;
 use super::config::{Configuration, Runtime};
 
 pub(super) fn run(config: &Configuration) -> Result<(), Failure> {
+    config.check_mail().map_err(Failure::Usage)?;
     let mut settings = config.settings();
     // A certificate that cannot serve, or secrets in the clear off this
     // machine, are configuration errors: said before anything binds.

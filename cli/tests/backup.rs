@@ -8,8 +8,8 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use support::*;
 
@@ -20,39 +20,49 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn a_backup_taken_under_load_restores_the_sessions(runtime: &str) {
-    let server = Server::start(runtime, &[]);
-    let token = server.login();
+    // The passcode bounds off: the load logs in again and again.
+    let env = [("TOKENIZER_AUTH_PASSCODE_REQUESTS_PER_EMAIL", "0"), ("TOKENIZER_AUTH_PASSCODE_REQUESTS_PER_IP", "0")];
+    let server = Arc::new(Server::start(runtime, &env));
+    let first = server.login();
 
-    // Clients keep asking for passcodes and checking tokens meanwhile.
+    // A client logs in over and over meanwhile (passcodes stored and
+    // consumed, counters reserved, sessions written), keeping its tokens.
     let busy = Arc::new(AtomicBool::new(true));
+    let tokens = Arc::new(Mutex::new(vec![first]));
     let load = {
-        let busy = Arc::clone(&busy);
-        let addr = server.native;
-        let token = token.clone();
+        let (busy, tokens, server) = (Arc::clone(&busy), Arc::clone(&tokens), Arc::clone(&server));
         std::thread::spawn(move || {
-            let mut c = Client::new(std::net::TcpStream::connect(addr).unwrap());
-            let mut n = 0;
             while busy.load(Ordering::Relaxed) {
-                assert_eq!(c.ask(&token_line(&token)), "authorized");
-                n += 1;
+                let token = server.login();
+                tokens.lock().unwrap().push(token);
             }
-            n
         })
     };
     let work = tempfile::tempdir().unwrap();
-    let archive = work.path().join("tokenizer-auth.tar");
-    let archive_arg = archive.to_str().unwrap();
-    let out = run_on(&server.dir, &["backup", archive_arg], "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let said = String::from_utf8(out.stdout).unwrap();
-    assert!(said.starts_with("backed up op_creds.db, op_passcodes.db, server.key into "), "{said}");
+    let mut taken = 0;
+    let mut archive = work.path().join("none");
+    let mut issued_before = 0;
+    // Backups until one was taken while at least three logins happened.
+    while taken < 20 && tokens.lock().unwrap().len() < 4 {
+        archive = work.path().join(format!("tokenizer-auth-{taken}.tar"));
+        issued_before = tokens.lock().unwrap().len();
+        let out = run_on(&server.dir, &["backup", archive.to_str().unwrap()], "");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let said = String::from_utf8(out.stdout).unwrap();
+        assert!(said.starts_with("backed up op_creds.db, op_passcodes.db, server.key into "), "{said}");
+        taken += 1;
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
     busy.store(false, Ordering::Relaxed);
-    assert!(load.join().unwrap() > 0);
+    load.join().unwrap();
+    let archive_arg = archive.to_str().unwrap();
+    let tokens = tokens.lock().unwrap().clone();
+    assert!(tokens.len() >= 4, "logins happened while backups were taken");
     #[cfg(unix)]
     assert_eq!(mode(&archive), 0o600);
-    // Nothing is left beside it, and it is never replaced.
-    let beside: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(beside, ["tokenizer-auth.tar"]);
+    // Nothing is left beside them, and one is never replaced.
+    let beside = std::fs::read_dir(work.path()).unwrap().count();
+    assert_eq!(beside, taken);
     let again = run_on(&server.dir, &["backup", archive_arg], "");
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
@@ -70,12 +80,17 @@ fn a_backup_taken_under_load_restores_the_sessions(runtime: &str) {
     }
     let key = |dir: &Path| std::fs::read(dir.join("server.key")).unwrap();
     assert_eq!(key(restored.path()), key(&server.dir));
+    let Ok(server) = Arc::try_unwrap(server) else { panic!("the load thread ended") };
     assert!(server.stop().success());
 
     let users = run_on(restored.path(), &["user", "list"], "");
     assert!(String::from_utf8_lossy(&users.stdout).starts_with(EMAIL));
     let server = Server::start_on(restored, runtime, &[], &[]);
-    assert_eq!(server.connect().ask(&token_line(&token)), "authorized");
+    // Every session issued before the backup began is in it.
+    let mut c = server.connect();
+    for token in &tokens[..issued_before] {
+        assert_eq!(c.ask(&token_line(token)), "authorized");
+    }
     assert!(server.login().len() == 64, "logins work on the restored files");
     assert!(server.stop().success());
 }

@@ -196,6 +196,26 @@ fn the_example_configuration_loads() {
         assert!(shown.lines().any(|l| l == line), "no {line} in\n{shown}");
     }
     assert!(!shown.contains("from secrets.env"), "config show never shows the SMTP password");
+
+    // Without the service's secrets, the admin commands run all the same
+    // (they send no mail); only what would mail refuses.
+    let data = tempfile::tempdir().unwrap();
+    let without = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--config", root().join("deploy/config.toml").to_str().unwrap()])
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env_remove("TOKENIZER_AUTH_SMTP_PASSWORD")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let listed = without(&["user", "list"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let shown = without(&["config", "show"]);
+    assert_eq!(shown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&shown.stderr).contains("smtp_username is set but smtp_password is not"));
 }
 
 /// The `ENV` of the container recipe, as (name, value).
@@ -218,6 +238,9 @@ fn the_container_recipe_serves_tls_with_its_configuration() {
     let env = container_env(&recipe);
     let value = |name: &str| env.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
     assert_eq!(value("TOKENIZER_AUTH_LISTEN"), Some("0.0.0.0:7160"));
+    assert_eq!(value("TOKENIZER_AUTH_TLS_CERT"), Some("/run/tls/cert.pem"));
+    assert_eq!(value("TOKENIZER_AUTH_TLS_KEY"), Some("/run/tls/key.pem"));
+    assert_eq!(value("TOKENIZER_AUTH_DATA_DIR"), Some("/var/lib/tokenizer-auth"));
 
     // The mounts: a data folder, and a certificate and key.
     let tmp = tempfile::tempdir().unwrap();
@@ -228,12 +251,15 @@ fn the_container_recipe_serves_tls_with_its_configuration() {
     std::fs::write(tls.join("key.pem"), cert.signing_key.serialize_pem()).unwrap();
     let data = tmp.path().join("data");
 
-    // Without the certificate mounted, nothing binds: exit 2.
+    // Without the certificate mounted where the recipe names it, nothing
+    // binds: exit 2, naming the file.
     let mut without = Command::new(BIN);
     without.arg("serve").envs(env.iter().map(|(n, v)| (n.as_str(), v.as_str())));
-    without.env("TOKENIZER_AUTH_DATA_DIR", &data).env("TOKENIZER_AUTH_TLS_CERT", tmp.path().join("missing.pem"));
+    without.env("TOKENIZER_AUTH_DATA_DIR", &data);
     let out = without.stdin(Stdio::null()).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("/run/tls/cert.pem"), "{said}");
 
     // With it, the recipe's configuration serves, on loopback here (tests
     // listen on 127.0.0.1 only; in the container it is every address).

@@ -43,15 +43,28 @@ fn old_files(dir: &Path, token: &BaseToken) {
         .unwrap();
 }
 
-/// Every file of a folder, with its bytes.
+/// The two databases of a folder, with their bytes.
 fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name().into_string().unwrap(), std::fs::read(e.path()).unwrap())
-        })
+    ["op_creds.db", "op_passcodes.db"]
+        .into_iter()
+        .map(|name| (name.to_owned(), std::fs::read(dir.join(name)).unwrap()))
         .collect()
+}
+
+/// Every row of both old tables, as text, and each file's journal mode.
+fn rows(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for (file, table) in [("op_creds.db", "op_creds"), ("op_passcodes.db", "passcode_table")] {
+        let conn = Connection::open(dir.join(file)).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        out.push(format!("{file}: {mode}"));
+        let mut select = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
+        let found = select
+            .query_map([], |r| (0..6).map(|i| r.get::<_, Option<String>>(i)).collect::<Result<Vec<_>, _>>())
+            .unwrap();
+        out.extend(found.map(|row| format!("{table}: {:?}", row.unwrap())));
+    }
+    out
 }
 
 fn run(dir: &Path, args: &[&str]) -> String {
@@ -74,6 +87,7 @@ fn the_migration_steps_work_and_the_copy_is_the_way_back(runtime: &str) {
     let token = BaseToken::parse("0123456789abcdef".repeat(4).as_bytes()).unwrap();
     old_files(old.path(), &token);
     let before = contents(old.path());
+    let old_rows = rows(old.path());
 
     // 2. Keep a copy: the old files are read as they are, and left so.
     let work = tempfile::tempdir().unwrap();
@@ -119,17 +133,12 @@ fn the_migration_steps_work_and_the_copy_is_the_way_back(runtime: &str) {
     let back = tempfile::tempdir().unwrap();
     let back_dir = back.path().to_str().unwrap();
     shell("tar", &["-xf", archive.to_str().unwrap(), "-C", back_dir, "op_creds.db", "op_passcodes.db"]);
-    let restored = contents(back.path());
     for name in ["op_creds.db", "op_passcodes.db"] {
-        let db = back.path().join(name);
-        assert_eq!(version(&db), 0, "{name} as the old server left it");
-        assert_eq!(restored[name].len(), before[name].len(), "{name}");
+        assert_eq!(version(&back.path().join(name)), 0, "{name} as the old server left it");
     }
-    let password: String = Connection::open(back.path().join("op_creds.db"))
-        .unwrap()
-        .query_row("SELECT password FROM op_creds", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(password, PASSWORD);
+    assert_eq!(rows(back.path()), old_rows, "every row as the old server left it, plaintext and all");
+    // And the old folder itself was never touched.
+    assert_eq!(contents(old.path()), before);
 }
 
 both_runtimes!(the_migration_steps_work_and_the_copy_is_the_way_back);

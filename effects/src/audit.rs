@@ -143,7 +143,7 @@ pub fn line_of(notice: &Notice, now: DateTime<Utc>) -> Option<Vec<u8>> {
             email: Some(&e.subject.email),
             ip: Some(e.subject.ip),
             mac: Some(e.subject.mac.to_string()),
-            listener: Some(e.listener.map_or("none", Listener::as_str)),
+            listener: e.listener.map(Listener::as_str),
             detail: None,
             by: None,
         },
@@ -167,8 +167,33 @@ pub fn line_of(notice: &Notice, now: DateTime<Utc>) -> Option<Vec<u8>> {
 /// one event (an admin command): one `write` of the whole line, which an
 /// append-mode file places after every other whole line, the server's
 /// included.
+/// If a full disk cut the server's last line short, the line is ended
+/// first, so that this one stays whole.
 pub fn append_one(target: &AuditTarget, line: &AuditLine<'_>) -> io::Result<()> {
-    target.open()?.write_all(&line.render())
+    let mut bytes = line.render();
+    if let AuditTarget::File(path) = target
+        && !ends_a_line(path)?
+    {
+        bytes.insert(0, b'\n');
+    }
+    target.open()?.write_all(&bytes)
+}
+
+/// Whether the file at `path` is empty, missing or ends with a newline.
+fn ends_a_line(path: &Path) -> io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    if !file.metadata()?.is_file() || file.metadata()?.len() == 0 {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8];
+    file.read_exact(&mut last)?;
+    Ok(last[0] == b'\n')
 }
 
 /// Lines that may wait to be written before new ones are lost.
@@ -295,10 +320,11 @@ impl Writer {
     fn write(&mut self, batch: &[u8]) {
         let mut done = 0;
         let mut failure = None;
-        if self.cut {
+        while self.cut && failure.is_none() {
             match self.sink.write(b"\n") {
                 Ok(1) => self.cut = false,
                 Ok(_) => failure = Some(io::Error::from(io::ErrorKind::WriteZero)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => failure = Some(e),
             }
         }
@@ -397,6 +423,12 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         assert_eq!(text.lines().count(), 1001);
         assert!(text.lines().last().unwrap().ends_with(r#""listener":null,"by":"root"}"#));
+        // After a line a full disk cut short, the command's line is whole.
+        std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(b"{\"time\":\"19").unwrap();
+        append_one(&target, &added).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        assert_eq!(text.lines().count(), 1003);
+        assert!(text.lines().last().unwrap().starts_with(r#"{"time":"1970"#));
     }
 
     /// A sink that takes `room` bytes, then fails as a full disk does.

@@ -73,10 +73,13 @@ impl<R: CryptoRng + ?Sized> Ctx<'_, R> {
     }
 
     /// Records a failure (`why`) whose places were reserved at `at` after
-    /// `snapshot` was read, and, when its place filled the account's
-    /// streak by the counters as read, that it locked the account. (Two
-    /// failures racing from one read may fill it without either seeing
-    /// so; the refusals that follow say `locked` all the same.)
+    /// `snapshot` was read, and, when its place filled the email's streak
+    /// by the counters as read, that it locked the account. The store does
+    /// not say what it counted, so this is judged from the read: two
+    /// failures racing from one read may fill the streak without either
+    /// telling it (the refusals that follow say `locked` all the same),
+    /// and a login or `limits reset` that ended the streak between the
+    /// read and the reservation makes a lock told that did not happen.
     pub(crate) fn failed(
         &mut self,
         kind: AuditKind,
