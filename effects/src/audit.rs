@@ -431,6 +431,28 @@ mod tests {
         assert!(text.lines().last().unwrap().starts_with(r#"{"time":"1970"#));
     }
 
+    #[test]
+    fn hostile_text_stays_on_its_line() {
+        let email = "a\"b\nc\r\u{0}d\u{2028}@example.com\",\"event\":\"x";
+        let bytes = AuditLine {
+            time: AuditLine::time(DateTime::UNIX_EPOCH),
+            event: "login",
+            outcome: "unknown_email",
+            email: Some(email),
+            ip: None,
+            mac: None,
+            listener: None,
+            detail: None,
+            by: None,
+        }
+        .render();
+        let text = String::from_utf8(bytes).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(text.ends_with('\n') && !text.contains('\r'));
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!((back["email"].as_str(), back["event"].as_str()), (Some(email), Some("login")));
+    }
+
     /// A sink that takes `room` bytes, then fails as a full disk does.
     struct Full {
         taken: Arc<std::sync::Mutex<Vec<u8>>>,
