@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 SECONDS_PER_TARGET="${1:-60}"
 shift || true
-ALL_TARGETS=(native_line legacy_framing engine capture_reader)
+ALL_TARGETS=(native_line legacy_framing engine capture_reader proxy_header)
 TARGETS=("${@:-${ALL_TARGETS[@]}}")
 SANITIZER="${FUZZ_SANITIZER:-none}"
 

@@ -51,6 +51,11 @@ fn legacy_framing_corpus() {
 }
 
 #[test]
+fn proxy_header_corpus() {
+    assert!(replay("proxy_header", fuzz::proxy_header) >= 4);
+}
+
+#[test]
 fn capture_reader_corpus() {
     assert!(replay("capture_reader", fuzz::capture_reader) >= 3);
 }
@@ -67,7 +72,7 @@ fn engine_corpus() {
 /// The seed corpora stay small: a handful of files, none large.
 #[test]
 fn seed_corpora_are_small() {
-    for target in ["native_line", "legacy_framing", "engine"] {
+    for target in ["native_line", "legacy_framing", "engine", "proxy_header"] {
         let inputs = files(&fuzz_dir().join("corpus").join(target));
         assert!(inputs.len() <= 32, "{target}: {} seed files", inputs.len());
         for input in inputs {

@@ -6,5 +6,6 @@
 pub mod legacy;
 pub mod native;
 pub mod pickle;
+pub mod proxy;
 pub mod reply;
 pub mod request;

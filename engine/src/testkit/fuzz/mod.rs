@@ -18,13 +18,17 @@
 //!   after a valid header): an error or a replay, never a panic; and the
 //!   same bytes as a client's stream through the capture's redaction, which
 //!   must keep every line's parse outcome and no password.
+//! - [`proxy_header`]: the PROXY protocol header decoder on any bytes, and
+//!   headers rendered in both versions decoding to their address.
 
 mod capture_reader;
 mod engine;
 mod legacy_framing;
 mod native_line;
+mod proxy_header;
 
 pub use capture_reader::capture_reader;
 pub use engine::{Report, engine, engine_script, engine_seeds};
 pub use legacy_framing::{legacy_framing, unpickle};
 pub use native_line::native_line;
+pub use proxy_header::proxy_header;
