@@ -71,7 +71,7 @@ pub struct SessionSummary {
 /// and that the mailer will take the email (with its own parser,
 /// [`crate::mail::recipient`]), so a bad address is refused here rather
 /// than later as a retryable `mail_unavailable`.
-fn check_account(email: &str, phone: &str) -> Result<(), AdminError> {
+pub(super) fn check_account(email: &str, phone: &str) -> Result<(), AdminError> {
     let field_ok = |s: &str| !s.contains('|') && !s.chars().any(char::is_control);
     if email.is_empty() || email.len() > MAX_EMAIL || !email.contains('@') || !field_ok(email) {
         return Err(AdminError::InvalidEmail(email.to_owned()));

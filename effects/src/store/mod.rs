@@ -35,6 +35,7 @@ mod backup;
 mod cache;
 mod columns;
 mod counters;
+mod postgres;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,7 @@ pub use backup::snapshot;
 pub use cache::SessionCache;
 use cache::View;
 use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
+pub use postgres::PgStore;
 
 /// The credentials file's name in the data folder.
 pub const CREDS_FILE: &str = "op_creds.db";
@@ -132,6 +134,9 @@ pub enum StoreError {
     /// A statement failed.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// The PostgreSQL database failed (or could not be reached).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// A group's transaction failed after its batches were applied, so
     /// none of them is durable.
     #[error("commit failed: {0}")]

@@ -19,11 +19,13 @@
 
 mod checks;
 mod memory;
+mod postgres;
 mod sqlite;
 
 use tokenizer_auth_engine::{Lookup, Mac, PasswordHash, Snapshot, UserRecord, WriteBatch};
 
 pub use memory::MemoryUnderTest;
+pub use postgres::PgUnderTest;
 pub use sqlite::SqliteUnderTest;
 
 /// What a store made of a batch.

@@ -1,0 +1,604 @@
+//! The PostgreSQL store (`store_url = "postgres://…"`, docs/STORES.md): the
+//! same reads and write batches as the SQLite store, with the same meaning,
+//! on a database any number of servers share.
+//!
+//! - **Groups.** A group of batches is one transaction (one commit, one
+//!   WAL flush), each batch inside a savepoint of its own, its expectation
+//!   checked after the batches before it; a batch that conflicts is rolled
+//!   back alone. Nothing is reported applied before the commit returns.
+//! - **Races.** Every expectation is read `FOR UPDATE`, so the row it
+//!   judges stays as judged until the commit, and every other write is one
+//!   statement that decides on the row's latest version (a conditional
+//!   update or upsert). So `READ COMMITTED` is enough, and writers racing
+//!   for one row (a burst of guesses on one passcode, one counter) wait
+//!   their turn instead of failing: with `SERIALIZABLE`, the conformance
+//!   suite's 32 connections racing for one counter ran out of retries.
+//! - **Retries.** A serialization failure or a deadlock (SQLSTATE 40001,
+//!   40P01; two groups locking rows in opposite orders, or CockroachDB,
+//!   which always runs serializable) aborts the whole transaction; the
+//!   group is run again from the start after a short, growing pause, at
+//!   most [`MAX_ATTEMPTS`] times, and then each batch fails (the client
+//!   gets the retryable `error|store_unavailable`). A group that failed was
+//!   never applied, so running it again cannot count twice.
+//! - **Counters** are reserved as in SQLite: one conditional
+//!   `INSERT … ON CONFLICT … DO UPDATE … WHERE` that checks the bound and
+//!   raises the count in one statement.
+//! - **Portable SQL.** Plain tables, `BIGINT` milliseconds, `ON CONFLICT`
+//!   upserts, no PostgreSQL-only types, so that CockroachDB could run it;
+//!   the one exception is the advisory lock that serializes migrations
+//!   (`pg_advisory_xact_lock`), which CockroachDB lacks (see docs/STORES.md).
+//!
+//! The tables are this project's own (`accounts`, `sessions`, `rotations`,
+//! `passcodes`, `counters`), not the old server's: its files stay SQLite.
+
+use std::collections::HashMap;
+
+use postgres::error::SqlState;
+use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement};
+use tokenizer_auth_engine::{
+    Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
+    PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Place, REUSE_HISTORY, Reservation, RotationRecord,
+    SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
+};
+
+use super::admin::{AdminError, check_account};
+use super::columns::{counter_key, from_millis, millis};
+use super::{Commit, StoreError};
+
+/// How many times a group is run before its batches fail.
+pub(super) const MAX_ATTEMPTS: usize = 8;
+
+/// The key of the advisory lock migrations take, so that servers starting
+/// together migrate one after the other.
+const MIGRATION_LOCK: i64 = 0x0074_6f6b_6175_7468; // "tokauth"
+
+/// The schema, one entry per version. Each runs once, in order, in the
+/// migration's transaction; the version is kept in `tokenizer_auth_schema`.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE IF NOT EXISTS accounts (
+        email TEXT PRIMARY KEY,
+        phone TEXT NOT NULL,
+        password TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS sessions (
+        master TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        mac TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS sessions_email ON sessions (email, mac);
+    CREATE TABLE IF NOT EXISTS rotations (
+        tag TEXT PRIMARY KEY,
+        master TEXT NOT NULL,
+        email TEXT NOT NULL,
+        mac TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        rotated_at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS rotations_session ON rotations (email, mac, started_at, rotated_at);
+    CREATE TABLE IF NOT EXISTS passcodes (
+        email TEXT NOT NULL,
+        mac TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        code TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        attempts BIGINT NOT NULL,
+        PRIMARY KEY (email, mac, ip)
+    );
+    CREATE TABLE IF NOT EXISTS counters (
+        key TEXT PRIMARY KEY,
+        since BIGINT NOT NULL,
+        count BIGINT NOT NULL,
+        last BIGINT NOT NULL
+    );
+"];
+
+/// Statements prepared once per connection, by their text.
+type Statements = HashMap<&'static str, Statement>;
+
+/// One connection to the database. One per thread, as a `SqliteStore` is.
+pub struct PgStore {
+    client: Client,
+    statements: Statements,
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> StoreError {
+        StoreError::Postgres(e.to_string())
+    }
+}
+
+impl From<postgres::Error> for AdminError {
+    fn from(e: postgres::Error) -> AdminError {
+        AdminError::Store(e.into())
+    }
+}
+
+/// Whether the transaction failed only because another one won a race,
+/// and running it again may succeed.
+fn retryable(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// The statement for `sql` on this connection, prepared on first use.
+fn prepared<C: GenericClient>(
+    c: &mut C,
+    cache: &mut Statements,
+    sql: &'static str,
+) -> Result<Statement, postgres::Error> {
+    if let Some(statement) = cache.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = c.prepare(sql)?;
+    cache.insert(sql, statement.clone());
+    Ok(statement)
+}
+
+impl PgStore {
+    /// Connects to `url` and brings the schema to the current version
+    /// (under an advisory lock: servers starting together migrate one
+    /// after the other).
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        let mut store = PgStore::connect(url)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Another connection to a database [`PgStore::open`] has migrated.
+    pub fn connect(url: &str) -> Result<PgStore, StoreError> {
+        let client = Client::connect(url, NoTls)?;
+        Ok(PgStore { client, statements: Statements::new() })
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS tokenizer_auth_schema (version BIGINT NOT NULL)")?;
+        let version = match tx.query_opt("SELECT version FROM tokenizer_auth_schema", &[])? {
+            Some(row) => row.get::<_, i64>(0),
+            None => {
+                tx.execute("INSERT INTO tokenizer_auth_schema (version) VALUES (0)", &[])?;
+                0
+            }
+        };
+        let done = usize::try_from(version).unwrap_or(usize::MAX);
+        for (i, step) in MIGRATIONS.iter().enumerate().skip(done) {
+            tx.batch_execute(step)?;
+            tx.execute("UPDATE tokenizer_auth_schema SET version = $1", &[&(i as i64 + 1)])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether the database answers a read (readiness).
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        self.client.query_one("SELECT count(*) FROM sessions WHERE false", &[])?;
+        Ok(())
+    }
+
+    /// Answers lookups from one read-only snapshot, in their order.
+    pub fn read_many<'a>(
+        &mut self,
+        lookups: impl IntoIterator<Item = &'a Lookup>,
+    ) -> Vec<Result<Snapshot, StoreError>> {
+        let lookups: Vec<&Lookup> = lookups.into_iter().collect();
+        let PgStore { client, statements } = self;
+        let mut read = || -> Result<Vec<Snapshot>, postgres::Error> {
+            let mut tx =
+                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+            let snapshots = lookups.iter().map(|l| read_one(&mut tx, statements, l)).collect::<Result<_, _>>()?;
+            tx.commit()?;
+            Ok(snapshots)
+        };
+        match read() {
+            Ok(snapshots) => snapshots.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let why = e.to_string();
+                lookups.iter().map(|_| Err(StoreError::Postgres(why.clone()))).collect()
+            }
+        }
+    }
+
+    /// Answers one lookup.
+    pub fn read(&mut self, lookup: &Lookup) -> Result<Snapshot, StoreError> {
+        self.read_many([lookup]).pop().unwrap_or(Err(StoreError::NoOutcome))
+    }
+
+    /// Commits batches as one group (see the module's docs): the outcomes
+    /// in the batches' order, each only once the commit is durable.
+    pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
+        let mut last = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                // 1, 2, 4 … 64 ms: long enough for the winner to commit.
+                std::thread::sleep(std::time::Duration::from_millis(1 << (attempt - 1)));
+            }
+            match self.try_group(batches) {
+                Ok(outcomes) => {
+                    return outcomes.into_iter().map(|o| o.map_err(|e| StoreError::Postgres(e.to_string()))).collect();
+                }
+                Err(e) if retryable(&e) => last = e.to_string(),
+                Err(e) => return batches.iter().map(|_| Err(StoreError::Commit(e.to_string()))).collect(),
+            }
+        }
+        let why = format!("still failing after {MAX_ATTEMPTS} attempts: {last}");
+        batches.iter().map(|_| Err(StoreError::Commit(why.clone()))).collect()
+    }
+
+    /// Commits one batch, or nothing if its expectation does not hold.
+    pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
+        self.write_group(&[batch]).pop().unwrap_or(Err(StoreError::NoOutcome))
+    }
+
+    /// One run of a group: `Err` if the transaction as a whole failed.
+    #[allow(clippy::type_complexity)]
+    fn try_group(&mut self, batches: &[&WriteBatch]) -> Result<Vec<Result<Commit, postgres::Error>>, postgres::Error> {
+        let PgStore { client, statements } = self;
+        let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut savepoint = tx.transaction()?;
+            let applied = match batch {
+                WriteBatch::Creds(b) => write_creds(&mut savepoint, statements, b),
+                WriteBatch::Passcodes(b) => write_passcodes(&mut savepoint, statements, b),
+            };
+            match applied {
+                Ok(Commit::Applied) => savepoint.commit()?,
+                Err(e) if retryable(&e) => return Err(e),
+                // Undo what the batch did before it conflicted or failed.
+                Ok(Commit::Conflict) | Err(_) => savepoint.rollback()?,
+            }
+            outcomes.push(applied);
+        }
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    /// Adds an account. Fails if one with this email exists.
+    pub fn add_user(&mut self, email: &str, phone: &str, password: &PasswordHash) -> Result<(), AdminError> {
+        check_account(email, phone)?;
+        let added = self.client.execute(
+            "INSERT INTO accounts (email, phone, password) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING",
+            &[&email, &phone, &password.as_column()],
+        )?;
+        if added == 0 {
+            return Err(AdminError::UserExists(email.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Ends an account's sessions, or only one device's. Returns how many
+    /// ended.
+    pub fn revoke(&mut self, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let ended = end_sessions(&mut tx, email, mac)?;
+        tx.commit()?;
+        Ok(ended)
+    }
+
+    /// Replaces an account's password and ends its sessions. Returns whether
+    /// the account exists.
+    pub fn set_password(&mut self, email: &str, password: &PasswordHash) -> Result<bool, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let changed =
+            tx.execute("UPDATE accounts SET password = $2 WHERE email = $1", &[&email, &password.as_column()])?;
+        end_sessions(&mut tx, email, None)?;
+        tx.commit()?;
+        Ok(changed > 0)
+    }
+}
+
+/// Deletes an account's sessions (or one device's) and their rotation
+/// records. Returns how many sessions ended.
+fn end_sessions(tx: &mut postgres::Transaction<'_>, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
+    let mac = mac.map(|m| m.to_string());
+    let ended =
+        tx.execute("DELETE FROM sessions WHERE email = $1 AND ($2::TEXT IS NULL OR mac = $2)", &[&email, &mac])?;
+    tx.execute("DELETE FROM rotations WHERE email = $1 AND ($2::TEXT IS NULL OR mac = $2)", &[&email, &mac])?;
+    Ok(usize::try_from(ended).unwrap_or(usize::MAX))
+}
+
+fn read_one<C: GenericClient>(c: &mut C, s: &mut Statements, lookup: &Lookup) -> Result<Snapshot, postgres::Error> {
+    let mut snapshot = Snapshot::default();
+    if let Some(email) = &lookup.user {
+        let sql = prepared(c, s, "SELECT phone, password FROM accounts WHERE email = $1")?;
+        snapshot.user = c.query_opt(&sql, &[email])?.map(|r| UserRecord {
+            email: email.clone(),
+            phone: r.get(0),
+            password: PasswordHash::from_column(r.get(1)),
+        });
+    }
+    if let Some(key) = &lookup.passcode {
+        snapshot.passcode = passcode(c, s, key)?;
+    }
+    if let Some(master) = &lookup.session {
+        let sql = prepared(c, s, "SELECT master, email, mac, started_at, expires_at FROM sessions WHERE master = $1")?;
+        snapshot.session = c.query_opt(&sql, &[&master.to_hex()])?.and_then(|r| session_row(&r));
+    }
+    if let Some(tag) = &lookup.rotation {
+        let sql =
+            prepared(c, s, "SELECT tag, master, email, mac, started_at, rotated_at FROM rotations WHERE tag = $1")?;
+        snapshot.rotation = c.query_opt(&sql, &[&tag.to_hex()])?.and_then(|r| rotation_row(&r));
+    }
+    for key in &lookup.counters {
+        if let Some(counter) = counter(c, s, key)? {
+            snapshot.counters.push((key.clone(), counter));
+        }
+    }
+    Ok(snapshot)
+}
+
+fn session_row(r: &Row) -> Option<SessionRecord> {
+    let (master, email, mac): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+    Some(SessionRecord {
+        master: MasterToken::parse(&master)?,
+        email,
+        mac: Mac::parse(&mac)?,
+        started_at: from_millis(r.get(3)),
+        expires_at: from_millis(r.get(4)),
+    })
+}
+
+fn rotation_row(r: &Row) -> Option<RotationRecord> {
+    let (tag, master, email, mac): (String, String, String, String) = (r.get(0), r.get(1), r.get(2), r.get(3));
+    Some(RotationRecord {
+        tag: TokenTag::parse(&tag)?,
+        master: MasterToken::parse(&master)?,
+        email,
+        mac: Mac::parse(&mac)?,
+        started_at: from_millis(r.get(4)),
+        rotated_at: from_millis(r.get(5)),
+    })
+}
+
+fn passcode<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    key: &PasscodeKey,
+) -> Result<Option<PasscodeRecord>, postgres::Error> {
+    let sql = "SELECT phone, code, expires_at, attempts FROM passcodes WHERE email = $1 AND mac = $2 AND ip = $3";
+    passcode_row(c, s, key, sql)
+}
+
+/// The passcode, its row locked until the transaction ends (an
+/// expectation).
+fn passcode_for_update<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    key: &PasscodeKey,
+) -> Result<Option<PasscodeRecord>, postgres::Error> {
+    let sql = "SELECT phone, code, expires_at, attempts FROM passcodes
+               WHERE email = $1 AND mac = $2 AND ip = $3 FOR UPDATE";
+    passcode_row(c, s, key, sql)
+}
+
+fn passcode_row<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    key: &PasscodeKey,
+    sql: &'static str,
+) -> Result<Option<PasscodeRecord>, postgres::Error> {
+    let sql = prepared(c, s, sql)?;
+    let row = c.query_opt(&sql, &[&key.email, &key.mac.to_string(), &key.ip.to_string()])?;
+    Ok(row.map(|r| PasscodeRecord {
+        key: key.clone(),
+        phone: r.get(0),
+        code: StoredPasscode::from_column(r.get(1)),
+        expires_at: from_millis(r.get(2)),
+        attempts: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+    }))
+}
+
+fn counter<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    key: &CounterKey,
+) -> Result<Option<Counter>, postgres::Error> {
+    let sql = prepared(c, s, "SELECT since, count, last FROM counters WHERE key = $1")?;
+    Ok(c.query_opt(&sql, &[&counter_key(key)])?.map(|r| Counter {
+        since: from_millis(r.get(0)),
+        count: u32::try_from(r.get::<_, i64>(1)).unwrap_or(u32::MAX),
+        last: from_millis(r.get(2)),
+    }))
+}
+
+fn write_passcodes<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    batch: &PasscodesBatch,
+) -> Result<Commit, postgres::Error> {
+    if let Some(expect) = &batch.expect {
+        let holds = passcode_for_update(c, s, &expect.key)?
+            .is_some_and(|r| r.code == expect.code && expect.attempts_below.is_none_or(|below| r.attempts < below));
+        if !holds {
+            return Ok(Commit::Conflict);
+        }
+    }
+    for op in &batch.ops {
+        match op {
+            PasscodesOp::Put(record) => {
+                let sql = prepared(
+                    c,
+                    s,
+                    "INSERT INTO passcodes (email, mac, ip, phone, code, expires_at, attempts)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (email, mac, ip) DO UPDATE SET phone = excluded.phone, code = excluded.code,
+                         expires_at = excluded.expires_at, attempts = excluded.attempts",
+                )?;
+                c.execute(
+                    &sql,
+                    &[
+                        &record.key.email,
+                        &record.key.mac.to_string(),
+                        &record.key.ip.to_string(),
+                        &record.phone,
+                        &record.code.to_column(),
+                        &millis(record.expires_at),
+                        &i64::from(record.attempts),
+                    ],
+                )?;
+            }
+            PasscodesOp::Delete(key) => {
+                let sql = prepared(c, s, "DELETE FROM passcodes WHERE email = $1 AND mac = $2 AND ip = $3")?;
+                c.execute(&sql, &[&key.email, &key.mac.to_string(), &key.ip.to_string()])?;
+            }
+            PasscodesOp::CountGuess(key) => {
+                let sql = prepared(
+                    c,
+                    s,
+                    "UPDATE passcodes SET attempts = attempts + 1 WHERE email = $1 AND mac = $2 AND ip = $3",
+                )?;
+                c.execute(&sql, &[&key.email, &key.mac.to_string(), &key.ip.to_string()])?;
+            }
+            PasscodesOp::Reserve(reservation) => {
+                if !reserve(c, s, reservation)? {
+                    // The savepoint is rolled back: nothing of the batch stays.
+                    return Ok(Commit::Conflict);
+                }
+            }
+            PasscodesOp::Refund(refund) => {
+                // The rule of `Refund::apply`: only the count the place was taken in.
+                let sql = match refund.place {
+                    Place::Window(_) => {
+                        "UPDATE counters SET count = count - 1 WHERE key = $1 AND count > 0 AND since = $2"
+                    }
+                    Place::Streak(_) => {
+                        "UPDATE counters SET count = count - 1 WHERE key = $1 AND count > 0 AND since <= $2"
+                    }
+                };
+                let (Place::Window(at) | Place::Streak(at)) = refund.place;
+                let sql = prepared(c, s, sql)?;
+                c.execute(&sql, &[&counter_key(&refund.key), &millis(at)])?;
+            }
+            PasscodesOp::Reset(key) => {
+                let sql = prepared(c, s, "DELETE FROM counters WHERE key = $1")?;
+                c.execute(&sql, &[&counter_key(key)])?;
+            }
+        }
+    }
+    Ok(Commit::Applied)
+}
+
+/// Counts one event on a counter if its bound allows: the bound checked
+/// and the count raised by one statement (the rule of
+/// `Reservation::apply`). Returns whether it was counted.
+fn reserve<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    reservation: &Reservation,
+) -> Result<bool, postgres::Error> {
+    let key = counter_key(&reservation.key);
+    let at = millis(reservation.at);
+    let changed = match reservation.bound {
+        Bound::Window { since, max } => {
+            let sql = prepared(
+                c,
+                s,
+                "INSERT INTO counters (key, since, count, last) VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN counters.since < excluded.since THEN 1 ELSE counters.count + 1 END,
+                     since = GREATEST(counters.since, excluded.since),
+                     last = excluded.last
+                 WHERE counters.since < excluded.since OR counters.count < $4",
+            )?;
+            c.execute(&sql, &[&key, &millis(since), &at, &i64::from(max)])?
+        }
+        Bound::Streak { max, lockout } => {
+            let sql = prepared(
+                c,
+                s,
+                "INSERT INTO counters (key, since, count, last) VALUES ($1, $2, 1, $2)
+                 ON CONFLICT (key) DO UPDATE SET
+                     count = CASE WHEN counters.count < $3 THEN counters.count + 1 ELSE 1 END,
+                     since = CASE WHEN counters.count < $3 THEN counters.since ELSE excluded.since END,
+                     last = excluded.last
+                 WHERE counters.count < $3 OR counters.last + $4 <= excluded.last",
+            )?;
+            c.execute(&sql, &[&key, &at, &i64::from(max), &lockout.num_milliseconds()])?
+        }
+    };
+    Ok(changed == 1)
+}
+
+fn write_creds<C: GenericClient>(c: &mut C, s: &mut Statements, batch: &CredsBatch) -> Result<Commit, postgres::Error> {
+    let holds = match &batch.expect {
+        None => true,
+        Some(CredsExpectation::Session { master, expires_at }) => {
+            let sql = prepared(c, s, "SELECT expires_at FROM sessions WHERE master = $1 FOR UPDATE")?;
+            c.query_opt(&sql, &[&master.to_hex()])?.is_some_and(|r| r.get::<_, i64>(0) == millis(*expires_at))
+        }
+        Some(CredsExpectation::Password { email, password }) => {
+            let sql = prepared(c, s, "SELECT password FROM accounts WHERE email = $1 FOR UPDATE")?;
+            c.query_opt(&sql, &[email])?.is_some_and(|r| PasswordHash::from_column(r.get(0)) == *password)
+        }
+    };
+    if !holds {
+        return Ok(Commit::Conflict);
+    }
+    for op in &batch.ops {
+        match op {
+            CredsOp::PutSession(session) => {
+                let sql = prepared(
+                    c,
+                    s,
+                    "INSERT INTO sessions (master, email, mac, started_at, expires_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (master) DO UPDATE SET email = excluded.email, mac = excluded.mac,
+                         started_at = excluded.started_at, expires_at = excluded.expires_at",
+                )?;
+                c.execute(
+                    &sql,
+                    &[
+                        &session.master.to_hex(),
+                        &session.email,
+                        &session.mac.to_string(),
+                        &millis(session.started_at),
+                        &millis(session.expires_at),
+                    ],
+                )?;
+            }
+            CredsOp::DeleteSession(master) => {
+                let sql = prepared(c, s, "DELETE FROM sessions WHERE master = $1")?;
+                c.execute(&sql, &[&master.to_hex()])?;
+            }
+            CredsOp::PutRotation(r) => {
+                let sql = prepared(
+                    c,
+                    s,
+                    "INSERT INTO rotations (tag, master, email, mac, started_at, rotated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (tag) DO UPDATE SET master = excluded.master, email = excluded.email,
+                         mac = excluded.mac, started_at = excluded.started_at, rotated_at = excluded.rotated_at",
+                )?;
+                let (tag, mac, started) = (r.tag.to_hex(), r.mac.to_string(), millis(r.started_at));
+                c.execute(&sql, &[&tag, &r.master.to_hex(), &r.email, &mac, &started, &millis(r.rotated_at)])?;
+                // The record just written stays; of the others, the newest.
+                let sql = prepared(
+                    c,
+                    s,
+                    "DELETE FROM rotations WHERE email = $1 AND mac = $2 AND started_at = $3 AND tag <> $4
+                         AND tag NOT IN (SELECT tag FROM rotations
+                             WHERE email = $1 AND mac = $2 AND started_at = $3 AND tag <> $4
+                             ORDER BY rotated_at DESC, tag DESC LIMIT $5)",
+                )?;
+                c.execute(&sql, &[&r.email, &mac, &started, &tag, &((REUSE_HISTORY - 1) as i64)])?;
+            }
+            CredsOp::RevokeSession { email, mac, started_at } => {
+                let (mac, started_at) = (mac.to_string(), millis(*started_at));
+                for sql in [
+                    "DELETE FROM sessions WHERE email = $1 AND mac = $2 AND started_at = $3",
+                    "DELETE FROM rotations WHERE email = $1 AND mac = $2 AND started_at = $3",
+                ] {
+                    let sql = prepared(c, s, sql)?;
+                    c.execute(&sql, &[email, &mac, &started_at])?;
+                }
+            }
+            CredsOp::SetPassword { email, password } => {
+                let sql = prepared(c, s, "UPDATE accounts SET password = $2 WHERE email = $1")?;
+                c.execute(&sql, &[email, &password.as_column()])?;
+            }
+        }
+    }
+    Ok(Commit::Applied)
+}
