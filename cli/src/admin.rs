@@ -6,15 +6,17 @@ use std::net::IpAddr;
 
 use tokenizer_auth_effects::audit::{AuditLine, append_one};
 use tokenizer_auth_effects::password::{Cost, PasswordHasher};
-use tokenizer_auth_effects::store::SqliteStore;
+use tokenizer_auth_effects::store::Store;
 use tokenizer_auth_engine::{Mac, NewPasswordRule, Secret};
 
 use super::config::Configuration;
 use super::{Failure, SessionCommand, UserCommand};
 
-fn open(config: &Configuration) -> Result<SqliteStore, Failure> {
-    let dir = config.data_dir();
-    SqliteStore::open(dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())))
+/// The store the configuration names: the data folder's files, or
+/// `store_url`.
+pub(super) fn open(config: &Configuration) -> Result<Store, Failure> {
+    let store = config.store();
+    Store::open(&store).map_err(|e| Failure::Other(format!("store {}: {e}", store.describe())))
 }
 
 /// What an admin command changed, for the audit trail.

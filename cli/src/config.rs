@@ -18,6 +18,7 @@ use chrono::TimeDelta;
 use tokenizer_auth_effects::audit::AuditTarget;
 use tokenizer_auth_effects::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
 use tokenizer_auth_effects::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
+use tokenizer_auth_effects::store::StoreLocation;
 use tokenizer_auth_effects::tls::TlsFiles;
 use tokenizer_auth_engine::{Config, Secret, ServerKey};
 
@@ -79,6 +80,23 @@ const KEYS: &[Key] = &[
         },
         path
     ),
+    // Never echo the value: the URL may carry the database's password.
+    Key {
+        name: "store_url",
+        set: |c, raw| {
+            let text = raw.text().map_err(|_| "expected a string".to_owned())?.trim();
+            c.store_url = match text {
+                "" => None,
+                url if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url.to_owned()),
+                _ => return Err("expected a postgres:// URL (or nothing, for the data folder's SQLite files)".into()),
+            };
+            Ok(())
+        },
+        show: |c| match &c.store_url {
+            Some(url) => text(tokenizer_auth_effects::store::redact(url)),
+            None => Shown::Unset(": the records are the SQLite files in data_dir"),
+        },
+    },
     key!("runtime", runtime, ["mio" => Runtime::Mio, "std" => Runtime::Std]),
     key!("listen", listen, |raw| address(raw.text()?), text),
     key!("legacy_passcode_listen", legacy_passcode_listen, |raw| address(raw.text()?), text),
@@ -274,6 +292,7 @@ enum Raw<'a> {
 #[derive(Clone, Debug)]
 pub struct Configuration {
     data_dir: PathBuf,
+    store_url: Option<String>,
     runtime: Runtime,
     listen: SocketAddr,
     legacy_passcode_listen: SocketAddr,
@@ -304,6 +323,7 @@ impl Default for Configuration {
         let settings = Settings::default();
         Configuration {
             data_dir: settings.data_dir,
+            store_url: None,
             runtime: Runtime::Mio,
             listen: settings.listen,
             legacy_passcode_listen: settings.legacy_passcode_listen,
@@ -543,6 +563,14 @@ impl Configuration {
         }
     }
 
+    /// Where the records are: `store_url`, or the data folder's files.
+    pub fn store(&self) -> StoreLocation {
+        match &self.store_url {
+            Some(url) => StoreLocation::Postgres(url.clone()),
+            None => StoreLocation::Files(self.data_dir.clone()),
+        }
+    }
+
     /// Where the audit trail goes: `audit_log`, or `<data_dir>/audit.log`.
     pub fn audit_log(&self) -> AuditTarget {
         self.audit_log.as_deref().map_or_else(|| AuditTarget::in_data_dir(&self.data_dir), AuditTarget::parse)
@@ -564,6 +592,7 @@ impl Configuration {
         settings.allow_plaintext = self.allow_plaintext;
         settings.admin_listen = self.admin_listen;
         settings.audit_log = self.audit_log();
+        settings.store_url = self.store_url.clone();
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();

@@ -6,7 +6,6 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
-use tokenizer_auth_effects::store::SqliteStore;
 use tokenizer_auth_engine::{Counter, CounterKey, Limits, normalize_ip};
 
 use super::admin::{Change, record};
@@ -52,8 +51,7 @@ fn time(t: DateTime<Utc>) -> String {
 
 pub(super) fn run(config: &Configuration, command: &LimitsCommand) -> Result<(), Failure> {
     let limits = config.settings().engine.limits;
-    let dir = config.data_dir();
-    let open = || SqliteStore::open(dir).map_err(|e| Failure::Other(format!("data folder {}: {e}", dir.display())));
+    let open = || super::admin::open(config);
     let mut out = std::io::stdout().lock();
     match command {
         LimitsCommand::Show { subject } => {

@@ -1,5 +1,6 @@
 //! Both runtimes, through the real binary over real TCP: the same suite
-//! runs against `serve --runtime mio` and `serve --runtime std`.
+//! runs against `serve --runtime mio` and `serve --runtime std`, and again
+//! with the records on a PostgreSQL database (`store_url`).
 
 #[macro_use]
 mod support;
@@ -213,7 +214,8 @@ fn burst(server: &Server, hosts: &[u8], legacy_logins: usize) -> Vec<String> {
 /// server's settings (`env`).
 fn limits(server: &Server, env: &[(&str, &str)], args: &[&str]) -> String {
     let mut command = Command::new(BIN);
-    command.arg("--data-dir").arg(&server.dir).arg("limits").args(args).envs(env.iter().copied());
+    command.arg("--data-dir").arg(&server.dir).arg("limits").args(args);
+    command.envs(server.store_env.iter().map(|(k, v)| (k, v))).envs(env.iter().copied());
     let out = command.output().unwrap();
     assert!(out.status.success(), "limits {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
@@ -299,7 +301,12 @@ fn a_session_revoked_by_the_admin_command_is_unauthorized_at_once(runtime: &str)
     for _ in 0..3 {
         assert_eq!(c.ask(&token_line(&token)), "authorized");
     }
-    let revoke = Command::new(BIN).arg("--data-dir").arg(&server.dir).args(["session", "revoke", EMAIL]).output();
+    let revoke = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(&server.dir)
+        .args(["session", "revoke", EMAIL])
+        .envs(server.store_env.iter().map(|(k, v)| (k, v)))
+        .output();
     assert!(revoke.unwrap().status.success());
     assert_eq!(c.ask(&token_line(&token)), "unauthorized");
     // A new login is cached again and works.
@@ -398,6 +405,22 @@ fn a_client_that_never_reads_is_bounded_and_dropped(runtime: &str) {
     // may be busy with other tests.
     assert!(p99 < Duration::from_millis(500), "p99 of the well-behaved client {p99:?} ({} checks)", latencies.len());
 }
+
+// The same suite on a PostgreSQL database (`store_url`).
+on_postgres!(
+    a_client_that_never_reads_is_bounded_and_dropped,
+    the_lockout_holds_under_parallel_bursts,
+    the_per_email_limit_holds_across_addresses,
+    a_session_revoked_by_the_admin_command_is_unauthorized_at_once,
+    full_flow,
+    expiry_and_renewal,
+    pipelined_requests_are_answered_in_order,
+    bad_input_disturbs_nobody,
+    a_token_from_another_address_is_unauthorized,
+    old_clients_keep_working,
+    sigint_also_stops_cleanly,
+    a_client_that_half_closes_gets_its_replies,
+);
 
 both_runtimes!(
     a_client_that_never_reads_is_bounded_and_dropped,

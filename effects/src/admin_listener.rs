@@ -24,7 +24,6 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -34,7 +33,7 @@ use crossbeam_channel::{Receiver, TrySendError, bounded};
 
 use crate::metrics::{self, Scrape};
 use crate::serve::ServeError;
-use crate::store::SqliteStore;
+use crate::store::{Store, StoreLocation};
 
 /// How long a scrape waits for the thread that owns the engine.
 pub const ENGINE_PATIENCE: Duration = Duration::from_secs(2);
@@ -67,24 +66,24 @@ pub struct AdminListener {
 struct Answerer {
     ask: AskEngine,
     listening: Arc<AtomicBool>,
-    data_dir: std::path::PathBuf,
+    store: StoreLocation,
 }
 
 impl AdminListener {
     /// Binds `addr` and serves on threads of its own. `ask` reads the
     /// counters; `listening` says whether the protocol listeners are bound
-    /// (false once a shutdown closed them); each handler opens the store in
-    /// `data_dir` for readiness.
+    /// (false once a shutdown closed them); each handler opens the store at
+    /// `store` for readiness.
     pub fn start(
         addr: SocketAddr,
-        data_dir: &Path,
+        store: StoreLocation,
         ask: AskEngine,
         listening: Arc<AtomicBool>,
     ) -> Result<AdminListener, ServeError> {
         let listener = TcpListener::bind(addr).map_err(|source| ServeError::Listen { addr, source })?;
         let bound = listener.local_addr().map_err(|source| ServeError::Listen { addr, source })?;
         let stopping = Arc::new(AtomicBool::new(false));
-        let answerer = Arc::new(Answerer { ask, listening, data_dir: data_dir.to_path_buf() });
+        let answerer = Arc::new(Answerer { ask, listening, store });
         let (queue, connections) = bounded::<TcpStream>(QUEUED);
         let spawn = ServeError::os("cannot start the admin listener");
         let mut threads = Vec::new();
@@ -149,14 +148,14 @@ fn wake_address(mut addr: SocketAddr) -> SocketAddr {
 
 fn handle_all(connections: &Receiver<TcpStream>, answerer: &Answerer) {
     // Opened on first use, and again after a failure.
-    let mut store: Option<SqliteStore> = None;
+    let mut store: Option<Store> = None;
     while let Ok(stream) = connections.recv() {
         handle(stream, answerer, &mut store);
     }
 }
 
 /// Reads one request head, answers it, closes.
-fn handle(mut stream: TcpStream, answerer: &Answerer, store: &mut Option<SqliteStore>) {
+fn handle(mut stream: TcpStream, answerer: &Answerer, store: &mut Option<Store>) {
     let deadline = Instant::now() + CLIENT_PATIENCE;
     let _ = stream.set_write_timeout(Some(CLIENT_PATIENCE));
     let (status, content_type, body) = match read_head(&mut stream, deadline) {
@@ -204,7 +203,7 @@ fn read_head(stream: &mut TcpStream, deadline: Instant) -> Option<Head> {
     }
 }
 
-fn answer(head: &Head, answerer: &Answerer, store: &mut Option<SqliteStore>) -> (u16, &'static str, String) {
+fn answer(head: &Head, answerer: &Answerer, store: &mut Option<Store>) -> (u16, &'static str, String) {
     let (method, path) = head;
     if method != "GET" {
         return (405, "text/plain", "only GET\n".to_owned());
@@ -224,7 +223,7 @@ fn answer(head: &Head, answerer: &Answerer, store: &mut Option<SqliteStore>) -> 
 }
 
 /// Why the server is not ready, if it is not.
-fn not_ready(answerer: &Answerer, store: &mut Option<SqliteStore>) -> Option<String> {
+fn not_ready(answerer: &Answerer, store: &mut Option<Store>) -> Option<String> {
     if !answerer.listening.load(Ordering::Acquire) {
         return Some("the listeners are closed".into());
     }
@@ -232,9 +231,9 @@ fn not_ready(answerer: &Answerer, store: &mut Option<SqliteStore>) -> Option<Str
         return Some("the engine does not answer".into());
     }
     if store.is_none() {
-        *store = SqliteStore::open(&answerer.data_dir).ok();
+        *store = Store::open(&answerer.store).ok();
     }
-    let pinged = store.as_ref().map(SqliteStore::ping);
+    let pinged = store.as_mut().map(Store::ping);
     match pinged {
         Some(Ok(())) => None,
         Some(Err(e)) => {

@@ -4,6 +4,8 @@
 //! The engine (`tokenizer-auth-engine`) decides everything and does no IO;
 //! it asks for effects. This crate runs them, blocking, on worker threads:
 //!
+//! - [`store::Store`]: the store a server or a command uses, the SQLite
+//!   files or a PostgreSQL database ([`store::PgStore`], `store_url`);
 //! - [`store::SqliteStore`]: reads and write batches against the two SQLite
 //!   files of the old server (`op_creds.db`, `op_passcodes.db`), migrated in
 //!   place, in WAL mode, each batch's expectation checked inside its write

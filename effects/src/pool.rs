@@ -11,7 +11,7 @@
 //!
 //! Store workers take everything queued when they wake (up to a bound):
 //! a reader answers it from one read transaction, a writer commits it as
-//! one group with one `fsync` (see [`SqliteStore::write_group`]).
+//! one group with one `fsync` (see [`Store::write_group`]).
 //!
 //! [`EffectPool::submit`] is the one place that looks at which kind an
 //! effect is: each queue carries its kind's payload, so a worker never
@@ -34,10 +34,10 @@ use tokenizer_auth_engine::{
 
 use crate::mail::Mailer;
 use crate::password::PasswordHasher;
-use crate::runner::{committed, hash, read, send, settle, verify};
+use crate::runner::{committed, hash, send, settle, snapshots, verify};
 use crate::serve::ServeError;
 use crate::settings::Settings;
-use crate::store::{Commit, SessionCache, SqliteStore, StoreError};
+use crate::store::{Commit, SessionCache, Store, StoreError};
 
 /// Called with each effect's result, on a worker thread.
 pub type OnResult = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
@@ -54,7 +54,7 @@ const READ_GROUP: usize = 64;
 const WRITE_GROUP: usize = 256;
 
 /// Fills the session cache from the file, while the server already serves.
-fn warm(store: &SqliteStore) {
+fn warm(store: &Store) {
     let started = std::time::Instant::now();
     match store.warm_cache() {
         Ok(sessions) => {
@@ -173,11 +173,11 @@ fn spawn<S: Send + 'static, J: Send + 'static>(
 
 /// A store worker's connections; `None` if they could not be opened, and
 /// then each of its effects fails (retryable for the client).
-type StoreConn = Option<SqliteStore>;
+type StoreConn = Option<Store>;
 
-/// How a writer commits a group of batches of one file, in one
-/// transaction (`SqliteStore::write_creds_group`, `write_passcodes_group`).
-type CommitGroup<B> = fn(&mut SqliteStore, &[&B]) -> Vec<Result<Commit, StoreError>>;
+/// How a writer commits a group of batches of one kind, in one
+/// transaction (`Store::write_creds_group`, `write_passcodes_group`).
+type CommitGroup<B> = fn(&mut Store, &[&B]) -> Vec<Result<Commit, StoreError>>;
 
 /// A writer's work on each group it takes: count the group, commit it with
 /// `commit` (one transaction), settle each batch.
@@ -207,9 +207,10 @@ impl EffectPool {
     pub fn start(settings: &Settings, hasher: &PasswordHasher, on_result: OnResult) -> Result<EffectPool, ServeError> {
         // One cache for every store connection of this process; its rules
         // are in `store::cache`.
-        let mut store = SqliteStore::open(&settings.data_dir)?;
-        store.key_passcodes(&settings.engine.server_key)?;
-        let cache = (settings.session_cache > 0).then(|| Arc::new(SessionCache::new(settings.session_cache)));
+        let mut store = Store::open(&settings.store())?;
+        store.claim_key(&settings.engine.server_key)?;
+        let cache =
+            (settings.session_cache > 0 && store.caches()).then(|| Arc::new(SessionCache::new(settings.session_cache)));
         let store = match &cache {
             None => store,
             Some(cache) => store.with_cache(Arc::clone(cache)),
@@ -227,22 +228,14 @@ impl EffectPool {
         let (workers, on) = (&settings.workers, &on_result);
         threads.extend(
             spawn("store-read", workers.store, READ_GROUP, &reads_rx, on, open, |s: &mut StoreConn, lookups| match s {
-                Some(store) => read(store, lookups),
+                Some(store) => snapshots(store.read_many(lookups)),
                 None => unavailable(lookups.len()),
             })
             .map_err(io)?,
         );
         threads.extend(
-            spawn(
-                "store-write-creds",
-                1,
-                WRITE_GROUP,
-                &creds_rx,
-                on,
-                open,
-                writer(&stats, SqliteStore::write_creds_group),
-            )
-            .map_err(io)?,
+            spawn("store-write-creds", 1, WRITE_GROUP, &creds_rx, on, open, writer(&stats, Store::write_creds_group))
+                .map_err(io)?,
         );
         threads.extend(
             spawn(
@@ -252,12 +245,12 @@ impl EffectPool {
                 &passcodes_rx,
                 on,
                 open,
-                writer(&stats, SqliteStore::write_passcodes_group),
+                writer(&stats, Store::write_passcodes_group),
             )
             .map_err(io)?,
         );
         // The first store's connections go on to fill the cache.
-        if settings.session_cache > 0 {
+        if stats.cache.is_some() {
             threads
                 .push(std::thread::Builder::new().name("store-warm".into()).spawn(move || warm(&store)).map_err(io)?);
         }

@@ -3,7 +3,7 @@
 //! one kind of effect, already routed: [`EffectRunner::run`] and the pool's
 //! `submit` are the only places that look at which kind an effect is.
 
-use tokenizer_auth_engine::{Effect, EffectResult, Lookup, Mail, PasswordHash, Secret};
+use tokenizer_auth_engine::{Effect, EffectResult, Lookup, Mail, PasswordHash, Secret, Snapshot};
 
 use crate::mail::Mailer;
 use crate::password::PasswordHasher;
@@ -42,8 +42,12 @@ impl EffectRunner {
 
 /// Lookups answered from one read transaction, in order.
 pub(crate) fn read(store: &SqliteStore, lookups: &[&Lookup]) -> Vec<EffectResult> {
-    let snapshots = store.read_many(lookups.iter().copied());
-    snapshots.into_iter().map(|r| settle(r.map(|s| EffectResult::Read(Box::new(s))))).collect()
+    snapshots(store.read_many(lookups.iter().copied()))
+}
+
+/// Snapshots as the engine takes them.
+pub(crate) fn snapshots(read: Vec<Result<Snapshot, StoreError>>) -> Vec<EffectResult> {
+    read.into_iter().map(|r| settle(r.map(|s| EffectResult::Read(Box::new(s))))).collect()
 }
 
 /// A store outcome as the engine takes it.

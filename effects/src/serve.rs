@@ -169,7 +169,7 @@ impl Start {
                 scrape
             })
         });
-        AdminListener::start(addr, &self.settings.data_dir, ask, listening).map(Some)
+        AdminListener::start(addr, self.settings.store(), ask, listening).map(Some)
     }
 }
 

@@ -13,6 +13,7 @@ use crate::mail::MailConfig;
 use crate::password::Cost;
 use crate::serve::ServeError;
 use crate::server_key;
+use crate::store::StoreLocation;
 use crate::tls::TlsConfig;
 
 /// Threads that carry out effects.
@@ -49,6 +50,9 @@ pub struct Settings {
     pub server_key: Option<ServerKey>,
     /// The data folder (`op_creds.db`, `op_passcodes.db`, `outbox/`).
     pub data_dir: PathBuf,
+    /// A PostgreSQL database to keep the records in instead of the data
+    /// folder's SQLite files (`store_url`).
+    pub store_url: Option<String>,
     /// How mail leaves: an SMTP relay, or the outbox folder.
     pub mail: MailConfig,
     /// The argon2id cost of new hashes.
@@ -101,6 +105,7 @@ impl Settings {
             mail: MailConfig::Outbox { dir: data_dir.join("outbox") },
             audit_log: AuditTarget::in_data_dir(&data_dir),
             data_dir,
+            store_url: None,
             cost: Cost::PRODUCT,
             listen: loopback(7160),
             tls: None,
@@ -117,6 +122,14 @@ impl Settings {
 }
 
 impl Settings {
+    /// Where the records are: `store_url`, or the data folder's files.
+    pub fn store(&self) -> StoreLocation {
+        match &self.store_url {
+            Some(url) => StoreLocation::Postgres(url.clone()),
+            None => StoreLocation::Files(self.data_dir.clone()),
+        }
+    }
+
     /// The server key to run with: the one given, or the data folder's
     /// (created, with the folder, if missing).
     /// Its fingerprint is logged (never the key), so operators can check

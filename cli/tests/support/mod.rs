@@ -10,6 +10,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// The same tests on a PostgreSQL database (`store_url`), with the mio
+/// runtime: `on_postgres::NAME` calls `NAME("mio+postgres")`.
+macro_rules! on_postgres {
+    ($($name:ident),* $(,)?) => {
+        mod on_postgres {
+            $(#[test] fn $name() { super::$name("mio+postgres") })*
+        }
+    };
+}
+
 /// One test per function and runtime: `mio_runtime::NAME` and
 /// `std_runtime::NAME` call `NAME("mio")` and `NAME("std")`.
 macro_rules! both_runtimes {
@@ -41,7 +51,26 @@ pub struct Server {
     pub dir: PathBuf,
     /// The server's log lines (JSON) so far.
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The variables that point a command at the server's store (a
+    /// PostgreSQL database and its key; none for the data folder's files).
+    pub store_env: Vec<(&'static str, String)>,
     _tmp: tempfile::TempDir,
+}
+
+/// The key of the servers on a test database.
+pub const POSTGRES_KEY: &str = "4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b";
+
+/// The runtime a test names, and the variables of its store: `RUNTIME`
+/// for the data folder's files, `RUNTIME+postgres` for a fresh database on
+/// the tests' PostgreSQL server.
+fn store_of(runtime: &str) -> (&str, Vec<(&'static str, String)>) {
+    match runtime.strip_suffix("+postgres") {
+        Some(runtime) => {
+            let url = tokenizer_auth_tests::postgres::shared().database();
+            (runtime, vec![("TOKENIZER_AUTH_STORE_URL", url), ("TOKENIZER_AUTH_SERVER_KEY", POSTGRES_KEY.to_owned())])
+        }
+        None => (runtime, Vec::new()),
+    }
 }
 
 pub fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -57,22 +86,35 @@ impl Server {
     /// [`Server::start`] with more `serve` arguments.
     pub fn start_with(runtime: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
         let tmp = tempfile::tempdir().unwrap();
+        let (runtime, store_env) = store_of(runtime);
         let mut add = Command::new(BIN)
             .args(["--data-dir"])
             .arg(tmp.path())
             .args(["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"])
+            .envs(store_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
         add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
         assert!(add.wait().unwrap().success());
-        Server::start_on(tmp, runtime, env, args)
+        Server::launch(tmp, runtime, store_env, env, args)
     }
 
     /// A server on a data folder made already (whose accounts are the
     /// test's business).
     pub fn start_on(tmp: tempfile::TempDir, runtime: &str, env: &[(&str, &str)], args: &[&str]) -> Server {
+        let (runtime, store_env) = store_of(runtime);
+        Server::launch(tmp, runtime, store_env, env, args)
+    }
+
+    fn launch(
+        tmp: tempfile::TempDir,
+        runtime: &str,
+        store_env: Vec<(&'static str, String)>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let dir = tmp.path().to_owned();
         let mut child = Command::new(BIN)
             .arg("--data-dir")
@@ -83,6 +125,7 @@ impl Server {
             .args(["--legacy-passcode-listen", "127.0.0.1:0", "--legacy-login-listen", "127.0.0.1:0"])
             .args(args)
             .env("TOKENIZER_AUTH_LOG_FORMAT", "json")
+            .envs(store_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -106,6 +149,7 @@ impl Server {
             child,
             dir,
             log: Arc::default(),
+            store_env,
             _tmp: tmp,
         };
         // Keep draining the log so the server never blocks on a full pipe.

@@ -31,6 +31,7 @@
 //! pages into each connection's own cache.
 
 mod admin;
+mod any;
 mod backup;
 mod cache;
 mod columns;
@@ -49,7 +50,8 @@ use tokenizer_auth_engine::{
     SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
 };
 
-pub use admin::{SessionSummary, UserSummary};
+pub use admin::{AdminError, SessionSummary, UserSummary};
+pub use any::{Store, StoreLocation, redact};
 pub use backup::snapshot;
 pub use cache::SessionCache;
 use cache::View;
@@ -137,6 +139,17 @@ pub enum StoreError {
     /// The PostgreSQL database failed (or could not be reached).
     #[error("PostgreSQL: {0}")]
     Postgres(String),
+    /// The database belongs to servers with another server key.
+    #[error(
+        "the database was set up with another server key (fingerprint {theirs}; this server's is {ours}): every \
+         server on one database needs the same server_key"
+    )]
+    OtherKey {
+        /// This server's key's fingerprint.
+        ours: String,
+        /// The one the database holds.
+        theirs: String,
+    },
     /// A group's transaction failed after its batches were applied, so
     /// none of them is durable.
     #[error("commit failed: {0}")]

@@ -38,10 +38,12 @@ use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement};
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
     PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Place, REUSE_HISTORY, Reservation, RotationRecord,
-    SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
+    ServerKey, SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
 };
 
-use super::admin::{AdminError, check_account};
+use crate::password::PasswordHasher;
+
+use super::admin::{AdminError, SessionSummary, UserSummary, check_account};
 use super::columns::{counter_key, from_millis, millis};
 use super::{Commit, StoreError};
 
@@ -54,7 +56,8 @@ const MIGRATION_LOCK: i64 = 0x0074_6f6b_6175_7468; // "tokauth"
 
 /// The schema, one entry per version. Each runs once, in order, in the
 /// migration's transaction; the version is kept in `tokenizer_auth_schema`.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE IF NOT EXISTS accounts (
         email TEXT PRIMARY KEY,
         phone TEXT NOT NULL,
@@ -93,7 +96,13 @@ const MIGRATIONS: &[&str] = &["
         count BIGINT NOT NULL,
         last BIGINT NOT NULL
     );
-"];
+",
+    "
+    CREATE TABLE IF NOT EXISTS server_key (
+        fingerprint TEXT NOT NULL
+    );
+",
+];
 
 /// Statements prepared once per connection, by their text.
 type Statements = HashMap<&'static str, Statement>;
@@ -102,6 +111,7 @@ type Statements = HashMap<&'static str, Statement>;
 pub struct PgStore {
     client: Client,
     statements: Statements,
+    url: String,
 }
 
 impl From<postgres::Error> for StoreError {
@@ -149,7 +159,35 @@ impl PgStore {
     /// Another connection to a database [`PgStore::open`] has migrated.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
         let client = Client::connect(url, NoTls)?;
-        Ok(PgStore { client, statements: Statements::new() })
+        Ok(PgStore { client, statements: Statements::new(), url: url.to_owned() })
+    }
+
+    /// Another connection to the same database.
+    pub fn attach(&self) -> Result<PgStore, StoreError> {
+        PgStore::connect(&self.url)
+    }
+
+    /// Records `key`'s fingerprint as the database's, or checks that it is:
+    /// every server on one database must share its key (the passcode
+    /// digests and the successor tokens are keyed by it), so a server with
+    /// another key refuses to start rather than refuse every login.
+    pub fn claim_key(&mut self, key: &ServerKey) -> Result<(), StoreError> {
+        let ours = key.fingerprint().to_string();
+        let mut tx = self.client.transaction()?;
+        tx.execute("LOCK TABLE server_key IN EXCLUSIVE MODE", &[])?;
+        match tx.query_opt("SELECT fingerprint FROM server_key", &[])? {
+            Some(row) => {
+                let theirs: String = row.get(0);
+                if theirs != ours {
+                    return Err(StoreError::OtherKey { ours, theirs });
+                }
+            }
+            None => {
+                tx.execute("INSERT INTO server_key (fingerprint) VALUES ($1)", &[&ours])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
@@ -184,7 +222,7 @@ impl PgStore {
         lookups: impl IntoIterator<Item = &'a Lookup>,
     ) -> Vec<Result<Snapshot, StoreError>> {
         let lookups: Vec<&Lookup> = lookups.into_iter().collect();
-        let PgStore { client, statements } = self;
+        let PgStore { client, statements, .. } = self;
         let mut read = || -> Result<Vec<Snapshot>, postgres::Error> {
             let mut tx =
                 client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
@@ -235,7 +273,7 @@ impl PgStore {
     /// One run of a group: `Err` if the transaction as a whole failed.
     #[allow(clippy::type_complexity)]
     fn try_group(&mut self, batches: &[&WriteBatch]) -> Result<Vec<Result<Commit, postgres::Error>>, postgres::Error> {
-        let PgStore { client, statements } = self;
+        let PgStore { client, statements, .. } = self;
         let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for batch in batches {
@@ -287,6 +325,96 @@ impl PgStore {
         end_sessions(&mut tx, email, None)?;
         tx.commit()?;
         Ok(changed > 0)
+    }
+}
+
+impl PgStore {
+    /// Every account, by email.
+    pub fn users(&mut self) -> Result<Vec<UserSummary>, StoreError> {
+        let rows = self.client.query(
+            "SELECT a.email, a.phone, a.password, (SELECT count(*) FROM sessions s WHERE s.email = a.email)
+             FROM accounts a ORDER BY a.email",
+            &[],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| UserSummary {
+                email: r.get(0),
+                phone: r.get(1),
+                plaintext: PasswordHash::from_column(r.get(2)).needs_upgrade(),
+                sessions: usize::try_from(r.get::<_, i64>(3)).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Removes an account with its sessions and passcodes. Returns whether
+    /// it existed.
+    pub fn remove_user(&mut self, email: &str) -> Result<bool, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let removed = tx.execute("DELETE FROM accounts WHERE email = $1", &[&email])?;
+        end_sessions(&mut tx, email, None)?;
+        tx.execute("DELETE FROM passcodes WHERE email = $1", &[&email])?;
+        tx.commit()?;
+        Ok(removed > 0)
+    }
+
+    /// Hashes every plaintext password (copied from the old server's
+    /// files). Returns how many were hashed.
+    pub fn rehash_plaintext(&mut self, hasher: &PasswordHasher) -> Result<usize, AdminError> {
+        let rows = self.client.query("SELECT email, password FROM accounts", &[])?;
+        let mut hashed = 0;
+        for row in rows {
+            let (email, stored): (String, String) = (row.get(0), row.get(1));
+            if let PasswordHash::Plain(plain) = PasswordHash::from_column(&stored) {
+                let new = hasher.hash(&plain)?;
+                // Only if it is still the plaintext: a concurrent change wins.
+                let sql = "UPDATE accounts SET password = $3 WHERE email = $1 AND password = $2";
+                hashed += self.client.execute(sql, &[&email, &stored, &new.as_column()])?;
+            }
+        }
+        Ok(usize::try_from(hashed).unwrap_or(usize::MAX))
+    }
+
+    /// Sessions, of one account or all, oldest login first.
+    pub fn sessions(&mut self, email: Option<&str>) -> Result<Vec<SessionSummary>, StoreError> {
+        let rows = self.client.query(
+            "SELECT email, mac, started_at, expires_at FROM sessions
+             WHERE $1::TEXT IS NULL OR email = $1 ORDER BY started_at, email, mac",
+            &[&email],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionSummary {
+                email: r.get(0),
+                mac: r.get(1),
+                started_at: from_millis(r.get(2)),
+                expires_at: from_millis(r.get(3)),
+            })
+            .collect())
+    }
+
+    /// The stored counters among `keys`, in their order.
+    pub fn counters(&mut self, keys: &[CounterKey]) -> Result<Vec<(CounterKey, Counter)>, StoreError> {
+        let PgStore { client, statements, .. } = self;
+        let mut found = Vec::new();
+        for key in keys {
+            if let Some(c) = counter(client, statements, key)? {
+                found.push((key.clone(), c));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Removes the counters among `keys`, in one transaction. Returns how
+    /// many existed.
+    pub fn reset_counters(&mut self, keys: &[CounterKey]) -> Result<usize, StoreError> {
+        let mut tx = self.client.transaction()?;
+        let mut removed = 0;
+        for key in keys {
+            removed += tx.execute("DELETE FROM counters WHERE key = $1", &[&counter_key(key)])?;
+        }
+        tx.commit()?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 }
 

@@ -1,0 +1,257 @@
+//! Which store a server or a command uses: the SQLite files of the data
+//! folder (the default), or a PostgreSQL database (`store_url`), which any
+//! number of servers share. Everything above this file sees one [`Store`];
+//! the two agree on every rule by the conformance suite (docs/STORES.md).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokenizer_auth_engine::{
+    Counter, CounterKey, CredsBatch, Lookup, Mac, PasscodesBatch, PasswordHash, ServerKey, Snapshot, WriteBatch,
+};
+
+use super::admin::{AdminError, SessionSummary, UserSummary};
+use super::{Commit, PgStore, SessionCache, SqliteStore, StoreError};
+use crate::password::PasswordHasher;
+
+/// Where the records are.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// `op_creds.db` and `op_passcodes.db` in this folder.
+    Files(PathBuf),
+    /// A PostgreSQL database, by its `postgres://` URL.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl StoreLocation {
+    /// For logs and errors: the folder, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreLocation::Files(dir) => dir.display().to_string(),
+            StoreLocation::Postgres(url) => redact(url),
+        }
+    }
+}
+
+/// A `postgres://user:password@host/db` URL with its password replaced.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "postgres://…".to_owned() };
+    let (authority, tail) = rest.split_once('/').map_or((rest, None), |(a, t)| (a, Some(t)));
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{name}:…@{host}"),
+            None => format!("{user}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    // A password may also come as a parameter.
+    let tail = tail.map(|t| match t.split_once('?') {
+        Some((db, params)) if params.contains("password") => format!("{db}?…"),
+        _ => t.to_owned(),
+    });
+    match tail {
+        Some(tail) => format!("{scheme}://{authority}/{tail}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
+/// One thread's connection to the store.
+pub enum Store {
+    /// The SQLite files.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens the store, creating and migrating what is needed.
+    pub fn open(location: &StoreLocation) -> Result<Store, StoreError> {
+        Ok(match location {
+            StoreLocation::Files(dir) => Store::Sqlite(SqliteStore::open(dir)?),
+            StoreLocation::Postgres(url) => Store::Postgres(PgStore::open(url)?),
+        })
+    }
+
+    /// What a server does with its key at start: SQLite keys the passcode
+    /// digests an earlier version left unkeyed; PostgreSQL checks that the
+    /// database's servers share this key (or records it, on the first).
+    pub fn claim_key(&mut self, key: &ServerKey) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.key_passcodes(key).map(drop),
+            Store::Postgres(s) => s.claim_key(key),
+        }
+    }
+
+    /// Another connection to the same store, with no migration.
+    pub fn attach(&self) -> Result<Store, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => Store::Sqlite(s.attach()?),
+            Store::Postgres(s) => Store::Postgres(s.attach()?),
+        })
+    }
+
+    /// Shares a session cache, where the store can keep one coherent: the
+    /// SQLite files only. On PostgreSQL other servers write too, and no
+    /// cache learns of their writes yet, so every lookup reads the
+    /// database (docs/STORES.md).
+    pub fn with_cache(self, cache: Arc<SessionCache>) -> Store {
+        match self {
+            Store::Sqlite(s) => Store::Sqlite(s.with_cache(cache)),
+            postgres @ Store::Postgres(_) => postgres,
+        }
+    }
+
+    /// Whether a session cache can be used (see [`Store::with_cache`]).
+    pub fn caches(&self) -> bool {
+        matches!(self, Store::Sqlite(_))
+    }
+
+    /// Fills the session cache, if there is one; returns how many it holds.
+    pub fn warm_cache(&self) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.warm_cache(),
+            Store::Postgres(_) => Ok(0),
+        }
+    }
+
+    /// Whether the store answers a read (readiness).
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.ping(),
+            Store::Postgres(s) => s.ping(),
+        }
+    }
+
+    /// Answers lookups from one consistent view, in their order.
+    pub fn read_many(&mut self, lookups: &[&Lookup]) -> Vec<Result<Snapshot, StoreError>> {
+        match self {
+            Store::Sqlite(s) => s.read_many(lookups.iter().copied()),
+            Store::Postgres(s) => s.read_many(lookups.iter().copied()),
+        }
+    }
+
+    /// Commits batches as one group (see each store's docs).
+    pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
+        match self {
+            Store::Sqlite(s) => s.write_group(batches),
+            Store::Postgres(s) => s.write_group(batches),
+        }
+    }
+
+    /// [`Store::write_group`] for credentials batches alone (a writer's).
+    pub fn write_creds_group(&mut self, batches: &[&CredsBatch]) -> Vec<Result<Commit, StoreError>> {
+        match self {
+            Store::Sqlite(s) => s.write_creds_group(batches),
+            Store::Postgres(s) => {
+                let owned: Vec<WriteBatch> = batches.iter().map(|b| WriteBatch::Creds((*b).clone())).collect();
+                s.write_group(&owned.iter().collect::<Vec<_>>())
+            }
+        }
+    }
+
+    /// [`Store::write_group`] for passcode batches alone (a writer's).
+    pub fn write_passcodes_group(&mut self, batches: &[&PasscodesBatch]) -> Vec<Result<Commit, StoreError>> {
+        match self {
+            Store::Sqlite(s) => s.write_passcodes_group(batches),
+            Store::Postgres(s) => {
+                let owned: Vec<WriteBatch> = batches.iter().map(|b| WriteBatch::Passcodes((*b).clone())).collect();
+                s.write_group(&owned.iter().collect::<Vec<_>>())
+            }
+        }
+    }
+
+    /// Adds an account (`user add`).
+    pub fn add_user(&mut self, email: &str, phone: &str, password: &PasswordHash) -> Result<(), AdminError> {
+        match self {
+            Store::Sqlite(s) => s.add_user(email, phone, password),
+            Store::Postgres(s) => s.add_user(email, phone, password),
+        }
+    }
+
+    /// Every account (`user list`).
+    pub fn users(&mut self) -> Result<Vec<UserSummary>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.users(),
+            Store::Postgres(s) => s.users(),
+        }
+    }
+
+    /// Removes an account (`user remove`).
+    pub fn remove_user(&mut self, email: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.remove_user(email),
+            Store::Postgres(s) => s.remove_user(email),
+        }
+    }
+
+    /// Replaces a password and ends the account's sessions (`user passwd`).
+    pub fn set_password(&mut self, email: &str, password: &PasswordHash) -> Result<bool, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.set_password(email, password),
+            Store::Postgres(s) => s.set_password(email, password),
+        }
+    }
+
+    /// Hashes every plaintext password (`user rehash`).
+    pub fn rehash_plaintext(&mut self, hasher: &PasswordHasher) -> Result<usize, AdminError> {
+        match self {
+            Store::Sqlite(s) => s.rehash_plaintext(hasher),
+            Store::Postgres(s) => s.rehash_plaintext(hasher),
+        }
+    }
+
+    /// Sessions (`session list`).
+    pub fn sessions(&mut self, email: Option<&str>) -> Result<Vec<SessionSummary>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.sessions(email),
+            Store::Postgres(s) => s.sessions(email),
+        }
+    }
+
+    /// Ends sessions (`session revoke`).
+    pub fn revoke(&mut self, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.revoke(email, mac),
+            Store::Postgres(s) => s.revoke(email, mac),
+        }
+    }
+
+    /// The stored counters among `keys` (`limits show`).
+    pub fn counters(&mut self, keys: &[CounterKey]) -> Result<Vec<(CounterKey, Counter)>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.counters(keys),
+            Store::Postgres(s) => s.counters(keys),
+        }
+    }
+
+    /// Removes counters (`limits reset`).
+    pub fn reset_counters(&mut self, keys: &[CounterKey]) -> Result<usize, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.reset_counters(keys),
+            Store::Postgres(s) => s.reset_counters(keys),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redact("postgres://auth:s3cret@db.example.com:5432/auth"),
+            "postgres://auth:…@db.example.com:5432/auth"
+        );
+        assert_eq!(redact("postgres://auth@db/auth?sslmode=require"), "postgres://auth@db/auth?sslmode=require");
+        assert_eq!(redact("postgres://db/auth?user=a&password=s3cret"), "postgres://db/auth?…");
+        assert_eq!(redact("postgres://a:b:c@h"), "postgres://a:…@h");
+        assert!(!format!("{:?}", StoreLocation::Postgres("postgres://u:pw@h/d".into())).contains("pw"));
+    }
+}
