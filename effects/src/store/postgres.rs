@@ -20,6 +20,12 @@
 //!   most [`MAX_ATTEMPTS`] times, and then each batch fails (the client
 //!   gets the retryable `error|store_unavailable`). A group that failed was
 //!   never applied, so running it again cannot count twice.
+//! - **Dropped connections.** A connection the server dropped is replaced.
+//!   A read is asked again on the new one; a group whose connection dropped
+//!   before its commit was asked for is run again (the server rolled it
+//!   back); one that dropped while committing may have landed, so it is
+//!   reported failed and not run again, as a SQLite commit whose sync
+//!   fails is.
 //! - **Counters** are reserved as in SQLite: one conditional
 //!   `INSERT … ON CONFLICT … DO UPDATE … WHERE` that checks the bound and
 //!   raises the count in one statement.
@@ -116,13 +122,43 @@ pub struct PgStore {
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> StoreError {
-        StoreError::Postgres(e.to_string())
+        StoreError::Postgres(describe(&e))
     }
+}
+
+/// An error in words: the server's message and SQLSTATE when it sent one
+/// (the client's own text is only "db error").
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Whether the connection is gone: closed, or ended by the server (class
+/// 08, connection exceptions; 57P01–57P03, an administrator, a crash or a
+/// shutdown).
+fn connection_lost(e: &postgres::Error) -> bool {
+    e.is_closed() || e.code().is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
 }
 
 impl From<postgres::Error> for AdminError {
     fn from(e: postgres::Error) -> AdminError {
         AdminError::Store(e.into())
+    }
+}
+
+/// How a group's transaction failed.
+enum Failed {
+    /// Before its commit was asked for: nothing of it can have landed.
+    Before(postgres::Error),
+    /// At its commit.
+    AtCommit(postgres::Error),
+}
+
+impl From<postgres::Error> for Failed {
+    fn from(e: postgres::Error) -> Failed {
+        Failed::Before(e)
     }
 }
 
@@ -222,21 +258,38 @@ impl PgStore {
         lookups: impl IntoIterator<Item = &'a Lookup>,
     ) -> Vec<Result<Snapshot, StoreError>> {
         let lookups: Vec<&Lookup> = lookups.into_iter().collect();
-        let PgStore { client, statements, .. } = self;
-        let mut read = || -> Result<Vec<Snapshot>, postgres::Error> {
+        let read = |store: &mut PgStore| -> Result<Vec<Snapshot>, postgres::Error> {
+            let PgStore { client, statements, .. } = store;
             let mut tx =
                 client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
             let snapshots = lookups.iter().map(|l| read_one(&mut tx, statements, l)).collect::<Result<_, _>>()?;
             tx.commit()?;
             Ok(snapshots)
         };
-        match read() {
+        // A read changes nothing: on a connection the server dropped, it is
+        // asked again on a new one.
+        let mut outcome = read(self);
+        if let Err(e) = &outcome
+            && connection_lost(e)
+            && self.reconnect().is_ok()
+        {
+            outcome = read(self);
+        }
+        match outcome {
             Ok(snapshots) => snapshots.into_iter().map(Ok).collect(),
             Err(e) => {
-                let why = e.to_string();
+                let why = describe(&e);
                 lookups.iter().map(|_| Err(StoreError::Postgres(why.clone()))).collect()
             }
         }
+    }
+
+    /// A new connection in place of one the server dropped (a restart, a
+    /// failover, a cut). Prepared statements belong to the old one.
+    fn reconnect(&mut self) -> Result<(), postgres::Error> {
+        self.client = Client::connect(&self.url, NoTls)?;
+        self.statements.clear();
+        Ok(())
     }
 
     /// Answers one lookup.
@@ -247,22 +300,45 @@ impl PgStore {
     /// Commits batches as one group (see the module's docs): the outcomes
     /// in the batches' order, each only once the commit is durable.
     pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
+        let fail = |why: String| batches.iter().map(|_| Err(StoreError::Commit(why.clone()))).collect();
         let mut last = String::new();
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 // 1, 2, 4 … 64 ms: long enough for the winner to commit.
                 std::thread::sleep(std::time::Duration::from_millis(1 << (attempt - 1)));
             }
+            if self.client.is_closed()
+                && let Err(e) = self.reconnect()
+            {
+                last = describe(&e);
+                continue;
+            }
             match self.try_group(batches) {
                 Ok(outcomes) => {
-                    return outcomes.into_iter().map(|o| o.map_err(|e| StoreError::Postgres(e.to_string()))).collect();
+                    return outcomes.into_iter().map(|o| o.map_err(|e| StoreError::Postgres(describe(&e)))).collect();
                 }
-                Err(e) if retryable(&e) => last = e.to_string(),
-                Err(e) => return batches.iter().map(|_| Err(StoreError::Commit(e.to_string()))).collect(),
+                // Lost a race: PostgreSQL rolled it all back.
+                Err(Failed::Before(e) | Failed::AtCommit(e)) if retryable(&e) => last = describe(&e),
+                // The connection dropped before the commit was asked for:
+                // the server rolled the transaction back, so it runs again
+                // on a new connection.
+                Err(Failed::Before(e)) if connection_lost(&e) => {
+                    last = describe(&e);
+                    let _ = self.reconnect();
+                }
+                // Dropped while committing, the group may or may not have
+                // landed: it is reported failed, never run again (the
+                // engine takes a failed write that landed, as it does on
+                // SQLite when a commit's sync fails), and the next group
+                // gets a new connection.
+                Err(Failed::AtCommit(e)) if connection_lost(&e) => {
+                    let _ = self.reconnect();
+                    return fail(format!("the connection dropped while committing: {}", describe(&e)));
+                }
+                Err(Failed::Before(e) | Failed::AtCommit(e)) => return fail(describe(&e)),
             }
         }
-        let why = format!("still failing after {MAX_ATTEMPTS} attempts: {last}");
-        batches.iter().map(|_| Err(StoreError::Commit(why.clone()))).collect()
+        fail(format!("still failing after {MAX_ATTEMPTS} attempts: {last}"))
     }
 
     /// Commits one batch, or nothing if its expectation does not hold.
@@ -270,9 +346,9 @@ impl PgStore {
         self.write_group(&[batch]).pop().unwrap_or(Err(StoreError::NoOutcome))
     }
 
-    /// One run of a group: `Err` if the transaction as a whole failed.
-    #[allow(clippy::type_complexity)]
-    fn try_group(&mut self, batches: &[&WriteBatch]) -> Result<Vec<Result<Commit, postgres::Error>>, postgres::Error> {
+    /// One run of a group: `Err` if the transaction as a whole failed, and
+    /// whether before its commit was asked for.
+    fn try_group(&mut self, batches: &[&WriteBatch]) -> Result<Vec<Result<Commit, postgres::Error>>, Failed> {
         let PgStore { client, statements, .. } = self;
         let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
         let mut outcomes = Vec::with_capacity(batches.len());
@@ -284,13 +360,13 @@ impl PgStore {
             };
             match applied {
                 Ok(Commit::Applied) => savepoint.commit()?,
-                Err(e) if retryable(&e) => return Err(e),
+                Err(e) if retryable(&e) || connection_lost(&e) => return Err(Failed::Before(e)),
                 // Undo what the batch did before it conflicted or failed.
                 Ok(Commit::Conflict) | Err(_) => savepoint.rollback()?,
             }
             outcomes.push(applied);
         }
-        tx.commit()?;
+        tx.commit().map_err(Failed::AtCommit)?;
         Ok(outcomes)
     }
 
