@@ -11,6 +11,7 @@ mod limits;
 pub mod logging;
 mod replay;
 mod serve;
+mod store_copy;
 
 use std::path::PathBuf;
 
@@ -87,6 +88,9 @@ pub enum Command {
         /// The archive to write; it must not exist.
         file: PathBuf,
     },
+    /// Move the records between stores.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Talk to a server in the native protocol.
     Client(ClientArgs),
     /// Inspect the configuration.
@@ -229,6 +233,24 @@ pub enum ClientCommand {
     },
 }
 
+/// `store ...`
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy a data folder's accounts, sessions, live passcodes and
+    /// counters into a PostgreSQL database, in one transaction; records
+    /// already there are left as they are, and every record is read back
+    /// and compared (run it twice to check: the second copies nothing).
+    /// The database takes the folder's server key (or `server_key`).
+    Copy {
+        /// The data folder with op_creds.db and op_passcodes.db.
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// The database, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
 /// `user ...`
 #[derive(Subcommand, Debug)]
 pub enum UserCommand {
@@ -338,6 +360,7 @@ impl Cli {
             Command::Session(command) => admin::session(config, command),
             Command::Limits(command) => limits::run(config, command),
             Command::Backup { file } => backup::run(config, file),
+            Command::Store(StoreCommand::Copy { from, to }) => store_copy::run(config, from, to),
             Command::Client(args) => client::run(config, args),
             Command::Replay { file } => replay::run(config, file),
             Command::Config(ConfigCommand::Show(_)) => {

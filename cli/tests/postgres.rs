@@ -107,4 +107,53 @@ fn servers_share_one_postgres_database(runtime: &str) {
     assert!(b.stop().success());
 }
 
-both_runtimes!(servers_share_one_postgres_database);
+/// `store copy`: a folder a server used, into a database; a second run
+/// copies nothing; a server on the database takes over its sessions and
+/// its live passcodes.
+fn store_copy_moves_a_folder_and_a_second_run_copies_nothing(runtime: &str) {
+    let old = Server::start(runtime, &[]);
+    let token = old.login();
+    // A passcode left live on another device, and a failure counted.
+    let other_mac = "11:22:33:44:55:66";
+    let mut c = old.connect();
+    assert_eq!(c.ask(&format!("require_passcode|{other_mac}|{PASSWORD}|{PHONE}|{EMAIL}")), "Passcode is sent");
+    let live = old.outbox_passcode();
+    assert_eq!(c.ask(&format!("require_passcode|{MAC}|wrong horse battery|{PHONE}|{EMAIL}")), "False");
+    let (status, folder) = old.stop_keeping_dir();
+    assert!(status.success());
+    let key: String =
+        std::fs::read(folder.path().join("server.key")).unwrap().iter().map(|b| format!("{b:02x}")).collect();
+
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let copy = |expect_new: bool| {
+        let elsewhere = tempfile::tempdir().unwrap();
+        let out = Command::new(BIN)
+            .arg("--data-dir")
+            .arg(elsewhere.path())
+            .args(["store", "copy", "--from", folder.path().to_str().unwrap(), "--to", &url])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+        let accounts = if expect_new { "1 copied, 0 already there" } else { "0 copied, 1 already there" };
+        assert!(said.contains(&format!("accounts: {accounts}")), "{said}");
+        assert!(said.contains("the database holds every record"), "{said}");
+        said
+    };
+    let first = copy(true);
+    assert!(first.contains("sessions: 1 copied") && first.contains("live passcodes: 1 copied"), "{first}");
+    assert!(first.contains("counters: ") && !first.contains("counters: 0 copied"), "{first}");
+    let second = copy(false);
+    assert!(second.contains("sessions: 0 copied, 1 already there"), "{second}");
+
+    let env = [("TOKENIZER_AUTH_STORE_URL", url.as_str()), ("TOKENIZER_AUTH_SERVER_KEY", key.as_str())];
+    let new = Server::start_on(tempfile::tempdir().unwrap(), runtime, &env, &[]);
+    let mut c = new.connect();
+    assert_eq!(c.ask(&token_line(&token)), "authorized");
+    let reply = c.ask(&format!("{other_mac}|{EMAIL}|{PHONE}|{PASSWORD}|{live}"));
+    assert!(reply.starts_with(LOGIN_PREFIX), "the copied passcode logs in: {reply}");
+    assert!(new.stop().success());
+}
+
+both_runtimes!(servers_share_one_postgres_database, store_copy_moves_a_folder_and_a_second_run_copies_nothing);

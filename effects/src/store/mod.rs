@@ -35,6 +35,7 @@ mod any;
 mod backup;
 mod cache;
 mod columns;
+mod copy;
 mod counters;
 mod postgres;
 mod schema;
@@ -56,6 +57,7 @@ pub use backup::snapshot;
 pub use cache::SessionCache;
 use cache::View;
 use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
+pub use copy::{Copied, Records};
 pub use postgres::PgStore;
 
 /// The credentials file's name in the data folder.

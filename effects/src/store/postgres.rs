@@ -198,6 +198,11 @@ impl PgStore {
         Ok(PgStore { client, statements: Statements::new(), url: url.to_owned() })
     }
 
+    /// The connection, for the copy (`copy.rs`).
+    pub(super) fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
     /// Another connection to the same database.
     pub fn attach(&self) -> Result<PgStore, StoreError> {
         PgStore::connect(&self.url)
