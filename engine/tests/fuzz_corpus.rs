@@ -127,3 +127,18 @@ fn engine_seeds_reach_deep_states() {
     let limits = report("seed-limits");
     assert!(limits.closes >= 2, "{limits:?}");
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(4096))]
+
+    /// Between fuzzing runs, the PROXY header target's checks on random
+    /// bytes after each kind of start a header has (v1, v2, none), and on
+    /// headers cut or corrupted at any byte.
+    #[test]
+    fn proxy_header_on_random_bytes(
+        start in proptest::sample::select(vec![&b"PROXY "[..], b"PROXY TCP4 ", b"PROXY TCP6 ", b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c", b""]),
+        rest in proptest::collection::vec(proptest::num::u8::ANY, 0..160),
+    ) {
+        fuzz::proxy_header(&[start, &rest[..]].concat());
+    }
+}
