@@ -17,7 +17,10 @@
 #               the brute-force limits on but far out of reach, so that every
 #               request commits its reservation and none is refused), i
 #               (a over TLS and in plaintext, one after the other; needs
-#               openssl for the certificate)
+#               openssl for the certificate), pg (a and d on a PostgreSQL
+#               database, store_url, each right after the same on SQLite;
+#               starts a PostgreSQL server of its own on 127.0.0.1,
+#               installed by tests/support/postgres.sh when missing)
 #   SERVER_BIN  the server binary to measure, default the one built here
 #               (target/release/tokenizer-auth); to compare with another
 #               build, e.g. one of the branch point
@@ -123,13 +126,13 @@ NO_LIMITS=(TOKENIZER_AUTH_FAILURES_PER_IP=0 TOKENIZER_AUTH_FAILURES_PER_EMAIL=0
     echo "settings: DURATION=$DURATION WARMUP=$WARMUP SCENARIOS=\"$SCENARIOS\""
 } | tee "$OUT/machine.txt"
 
-if has a || has c || has c-hash2 || has c-reserve || has e || has e-reserve || has e-limits || has f || has i; then
+if has a || has c || has c-hash2 || has c-reserve || has e || has e-reserve || has e-limits || has f || has i || has pg; then
     "$BENCH" seed --data-dir "$DATA/100k" --tokens "$DATA/100k.tokens" --sessions 100000
 fi
 if has b; then
     "$BENCH" seed --data-dir "$DATA/1m" --tokens "$DATA/1m.tokens" --sessions 1000000
 fi
-if has d; then
+if has d || has pg; then
     "$BENCH" seed --data-dir "$DATA/expired" --tokens "$DATA/expired.tokens" --sessions 100000 --expired
 fi
 
@@ -220,6 +223,54 @@ if has i; then
     start_server i-tls mio "$DATA/100k" TOKENIZER_AUTH_TLS_CERT="$PKI/cert.pem" TOKENIZER_AUTH_TLS_KEY="$PKI/key.pem"
     bench i-tls --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --tls-ca "$PKI/ca.pem"
     stop_server
+fi
+
+# pg. (a) and (d) with the records in PostgreSQL (store_url), each right
+#     after the same on SQLite. A cluster of its own in $OUT/pg, on
+#     127.0.0.1 and a free port (as the postgres user under root, which
+#     PostgreSQL refuses), the seeded folders moved in by `store copy`.
+PG_DIR=""
+pg_stop() {
+    if [[ -n "$PG_DIR" ]]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" stop -m fast -w >/dev/null 2>&1 || true
+        PG_DIR=""
+    fi
+}
+as_pg() {
+    if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+if has pg; then
+    PG_BIN=$(tests/support/postgres.sh)
+    PG_DIR="$OUT/pg"
+    mkdir -p "$PG_DIR"
+    if [[ $(id -u) -eq 0 ]]; then chown postgres "$PG_DIR"; fi
+    trap 'pg_stop; cleanup' EXIT
+    PG_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U bench --auth=trust >/dev/null
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=200" start >/dev/null
+    pg_url() { echo "postgres://bench@127.0.0.1:$PG_PORT/$1"; }
+    pg_key() { od -An -tx1 "$1/server.key" | tr -d ' \n'; }
+    for db in a d; do
+        as_pg "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -c "CREATE DATABASE $db"
+    done
+    "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/100k" --to "$(pg_url a)" >&2
+    "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/expired" --to "$(pg_url d)" >&2
+
+    start_server a-sqlite mio "$DATA/100k"
+    bench a-sqlite --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16
+    stop_server
+    start_server a-pg mio "$OUT/pg-server" TOKENIZER_AUTH_STORE_URL="$(pg_url a)" TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/100k")"
+    bench a-pg --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16
+    stop_server
+    start_server d-sqlite mio "$DATA/expired" TOKENIZER_AUTH_TOKEN_TTL=1s
+    bench d-sqlite --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16
+    stop_server
+    start_server d-pg mio "$OUT/pg-server" TOKENIZER_AUTH_TOKEN_TTL=1s TOKENIZER_AUTH_STORE_URL="$(pg_url d)" \
+        TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/expired")"
+    bench d-pg --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16
+    stop_server
+    pg_stop
 fi
 
 # f. The std runtime on (a) and (e).
