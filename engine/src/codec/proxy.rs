@@ -41,6 +41,63 @@ pub enum ProxyHeader {
     Local,
 }
 
+/// An address block (`203.0.113.0/24`, `2001:db8::/32`, or one address)
+/// whose connections may carry a header: `proxy_protocol_from`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Cidr {
+    /// The block's first address (the bits past the prefix are zero).
+    pub addr: IpAddr,
+    /// The prefix length, at most 32 (IPv4) or 128 (IPv6).
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ADDRESS[/PREFIX]`; a lone address is a block of one.
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) => {
+                (addr.parse::<IpAddr>().ok()?, prefix.parse::<u8>().ok()?)
+            }
+            Some(_) => return None,
+            None => {
+                let addr = text.trim().parse::<IpAddr>().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let bits = if addr.is_ipv4() { 32 } else { 128 };
+        (prefix <= bits).then(|| Cidr { addr: Cidr::mask(addr, prefix), prefix })
+    }
+
+    /// Whether `ip` is in the block (an IPv4 address mapped into IPv6 is
+    /// taken as the IPv4 address it is).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.addr.is_ipv4() && Cidr::mask(ip, self.prefix) == self.addr
+    }
+
+    fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+        match ip {
+            IpAddr::V4(a) => {
+                let keep = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & keep))
+            }
+            IpAddr::V6(a) => {
+                let keep = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & keep))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
 /// What the bytes so far make.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Decoded {
@@ -159,6 +216,24 @@ mod tests {
         out.extend_from_slice(&u16::try_from(body.len()).unwrap().to_be_bytes());
         out.extend_from_slice(body);
         out
+    }
+
+    #[test]
+    fn blocks_hold_their_addresses_only() {
+        let block = Cidr::parse("203.0.113.77/24").unwrap();
+        assert_eq!(block.to_string(), "203.0.113.0/24");
+        assert!(block.contains("203.0.113.1".parse().unwrap()));
+        assert!(block.contains("::ffff:203.0.113.9".parse().unwrap()));
+        assert!(!block.contains("203.0.114.1".parse().unwrap()));
+        assert!(!block.contains("2001:db8::1".parse().unwrap()));
+        let one = Cidr::parse("127.0.0.1").unwrap();
+        assert!(one.contains("127.0.0.1".parse().unwrap()) && !one.contains("127.0.0.2".parse().unwrap()));
+        let six = Cidr::parse("2001:db8::/32").unwrap();
+        assert!(six.contains("2001:db8:ffff::1".parse().unwrap()) && !six.contains("2001:db9::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("198.51.100.1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "::/129", "10.0.0.0/", "10.0.0.0/+8", "nothing", "10.0.0.0/8/8", ""] {
+            assert_eq!(Cidr::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]
