@@ -20,6 +20,7 @@ use tokenizer_auth_effects::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Ma
 use tokenizer_auth_effects::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
 use tokenizer_auth_effects::store::StoreLocation;
 use tokenizer_auth_effects::tls::TlsFiles;
+use tokenizer_auth_engine::codec::proxy::Cidr;
 use tokenizer_auth_engine::{Config, Secret, ServerKey};
 
 use super::duration;
@@ -124,6 +125,21 @@ const KEYS: &[Key] = &[
         name: "audit_log",
         set: |c, raw| raw.text().map(|t| c.audit_log = Some(t).filter(|t| !t.is_empty()).map(str::to_owned)),
         show: |c| c.audit_log.as_deref().map_or(Shown::Unset(": the audit trail is <data_dir>/audit.log"), text),
+    },
+    Key {
+        name: "proxy_protocol_from",
+        set: |c, raw| {
+            let text = raw.text()?;
+            let blocks = text.split([',', ' ']).filter(|t| !t.is_empty());
+            c.engine.proxy_protocol_from = blocks
+                .map(|t| Cidr::parse(t).ok_or_else(|| format!("{t:?}: expected an address or ADDRESS/PREFIX")))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
+        show: |c| match c.engine.proxy_protocol_from.as_slice() {
+            [] => Shown::Unset(": no connection may carry a PROXY protocol header"),
+            blocks => text(blocks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+        },
     },
     key!("allow_plaintext", allow_plaintext, |raw| raw.boolean(), |b: &bool| Shown::Value(toml::Value::Boolean(*b))),
     Key {

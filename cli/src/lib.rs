@@ -245,7 +245,7 @@ pub enum StoreCommand {
         /// The data folder with op_creds.db and op_passcodes.db.
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// The database, postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE.
+        /// The database, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
         #[arg(long, value_name = "URL")]
         to: String,
     },

@@ -3,6 +3,7 @@
 
 use chrono::TimeDelta;
 
+use crate::codec::proxy::Cidr;
 use crate::limits::Limits;
 use crate::passcode::PasscodePolicy;
 use crate::password::PasswordHash;
@@ -54,6 +55,10 @@ pub struct Config {
     /// every credential check costs one verification. Runtimes replace the
     /// default with a hash made at start-up with their own parameters.
     pub dummy_password: PasswordHash,
+    /// The balancers whose connections to the native listener start with a
+    /// PROXY protocol header, which names the client (`codec::proxy`).
+    /// Empty by default: nobody may say who the client is.
+    pub proxy_protocol_from: Vec<Cidr>,
     /// The key of the passcode digests (docs/SECURITY.md, "Secrets at
     /// rest"). The default is a placeholder known to everyone, for tests;
     /// runtimes replace it with the server's key at start-up. A capture
@@ -131,6 +136,7 @@ impl Default for Config {
             max_pipeline: 64,
             max_password_checks: 32,
             dummy_password: PasswordHash::Phc(DEFAULT_DUMMY_PASSWORD.to_owned()),
+            proxy_protocol_from: Vec::new(),
             server_key: ServerKey::default(),
         }
     }

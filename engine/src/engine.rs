@@ -16,10 +16,11 @@ use chrono::{DateTime, Utc};
 use rand_core::CryptoRng;
 
 use crate::codec::native::Frame;
+use crate::codec::proxy::{self, Decoded, ProxyHeader};
 use crate::codec::reply::{ErrorCode, Reply};
 use crate::codec::request::Request;
 use crate::config::Config;
-use crate::connection::{Connection, Due, Framing, PeerClosed, Receipt, Settled};
+use crate::connection::{Connection, Due, Framing, PeerClosed, ProxyState, Receipt, Settled};
 use crate::contract::ContractError;
 use crate::device::normalize_ip;
 use crate::effect::{Effect, EffectId, EffectKind, EffectResult};
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::notice::Notice;
 use crate::recording::{Playback, Recorder, RecordingRng};
 use crate::timers::Timers;
+use crate::token::PeerDigests;
 
 /// Hash maps keyed by ids that the runtime and the engine choose, never a
 /// client: a multiplicative hash is enough, and it is deterministic (no OS
@@ -348,6 +350,10 @@ impl Engine {
         let full = self.connections() >= self.config.max_connections;
         self.next_epoch += 1;
         let mut conn = Connection::new(self.next_epoch, normalize_ip(peer), listener, self.now);
+        if listener == Listener::Native {
+            let trusted = self.config.proxy_protocol_from.iter().any(|block| block.contains(peer));
+            conn.proxy = if trusted { ProxyState::Expected } else { ProxyState::Refused };
+        }
         if self.shutdown != Shutdown::No {
             // Accepted just before the listeners closed: nothing is served.
             conn.abort();
@@ -409,9 +415,16 @@ impl Engine {
     fn take_requests(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(&id) else { return };
         let Some(buf) = conn.take_input() else { return };
+        let Some(mut consumed) = self.proxy_header(id, &buf) else {
+            // A header so far, or the connection was closed.
+            if let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.is_closed()) {
+                conn.took(buf, 0, self.now);
+            }
+            return;
+        };
+        let Some(conn) = self.conns.get_mut(&id) else { return };
         let (epoch, peer, framing) = (conn.epoch, conn.peer.ip(), conn.framing());
         let pipeline = framing.pipeline(&self.config);
-        let mut consumed = 0;
         while self.conns.get(&id).is_some_and(|c| c.in_flight() < pipeline) {
             match framing.next_request(&buf[consumed..], self.config.max_line) {
                 Frame::Line { line, consumed: n } => {
@@ -436,6 +449,54 @@ impl Engine {
         }
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.took(buf, consumed, self.now);
+        }
+    }
+
+    /// A native connection's first bytes, as a PROXY protocol header
+    /// (docs/PROTOCOL.md, "Behind a load balancer"). From a balancer in
+    /// `proxy_protocol_from` one must come first, and the client it names
+    /// becomes the connection's address (its binding, its limits). From
+    /// anyone else one is refused, since a client could otherwise name any
+    /// address it likes: a first line that starts `PROXY `, or first bytes
+    /// that are the version 2 signature. A refusal closes the connection
+    /// with no reply. Returns where the requests start in `buf`, or `None`
+    /// while a header is incomplete or once the connection is closed.
+    fn proxy_header(&mut self, id: ConnId, buf: &[u8]) -> Option<usize> {
+        let conn = self.conns.get_mut(&id)?;
+        let state = conn.proxy;
+        if state == ProxyState::Done {
+            return Some(0);
+        }
+        // A capture keeps the decision (its bytes are masked), made once.
+        let decoded = match &mut self.playback {
+            Some(playback) => playback.proxy_header(buf.len()),
+            None if state == ProxyState::Expected => proxy::decode(buf),
+            None => unasked_header(buf),
+        };
+        if !matches!(decoded, Decoded::Incomplete)
+            && let Some(recorder) = &mut self.capture
+        {
+            recorder.proxy_header(buf.len(), decoded);
+        }
+        match (state, decoded) {
+            (ProxyState::Expected, Decoded::Incomplete) => None,
+            (ProxyState::Expected, Decoded::Header(header, consumed)) => {
+                if let ProxyHeader::Proxied(client) = header {
+                    conn.peer = PeerDigests::new(normalize_ip(client.ip()));
+                }
+                conn.proxy = ProxyState::Done;
+                Some(consumed)
+            }
+            // Not decided yet: no line is whole, so none is taken.
+            (_, Decoded::Incomplete) => Some(0),
+            (_, Decoded::Invalid(_)) if state == ProxyState::Refused => {
+                conn.proxy = ProxyState::Done;
+                Some(0)
+            }
+            _ => {
+                self.close_now(id);
+                None
+            }
         }
     }
 
@@ -656,5 +717,21 @@ impl Engine {
             self.shutdown = Shutdown::Done;
             self.queue.push_back(Queued::Stopped);
         }
+    }
+}
+
+/// Whether a connection that may not send a PROXY header sent one: a first
+/// line that starts `PROXY `, or first bytes that are the version 2
+/// signature (`Header`), or neither (`Invalid`); `Incomplete` until its
+/// first line is whole. Unlike [`proxy::decode`], it never holds back a
+/// whole line: an empty first line is a malformed request, as ever.
+fn unasked_header(buf: &[u8]) -> Decoded {
+    if buf.starts_with(&proxy::V2_SIGNATURE) {
+        return Decoded::Header(ProxyHeader::Local, 0);
+    }
+    match buf.iter().position(|&b| b == b'\n') {
+        Some(end) if buf[..end].starts_with(b"PROXY ") => Decoded::Header(ProxyHeader::Local, 0),
+        Some(_) => Decoded::Invalid("no PROXY protocol header"),
+        None => Decoded::Incomplete,
     }
 }

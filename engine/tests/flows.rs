@@ -930,3 +930,101 @@ fn the_audit_trail_tells_the_failure_that_locked_the_account_and_the_refusals_th
         ]
     );
 }
+
+/// A balancer at 127.0.0.1, in `proxy_protocol_from`.
+fn behind_a_balancer() -> World {
+    let blocks = vec![tokenizer_auth_engine::codec::proxy::Cidr::parse("127.0.0.0/8").unwrap()];
+    world_with(Config { proxy_protocol_from: blocks, ..Config::default() })
+}
+
+/// A connection through the balancer for the client at `client`.
+fn proxied(w: &mut World, client: &str) -> ConnId {
+    let c = w.connect(Listener::Native, local());
+    w.send(c, format!("PROXY TCP4 {client} 192.0.2.1 51234 7160\r\n").as_bytes());
+    c
+}
+
+#[test]
+fn behind_a_balancer_the_client_named_by_its_header_is_the_connection() {
+    let mut w = behind_a_balancer();
+    let client = "203.0.113.7";
+    let c = proxied(&mut w, client);
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let code = w.passcode_for(EMAIL).unwrap();
+    // The passcode was issued to the client's address: a login through
+    // the balancer for the same client takes it.
+    let c = proxied(&mut w, client);
+    let reply = w.request(c, &login_line(EMAIL, PASSWORD, &code));
+    let token = reply.strip_prefix(LOGIN_PREFIX).expect("logged in").to_owned();
+    // The token is bound to the client's address, not the balancer's.
+    let c = proxied(&mut w, client);
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "authorized");
+    let c = proxied(&mut w, "198.51.100.9");
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "unauthorized");
+    // A header cut into single bytes is the same header.
+    let c = w.connect(Listener::Native, local());
+    for byte in format!("PROXY TCP4 {client} 192.0.2.1 51234 7160\r\n").bytes() {
+        w.send(c, &[byte]);
+        w.settle();
+    }
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "authorized");
+    // A health check by the balancer itself keeps its own address.
+    let c = w.connect(Listener::Native, local());
+    w.send(c, b"PROXY UNKNOWN\r\n");
+    assert_eq!(w.request(c, &token_line(&token, MAC)), "unauthorized");
+}
+
+#[test]
+fn a_header_is_required_from_a_balancer_and_refused_from_anyone_else() {
+    let mut w = behind_a_balancer();
+    // The balancer without a header, or with a broken one: closed, no reply.
+    for first in ["abc|aa:bb:cc:dd:ee:ff|get\n", "PROXY TCP4 nonsense\r\n", "PROXY TCP9 1.2.3.4 5.6.7.8 1 2\r\n"] {
+        let c = w.connect(Listener::Native, local());
+        w.send(c, first.as_bytes());
+        w.settle();
+        assert!(w.is_closed(c), "{first:?}");
+        assert!(w.take_received(c).is_empty(), "{first:?}");
+    }
+    // Anyone else with a header (v1 or v2): closed, no reply.
+    let mut v2 = tokenizer_auth_engine::codec::proxy::V2_SIGNATURE.to_vec();
+    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 7, 192, 0, 2, 1, 0, 80, 0, 80]);
+    for first in [&b"PROXY TCP4 203.0.113.7 192.0.2.1 51234 7160\r\n"[..], &v2] {
+        let c = w.connect(Listener::Native, "198.51.100.1".parse().unwrap());
+        w.send(c, first);
+        w.settle();
+        assert!(w.is_closed(c));
+        assert!(w.take_received(c).is_empty());
+    }
+    // Anyone else without one is served as ever, empty lines included.
+    let c = w.connect(Listener::Native, "198.51.100.1".parse().unwrap());
+    assert_eq!(w.request(c, ""), "error|malformed");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    // The legacy ports take no header: the old clients send none.
+    let c = w.connect(Listener::LegacyPasscode, local());
+    w.send(c, format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}").as_bytes());
+    w.hang_up(c);
+    w.settle();
+    assert!(!w.take_received(c).is_empty());
+}
+
+#[test]
+fn a_session_behind_a_balancer_replays_from_its_capture() {
+    let mut w = behind_a_balancer();
+    let mut capture = w.engine.start_capture();
+    let c = proxied(&mut w, "203.0.113.7");
+    assert_eq!(require_passcode(&mut w, c, PASSWORD, EMAIL), "Passcode is sent");
+    let code = w.passcode_for(EMAIL).unwrap();
+    let c = w.connect(Listener::Native, local());
+    for byte in b"PROXY TCP4 203.0.113.7 192.0.2.1 1 7160\r\n" {
+        w.send(c, &[*byte]);
+    }
+    assert!(w.request(c, &login_line(EMAIL, PASSWORD, &code)).starts_with(LOGIN_PREFIX));
+    let refused = w.connect(Listener::Native, "198.51.100.1".parse().unwrap());
+    w.send(refused, b"PROXY TCP4 203.0.113.7 192.0.2.1 1 7160\r\n");
+    w.settle();
+    capture.extend(w.engine.take_capture());
+    let text = String::from_utf8_lossy(&capture);
+    assert!(!text.contains(PASSWORD), "no password in the capture");
+    let records = tokenizer_auth_engine::capture::Replay::new(&capture).unwrap().run().unwrap();
+    assert!(records > 5, "{records} records");
+}

@@ -166,6 +166,11 @@ impl Server {
         Client::new(TcpStream::connect(self.native).unwrap())
     }
 
+    /// The passcode in the newest outbox message, if any.
+    pub fn outbox_passcode_opt(&self) -> Option<String> {
+        newest_passcode(&self.dir.join("outbox"))
+    }
+
     /// The passcode in the newest outbox message.
     pub fn outbox_passcode(&self) -> String {
         newest_passcode(&self.dir.join("outbox")).expect("a passcode in the outbox")

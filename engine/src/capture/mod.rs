@@ -24,14 +24,15 @@
 //! and recording stops. The file stays a whole capture, and replay says
 //! where it was cut.
 //!
-//! # Format (version 3)
+//! # Format (version 4)
 //!
 //! Little-endian integers; `bytes` is a `u32` length and the bytes; a time
 //! is `i64` seconds and `u32` nanoseconds since the Unix epoch.
 //!
 //! ```text
 //! file    = MAGIC u32:version config record* [end]
-//! config  = the engine settings, then 8 bytes: the server key's fingerprint
+//! config  = the engine settings (the last, `proxy_protocol_from`: u32:n
+//!           (ip u8:prefix)*), then 8 bytes: the server key's fingerprint
 //! record  = u32:length body                  (length of body, never 0)
 //! end     = u32:0                            recording stopped at the bound
 //! body    = time input bytes:rng u32:lines line* u32:count output*
@@ -47,6 +48,17 @@
 //!         | 6 u64:conn                       Failed
 //!         | 7 u64:conn u64:bytes             Sent
 //!         | 8                                Shutdown
+//! line    = 0 bytes                          a request line that parsed,
+//!                                            without its password
+//!         | 1 u8:why                         one that did not
+//!         | 2 u32:seen header                what a native connection's
+//!                                            first bytes made as a PROXY
+//!                                            header, once decided, after
+//!                                            `seen` bytes
+//! header  = 0 ip u32:port u32:consumed       a client's address
+//!         | 1 u32:consumed                   a health check, or a header
+//!                                            refused from a non-balancer
+//!         | 2                                not a header
 //! output  = 0 u64:conn bytes                 Transmit
 //!         | 1 u64:conn                       Close
 //!         | 2 u64:effect bytes:debug-text    Perform
@@ -60,7 +72,9 @@
 //! Earlier versions are refused, as this engine could not replay them
 //! faithfully: version 1 (before the server key) had no fingerprint and its
 //! passcodes were unkeyed; version 2 (before the renewal grace) had no
-//! `renew_grace` in its settings and no rotation records in its reads.
+//! `renew_grace` in its settings and no rotation records in its reads;
+//! version 3 (before the PROXY protocol) had no `proxy_protocol_from`, and
+//! no record of what a connection's first bytes made as a header.
 //!
 //! # Layout
 //!

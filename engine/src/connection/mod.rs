@@ -148,6 +148,19 @@ pub(crate) struct Connection {
     transmit_queued: bool,
     /// The earliest timer entry for this connection.
     timer_at: Option<DateTime<Utc>>,
+    /// Whether its first bytes are (or must not be) a PROXY header.
+    pub(crate) proxy: ProxyState,
+}
+
+/// What a connection's first bytes may be (see `codec::proxy`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum ProxyState {
+    /// A balancer in `proxy_protocol_from`: a header must come first.
+    Expected,
+    /// Anyone else on the native listener: a header is refused.
+    Refused,
+    /// Decided, or a legacy listener: requests only.
+    Done,
 }
 
 impl Connection {
@@ -165,6 +178,7 @@ impl Connection {
             stalled_since: None,
             transmit_queued: false,
             timer_at: None,
+            proxy: ProxyState::Done,
         }
     }
 

@@ -4,12 +4,13 @@
 //! empty one, an output's secret fields as `[redacted]` (outputs are kept
 //! as their `Debug` text, in which every secret type hides itself).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::redact::{MASK, RequestLine};
+use super::redact::{MASK, RECORDED_INVALID, RequestLine};
 use super::wire::{DecodeError, Reader, Writer};
+use crate::codec::proxy::{Cidr, Decoded, ProxyHeader};
 use crate::codec::request::ParseError;
 use crate::config::Config;
 use crate::counters::{Counter, CounterKey};
@@ -233,7 +234,23 @@ pub(crate) fn config(w: &mut Writer, c: &Config) {
     usize_(w, c.max_pipeline);
     usize_(w, c.max_password_checks);
     password(w, &c.dummy_password);
+    w.u32(u32::try_from(c.proxy_protocol_from.len()).unwrap_or(u32::MAX));
+    for block in &c.proxy_protocol_from {
+        ip(w, block.addr);
+        w.u8(block.prefix);
+    }
     w.buf.extend_from_slice(&c.server_key.fingerprint().0);
+}
+
+fn read_blocks(r: &mut Reader<'_>) -> Result<Vec<Cidr>, DecodeError> {
+    let count = r.u32()?;
+    let mut blocks = Vec::new();
+    for _ in 0..count {
+        let (addr, prefix) = (read_ip(r)?, r.u8()?);
+        let block = Cidr::parse(&format!("{addr}/{prefix}")).ok_or(DecodeError::Invalid("address block"))?;
+        blocks.push(block);
+    }
+    Ok(blocks)
 }
 
 /// The recorded configuration, with the placeholder key, and the
@@ -266,6 +283,7 @@ pub(crate) fn read_config(r: &mut Reader<'_>) -> Result<(Config, Fingerprint), D
         max_pipeline: read_usize(r)?,
         max_password_checks: read_usize(r)?,
         dummy_password: read_password(r)?,
+        proxy_protocol_from: read_blocks(r)?,
         server_key: ServerKey::default(),
     };
     let fingerprint = Fingerprint(r.fixed()?);
@@ -592,6 +610,24 @@ pub(crate) fn request_line(w: &mut Writer, line: &RequestLine) {
             w.u8(1);
             parse_error(w, *why);
         }
+        RequestLine::ProxyHeader { seen, decoded } => {
+            w.u8(2);
+            w.u32(*seen);
+            match decoded {
+                Decoded::Header(ProxyHeader::Proxied(source), consumed) => {
+                    w.u8(0);
+                    ip(w, source.ip());
+                    w.u32(u32::from(source.port()));
+                    w.u32(u32::try_from(*consumed).unwrap_or(u32::MAX));
+                }
+                Decoded::Header(ProxyHeader::Local, consumed) => {
+                    w.u8(1);
+                    w.u32(u32::try_from(*consumed).unwrap_or(u32::MAX));
+                }
+                // Never recorded: replay finds it by length.
+                Decoded::Incomplete | Decoded::Invalid(_) => w.u8(2),
+            }
+        }
     }
 }
 
@@ -599,6 +635,20 @@ pub(crate) fn read_request_line(r: &mut Reader<'_>) -> Result<RequestLine, Decod
     Ok(match r.u8()? {
         0 => RequestLine::Parsed(r.bytes()?.to_vec()),
         1 => RequestLine::Malformed(read_parse_error(r)?),
+        2 => {
+            let seen = r.u32()?;
+            let decoded = match r.u8()? {
+                0 => {
+                    let (addr, port) = (read_ip(r)?, r.u32()?);
+                    let port = u16::try_from(port).map_err(|_| DecodeError::Invalid("port"))?;
+                    Decoded::Header(ProxyHeader::Proxied(SocketAddr::new(addr, port)), r.u32()? as usize)
+                }
+                1 => Decoded::Header(ProxyHeader::Local, r.u32()? as usize),
+                2 => Decoded::Invalid(RECORDED_INVALID),
+                _ => return Err(DecodeError::Invalid("PROXY header outcome")),
+            };
+            RequestLine::ProxyHeader { seen, decoded }
+        }
         _ => return Err(DecodeError::Invalid("request line")),
     })
 }

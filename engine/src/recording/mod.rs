@@ -23,13 +23,15 @@ use crate::config::Config;
 use crate::io::{ConnId, Input, Listener, Output};
 pub(crate) use playback::Playback;
 use redact::RequestLine;
+
+use crate::codec::proxy::Decoded;
 pub(crate) use rng::{PlaybackRng, RecordingRng};
 use wire::Writer;
 
 /// The first bytes of every capture.
 pub const MAGIC: &[u8; 24] = b"tokenizer-auth capture\n\0";
 /// The format version this engine writes and reads.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// The end mark: a record length no record has.
 const END: [u8; 4] = 0u32.to_le_bytes();
 
@@ -121,6 +123,16 @@ impl Recorder {
     pub(crate) fn request(&mut self, line: &[u8], parsed: &Result<Request<'_>, ParseError>) {
         if self.body.is_some() {
             codec::request_line(&mut self.lines, &RequestLine::of(line, parsed));
+            self.line_count += 1;
+        }
+    }
+
+    /// What the start of a connection made as a PROXY header, once
+    /// decided, after `seen` bytes.
+    pub(crate) fn proxy_header(&mut self, seen: usize, decoded: Decoded) {
+        if self.body.is_some() {
+            let seen = u32::try_from(seen).unwrap_or(u32::MAX);
+            codec::request_line(&mut self.lines, &RequestLine::ProxyHeader { seen, decoded });
             self.line_count += 1;
         }
     }

@@ -25,6 +25,7 @@
 //! hands it the recorded one ([`super::playback`]); it parses to the same
 //! outcome, so every output comes out the same.
 
+use crate::codec::proxy::Decoded;
 use crate::codec::request::{ParseError, Request};
 use crate::io::Listener;
 
@@ -46,7 +47,21 @@ pub(crate) enum RequestLine {
     Parsed(Vec<u8>),
     /// A line that does not parse, and why: nothing of its bytes.
     Malformed(ParseError),
+    /// What the start of a native connection made as a PROXY protocol
+    /// header (`codec::proxy`), once it was decided, and how many bytes
+    /// had come by then: the masked bytes cannot be decoded again, and
+    /// replay decides at the same length. (The client's address is not a
+    /// secret; the header holds nothing else the engine keeps.)
+    ProxyHeader {
+        /// Bytes received when it was decided.
+        seen: u32,
+        /// The decision.
+        decoded: Decoded,
+    },
 }
+
+/// The reason replay gives for a header recorded as invalid.
+pub(crate) const RECORDED_INVALID: &str = "recorded as not a valid PROXY header";
 
 /// Which `|`-separated field of a parsed request holds its password.
 fn password_field(request: &Request<'_>) -> Option<usize> {
@@ -90,6 +105,8 @@ impl RequestLine {
         match self {
             RequestLine::Parsed(line) => Request::parse(line),
             RequestLine::Malformed(why) => Err(*why),
+            // A header where a line was taken: the replay has diverged.
+            RequestLine::ProxyHeader { .. } => Err(ParseError::Empty),
         }
     }
 }
