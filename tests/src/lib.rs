@@ -9,6 +9,8 @@
 //! - [`crash`]: what the crash-safety child and its test agree on.
 //! - [`conformance`]: the checks every store passes, and the adapters
 //!   that put the in-memory model and the SQLite store under them.
+//! - [`haproxy`]: a real HAProxy in front of servers, each connection
+//!   opened with a PROXY protocol header.
 //! - [`postgres`]: a real PostgreSQL server (`initdb` and `pg_ctl` in a
 //!   temporary folder, on 127.0.0.1), one [`postgres::shared`] per test
 //!   process, with a fresh database for each test; installed by
@@ -16,6 +18,7 @@
 
 pub mod conformance;
 pub mod crash;
+pub mod haproxy;
 pub mod postgres;
 pub mod real;
 pub mod smtp;
