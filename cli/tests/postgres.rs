@@ -9,6 +9,7 @@
 mod support;
 
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use support::*;
 
@@ -156,4 +157,130 @@ fn store_copy_moves_a_folder_and_a_second_run_copies_nothing(runtime: &str) {
     assert!(new.stop().success());
 }
 
-both_runtimes!(servers_share_one_postgres_database, store_copy_moves_a_folder_and_a_second_run_copies_nothing);
+/// `n` answers to `line`, sent at once, spread over `servers`.
+fn burst(servers: &[&Server], n: usize, line: &str) -> Vec<String> {
+    let addrs: Vec<_> = servers.iter().map(|s| s.native).collect();
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (addr, line) = (addrs[i % addrs.len()], line.to_owned());
+            std::thread::spawn(move || Client::new(std::net::TcpStream::connect(addr).unwrap()).ask(&line))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Three servers on one database, started at once: the guarantees hold
+/// across them, and one killed mid-burst loses nothing it acknowledged.
+fn three_servers_keep_every_guarantee(runtime: &str) {
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let admin = tempfile::tempdir().unwrap();
+    // A second account for the burst at the end, whose counters the
+    // first parts leave alone.
+    const OTHER: &str = "grace@example.com";
+    for email in [EMAIL, OTHER] {
+        ok(admin.path(), &url, &["user", "add", email, "--phone", PHONE, "--password-stdin"], &format!("{PASSWORD}\n"));
+    }
+    let env = [
+        ("TOKENIZER_AUTH_STORE_URL", url.as_str()),
+        ("TOKENIZER_AUTH_SERVER_KEY", KEY),
+        ("TOKENIZER_AUTH_TOKEN_TTL", "2s"),
+        // Every test client is 127.0.0.1: the per-email bound is the one
+        // measured; the per-address ones would stop the bursts.
+        ("TOKENIZER_AUTH_FAILURES_PER_EMAIL", "5"),
+        ("TOKENIZER_AUTH_FAILURES_PER_IP", "0"),
+        ("TOKENIZER_AUTH_PASSCODE_REQUESTS_PER_IP", "0"),
+        ("TOKENIZER_AUTH_PASSCODE_REQUESTS_PER_EMAIL", "0"),
+        ("TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES", "0"),
+    ];
+    // Started together: the schema is made once, under its lock.
+    let starting: Vec<_> = (0..3)
+        .map(|_| {
+            let runtime = runtime.to_owned();
+            let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            std::thread::spawn(move || {
+                let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                Server::start_on(tempfile::tempdir().unwrap(), &runtime, &env, &[])
+            })
+        })
+        .collect();
+    let servers: Vec<Server> = starting.into_iter().map(|t| t.join().unwrap()).collect();
+    let all: Vec<&Server> = servers.iter().collect();
+
+    // 50 logins with one passcode, over the three: one token.
+    let mut c = servers[0].connect();
+    assert_eq!(c.ask(&format!("require_passcode|{MAC}|{PASSWORD}|{PHONE}|{EMAIL}")), "Passcode is sent");
+    let code = servers[0].outbox_passcode();
+    let replies = burst(&all, 50, &format!("{MAC}|{EMAIL}|{PHONE}|{PASSWORD}|{code}"));
+    let tokens: Vec<&String> = replies.iter().filter(|r| r.starts_with(LOGIN_PREFIX)).collect();
+    assert_eq!(tokens.len(), 1, "{replies:?}");
+    let token = tokens[0].strip_prefix(LOGIN_PREFIX).unwrap().to_owned();
+
+    // 20 checks of the expired token at once, over the three: one successor.
+    std::thread::sleep(Duration::from_millis(2200));
+    let renewals = burst(&all, 20, &token_line(&token));
+    assert!(renewals.iter().all(|r| r.starts_with("renew|") && *r == renewals[0]), "{renewals:?}");
+    let successor = renewals[0].strip_prefix("renew|").unwrap().to_owned();
+    for server in &servers {
+        assert_eq!(server.connect().ask(&token_line(&successor)), "authorized");
+    }
+
+    // A bound, exact over the three: five failures of one email.
+    let wrong = burst(&all, 12, &format!("{MAC}|nobody@example.com|{PHONE}|wrong horse battery|AAAAAA"));
+    assert_eq!(wrong.iter().filter(|r| *r == "False").count(), 5, "{wrong:?}");
+    assert_eq!(wrong.iter().filter(|r| *r == "error|rate_limited").count(), 7, "{wrong:?}");
+
+    // A revocation on the database is seen by all three at once.
+    ok(admin.path(), &url, &["session", "revoke", EMAIL], "");
+    for server in &servers {
+        assert_eq!(server.connect().ask(&token_line(&successor)), "unauthorized");
+    }
+
+    // One server killed mid-burst: every login it acknowledged stands.
+    let mut servers = servers;
+    let victim = servers.pop().unwrap();
+    let (addr, outbox) = (victim.native, victim.dir.join("outbox"));
+    let acknowledged = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let burst_thread = {
+        let acknowledged = std::sync::Arc::clone(&acknowledged);
+        std::thread::spawn(move || {
+            for i in 0..200u32 {
+                let mac = format!("02:00:00:00:{:02x}:{:02x}", i / 256, i % 256);
+                let Ok(stream) = std::net::TcpStream::connect(addr) else { return };
+                let mut c = Client::new(stream);
+                c.send(format!("require_passcode|{mac}|{PASSWORD}|{PHONE}|{OTHER}\n").as_bytes());
+                let mut line = String::new();
+                if std::io::BufRead::read_line(&mut c.reader, &mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let Some(code) = newest_passcode(&outbox) else { return };
+                c.send(format!("{mac}|{OTHER}|{PHONE}|{PASSWORD}|{code}\n").as_bytes());
+                let mut reply = String::new();
+                if std::io::BufRead::read_line(&mut c.reader, &mut reply).unwrap_or(0) == 0 {
+                    return;
+                }
+                if let Some(token) = reply.trim_end().strip_prefix(LOGIN_PREFIX) {
+                    acknowledged.lock().unwrap().push((mac, token.to_owned()));
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    signal(&victim.child, "KILL");
+    burst_thread.join().unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(!acknowledged.is_empty(), "logins were acknowledged before the kill");
+    for (mac, token) in &acknowledged {
+        let reply = servers[0].connect().ask(&format!("{token}|{mac}|get"));
+        assert_eq!(reply, "authorized", "an acknowledged login of {mac} was lost");
+    }
+    drop(victim);
+    for server in servers {
+        assert!(server.stop().success());
+    }
+}
+
+both_runtimes!(
+    servers_share_one_postgres_database,
+    store_copy_moves_a_folder_and_a_second_run_copies_nothing,
+    three_servers_keep_every_guarantee,
+);
