@@ -98,6 +98,11 @@ const KEYS: &[Key] = &[
             None => Shown::Unset(": the records are the SQLite files in data_dir"),
         },
     },
+    Key {
+        name: "store_ca",
+        set: |c, raw| raw.text().map(|t| c.store_ca = optional_path(t)),
+        show: |c| c.store_ca.as_deref().map_or(Shown::Unset(": the system's roots only"), path),
+    },
     key!("runtime", runtime, ["mio" => Runtime::Mio, "std" => Runtime::Std]),
     key!("listen", listen, |raw| address(raw.text()?), text),
     key!("legacy_passcode_listen", legacy_passcode_listen, |raw| address(raw.text()?), text),
@@ -309,6 +314,7 @@ enum Raw<'a> {
 pub struct Configuration {
     data_dir: PathBuf,
     store_url: Option<String>,
+    store_ca: Option<PathBuf>,
     runtime: Runtime,
     listen: SocketAddr,
     legacy_passcode_listen: SocketAddr,
@@ -340,6 +346,7 @@ impl Default for Configuration {
         Configuration {
             data_dir: settings.data_dir,
             store_url: None,
+            store_ca: None,
             runtime: Runtime::Mio,
             listen: settings.listen,
             legacy_passcode_listen: settings.legacy_passcode_listen,
@@ -582,7 +589,7 @@ impl Configuration {
     /// Where the records are: `store_url`, or the data folder's files.
     pub fn store(&self) -> StoreLocation {
         match &self.store_url {
-            Some(url) => StoreLocation::Postgres(url.clone()),
+            Some(url) => StoreLocation::Postgres(url.clone(), self.store_ca.clone()),
             None => StoreLocation::Files(self.data_dir.clone()),
         }
     }
@@ -609,6 +616,7 @@ impl Configuration {
         settings.admin_listen = self.admin_listen;
         settings.audit_log = self.audit_log();
         settings.store_url = self.store_url.clone();
+        settings.store_ca = self.store_ca.clone();
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();

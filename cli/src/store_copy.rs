@@ -26,7 +26,9 @@ pub(super) fn run(config: &Configuration, from: &Path, to: &str) -> Result<(), F
     let mut source = SqliteStore::open(from).map_err(|e| Failure::Other(format!("{}: {e}", from.display())))?;
     source.key_passcodes(&key)?;
     let records = source.export(chrono::Utc::now())?;
-    let mut target = PgStore::open(to).map_err(|e| Failure::Other(format!("{}: {e}", redact(to))))?;
+    let ca = config.settings().store_ca;
+    let mut target =
+        PgStore::open_with(to, ca.as_deref()).map_err(|e| Failure::Other(format!("{}: {e}", redact(to))))?;
     target.claim_key(&key)?;
     let copied = target.import(&records)?;
 

@@ -284,3 +284,66 @@ both_runtimes!(
     store_copy_moves_a_folder_and_a_second_run_copies_nothing,
     three_servers_keep_every_guarantee,
 );
+
+/// TLS to the database: the URL's `sslmode=require` with the database's
+/// authority in `store_ca`, through the binary; without the authority the
+/// certificate does not check and nothing connects.
+#[test]
+fn the_database_is_reached_over_tls() {
+    use tokenizer_auth_effects::store::PgStore;
+
+    let pg = tokenizer_auth_tests::postgres::Postgres::start();
+    let pki = support::pki::Pki::local();
+    // The server's certificate and key, its own (PostgreSQL wants the key
+    // private to its user), then TLS on, by a reload.
+    let (cert, key) = (pg.dir().join("server.crt"), pg.dir().join("server.key"));
+    std::fs::copy(&pki.cert, &cert).unwrap();
+    std::fs::copy(&pki.key, &key).unwrap();
+    let owner = std::fs::metadata(pg.dir()).map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let status = Command::new("chown").arg(owner.to_string()).arg(&cert).arg(&key).status().unwrap();
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let url = pg.database();
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    for sql in [
+        format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+        format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+        "ALTER SYSTEM SET ssl = on".to_owned(),
+        "SELECT pg_reload_conf()".to_owned(),
+    ] {
+        admin.batch_execute(&sql).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let required = format!("{url}?sslmode=require");
+
+    let mut store = PgStore::open_with(&required, Some(&pki.ca)).expect("TLS with the authority");
+    store.ping().unwrap();
+    let refused = PgStore::open(&required).err().expect("a certificate nobody vouches for is refused");
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    assert!(PgStore::open(&url).is_err(), "the certificate is checked whenever TLS is used");
+
+    // A server over TLS to the database.
+    let admin_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("TOKENIZER_AUTH_STORE_URL", required.as_str()),
+        ("TOKENIZER_AUTH_STORE_CA", pki.ca.to_str().unwrap()),
+        ("TOKENIZER_AUTH_SERVER_KEY", KEY),
+    ];
+    let mut add = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(admin_dir.path())
+        .args(["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+    assert!(add.wait().unwrap().success());
+    let server = Server::start_on(tempfile::tempdir().unwrap(), "mio", &env, &[]);
+    let token = server.login();
+    assert_eq!(server.connect().ask(&token_line(&token)), "authorized");
+    assert!(server.stop().success());
+}

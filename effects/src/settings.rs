@@ -53,6 +53,8 @@ pub struct Settings {
     /// A PostgreSQL database to keep the records in instead of the data
     /// folder's SQLite files (`store_url`).
     pub store_url: Option<String>,
+    /// More certificates to check the database's TLS against (`store_ca`).
+    pub store_ca: Option<PathBuf>,
     /// How mail leaves: an SMTP relay, or the outbox folder.
     pub mail: MailConfig,
     /// The argon2id cost of new hashes.
@@ -106,6 +108,7 @@ impl Settings {
             audit_log: AuditTarget::in_data_dir(&data_dir),
             data_dir,
             store_url: None,
+            store_ca: None,
             cost: Cost::PRODUCT,
             listen: loopback(7160),
             tls: None,
@@ -125,7 +128,7 @@ impl Settings {
     /// Where the records are: `store_url`, or the data folder's files.
     pub fn store(&self) -> StoreLocation {
         match &self.store_url {
-            Some(url) => StoreLocation::Postgres(url.clone()),
+            Some(url) => StoreLocation::Postgres(url.clone(), self.store_ca.clone()),
             None => StoreLocation::Files(self.data_dir.clone()),
         }
     }

@@ -19,8 +19,9 @@ use crate::password::PasswordHasher;
 pub enum StoreLocation {
     /// `op_creds.db` and `op_passcodes.db` in this folder.
     Files(PathBuf),
-    /// A PostgreSQL database, by its `postgres://` URL.
-    Postgres(String),
+    /// A PostgreSQL database, by its `postgres://` URL, and the CA file
+    /// its TLS certificate may also be checked against (`store_ca`).
+    Postgres(String, Option<PathBuf>),
 }
 
 impl std::fmt::Debug for StoreLocation {
@@ -34,7 +35,7 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             StoreLocation::Files(dir) => dir.display().to_string(),
-            StoreLocation::Postgres(url) => redact(url),
+            StoreLocation::Postgres(url, _) => redact(url),
         }
     }
 }
@@ -74,7 +75,7 @@ impl Store {
     pub fn open(location: &StoreLocation) -> Result<Store, StoreError> {
         Ok(match location {
             StoreLocation::Files(dir) => Store::Sqlite(SqliteStore::open(dir)?),
-            StoreLocation::Postgres(url) => Store::Postgres(PgStore::open(url)?),
+            StoreLocation::Postgres(url, ca) => Store::Postgres(PgStore::open_with(url, ca.as_deref())?),
         })
     }
 
@@ -252,6 +253,6 @@ mod tests {
         assert_eq!(redact("postgres://auth@db/auth?sslmode=require"), "postgres://auth@db/auth?sslmode=require");
         assert_eq!(redact("postgres://db/auth?user=a&password=s3cret"), "postgres://db/auth?…");
         assert_eq!(redact("postgres://a:b:c@h"), "postgres://a:…@h");
-        assert!(!format!("{:?}", StoreLocation::Postgres("postgres://u:pw@h/d".into())).contains("pw"));
+        assert!(!format!("{:?}", StoreLocation::Postgres("postgres://u:pw@h/d".into(), None)).contains("pw"));
     }
 }

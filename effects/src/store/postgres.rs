@@ -40,12 +40,15 @@
 use std::collections::HashMap;
 
 use postgres::error::SqlState;
-use postgres::{Client, GenericClient, IsolationLevel, NoTls, Row, Statement};
+use std::path::Path;
+
+use postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
     PasscodeRecord, PasscodesBatch, PasscodesOp, PasswordHash, Place, REUSE_HISTORY, Reservation, RotationRecord,
     ServerKey, SessionRecord, Snapshot, StoredPasscode, TokenTag, UserRecord, WriteBatch,
 };
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::password::PasswordHasher;
 
@@ -118,6 +121,17 @@ pub struct PgStore {
     client: Client,
     statements: Statements,
     url: String,
+    tls: MakeRustlsConnect,
+}
+
+/// TLS to the database, as the URL's `sslmode` asks (`prefer`, the
+/// default, uses it when the server offers it; `require` refuses a server
+/// that does not): rustls, checking the certificate against the system's
+/// roots and `ca`, and the name against the URL's host. A certificate that
+/// does not check fails the connection, whatever the mode.
+fn tls(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+    let config = crate::tls::client_config(ca, true).map_err(|e| StoreError::Postgres(format!("store_ca: {e}")))?;
+    Ok(MakeRustlsConnect::new((*config).clone()))
 }
 
 impl From<postgres::Error> for StoreError {
@@ -129,9 +143,11 @@ impl From<postgres::Error> for StoreError {
 /// An error in words: the server's message and SQLSTATE when it sent one
 /// (the client's own text is only "db error").
 fn describe(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        // The client's own words, and why (a TLS handshake, say).
+        (None, Some(why)) => format!("{e}: {why}"),
+        (None, None) => e.to_string(),
     }
 }
 
@@ -187,15 +203,26 @@ impl PgStore {
     /// (under an advisory lock: servers starting together migrate one
     /// after the other).
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        let mut store = PgStore::connect(url)?;
+        PgStore::open_with(url, None)
+    }
+
+    /// [`PgStore::open`], trusting the certificates in `ca` too for the
+    /// database's TLS (`store_ca`).
+    pub fn open_with(url: &str, ca: Option<&Path>) -> Result<PgStore, StoreError> {
+        let tls = tls(ca)?;
+        let mut store = PgStore::connect_with(url, tls)?;
         store.migrate()?;
         Ok(store)
     }
 
     /// Another connection to a database [`PgStore::open`] has migrated.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        let client = Client::connect(url, NoTls)?;
-        Ok(PgStore { client, statements: Statements::new(), url: url.to_owned() })
+        PgStore::connect_with(url, tls(None)?)
+    }
+
+    fn connect_with(url: &str, tls: MakeRustlsConnect) -> Result<PgStore, StoreError> {
+        let client = Client::connect(url, tls.clone())?;
+        Ok(PgStore { client, statements: Statements::new(), url: url.to_owned(), tls })
     }
 
     /// The connection, for the copy (`copy.rs`).
@@ -205,7 +232,7 @@ impl PgStore {
 
     /// Another connection to the same database.
     pub fn attach(&self) -> Result<PgStore, StoreError> {
-        PgStore::connect(&self.url)
+        PgStore::connect_with(&self.url, self.tls.clone())
     }
 
     /// Records `key`'s fingerprint as the database's, or checks that it is:
@@ -292,7 +319,7 @@ impl PgStore {
     /// A new connection in place of one the server dropped (a restart, a
     /// failover, a cut). Prepared statements belong to the old one.
     fn reconnect(&mut self) -> Result<(), postgres::Error> {
-        self.client = Client::connect(&self.url, NoTls)?;
+        self.client = Client::connect(&self.url, self.tls.clone())?;
         self.statements.clear();
         Ok(())
     }
