@@ -241,7 +241,7 @@ as_pg() {
 }
 if has pg; then
     PG_BIN=$(tests/support/postgres.sh)
-    PG_DIR="$OUT/pg"
+    PG_DIR="$(cd "$OUT" && pwd)/pg"
     mkdir -p "$PG_DIR"
     if [[ $(id -u) -eq 0 ]]; then chown postgres "$PG_DIR"; fi
     trap 'pg_stop; cleanup' EXIT

@@ -64,7 +64,13 @@ fn servers_share_one_postgres_database(runtime: &str) {
     assert_eq!(listed.lines().count(), 1, "{listed}");
 
     // A revocation is seen by both at once (no cache on PostgreSQL yet).
-    ok(admin.path(), &url, &["session", "revoke", EMAIL], "");
+    // The command's data folder need not exist: only its audit trail is
+    // there, and it is made, private.
+    let fresh = admin.path().join("not-made-yet");
+    ok(&fresh, &url, &["session", "revoke", EMAIL], "");
+    let mode =
+        |p: &std::path::Path| std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions());
+    assert_eq!((mode(&fresh) & 0o777, mode(&fresh.join("audit.log")) & 0o777), (0o700, 0o600));
     assert_eq!(a.connect().ask(&token_line(&token)), "unauthorized");
     assert_eq!(b.connect().ask(&token_line(&token)), "unauthorized");
 

@@ -74,6 +74,11 @@ impl AuditTarget {
 /// file is tightened to 0600 (the trail names people and their
 /// addresses); anything else (a pipe, a device) is left as it is.
 fn open_file(path: &Path) -> io::Result<File> {
+    // The default file is in the data folder, which a server or a command
+    // on PostgreSQL may not have made yet: made private, as ever.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        crate::private::create_dir(parent)?;
+    }
     let mut options = OpenOptions::new();
     options.append(true).create(true);
     #[cfg(unix)]
@@ -172,6 +177,7 @@ pub fn line_of(notice: &Notice, now: DateTime<Utc>) -> Option<Vec<u8>> {
 pub fn append_one(target: &AuditTarget, line: &AuditLine<'_>) -> io::Result<()> {
     let mut bytes = line.render();
     if let AuditTarget::File(path) = target
+        && path.exists()
         && !ends_a_line(path)?
     {
         bytes.insert(0, b'\n');
