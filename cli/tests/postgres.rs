@@ -18,20 +18,7 @@ const KEY: &str = POSTGRES_KEY;
 
 /// A command of the binary on the database, with standard input.
 fn command(dir: &std::path::Path, url: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .env("TOKENIZER_AUTH_STORE_URL", url)
-        .env("TOKENIZER_AUTH_SERVER_KEY", KEY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    let _ = child.stdin.take().unwrap().write_all(stdin.as_bytes());
-    child.wait_with_output().unwrap()
+    run_with(dir, args, stdin, &[("TOKENIZER_AUTH_STORE_URL", url), ("TOKENIZER_AUTH_SERVER_KEY", KEY)])
 }
 
 fn ok(dir: &std::path::Path, url: &str, args: &[&str], stdin: &str) -> String {
@@ -336,18 +323,13 @@ fn the_database_is_reached_over_tls() {
         ("TOKENIZER_AUTH_STORE_CA", pki.ca.to_str().unwrap()),
         ("TOKENIZER_AUTH_SERVER_KEY", KEY),
     ];
-    let mut add = Command::new(BIN)
-        .arg("--data-dir")
-        .arg(admin_dir.path())
-        .args(["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"])
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    assert!(add.wait().unwrap().success());
+    let added = run_with(
+        admin_dir.path(),
+        &["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+        &env,
+    );
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     let server = Server::start_on(tempfile::tempdir().unwrap(), "mio", &env, &[]);
     let token = server.login();
     assert_eq!(server.connect().ask(&token_line(&token)), "authorized");

@@ -79,18 +79,13 @@ fn two_servers_behind_haproxy(runtime: &str) {
         ("TOKENIZER_AUTH_MAX_CONSECUTIVE_FAILURES", "0"),
     ];
     let admin = tempfile::tempdir().unwrap();
-    let mut add = std::process::Command::new(BIN)
-        .arg("--data-dir")
-        .arg(admin.path())
-        .args(["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"])
-        .envs(env)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
-    assert!(add.wait().unwrap().success());
+    let added = run_with(
+        admin.path(),
+        &["user", "add", EMAIL, "--phone", PHONE, "--password-stdin"],
+        &format!("{PASSWORD}\n"),
+        &env,
+    );
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
     let a = Server::start_on(tempfile::tempdir().unwrap(), runtime, &env, &[]);
     let b = Server::start_on(tempfile::tempdir().unwrap(), runtime, &env, &[]);
     let lb = tokenizer_auth_tests::haproxy::Haproxy::start(&[a.native, b.native]);

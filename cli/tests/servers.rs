@@ -406,23 +406,15 @@ fn a_client_that_never_reads_is_bounded_and_dropped(runtime: &str) {
     assert!(p99 < Duration::from_millis(500), "p99 of the well-behaved client {p99:?} ({} checks)", latencies.len());
 }
 
-// The same suite on a PostgreSQL database (`store_url`).
-on_postgres!(
-    a_client_that_never_reads_is_bounded_and_dropped,
-    the_lockout_holds_under_parallel_bursts,
-    the_per_email_limit_holds_across_addresses,
-    a_session_revoked_by_the_admin_command_is_unauthorized_at_once,
-    full_flow,
-    expiry_and_renewal,
-    pipelined_requests_are_answered_in_order,
-    bad_input_disturbs_nobody,
-    a_token_from_another_address_is_unauthorized,
-    old_clients_keep_working,
-    sigint_also_stops_cleanly,
-    a_client_that_half_closes_gets_its_replies,
-);
+/// The suite on both runtimes, and on a PostgreSQL database (`store_url`).
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        both_runtimes!($($name),*);
+        on_postgres!($($name),*);
+    };
+}
 
-both_runtimes!(
+suite!(
     a_client_that_never_reads_is_bounded_and_dropped,
     the_lockout_holds_under_parallel_bursts,
     the_per_email_limit_holds_across_addresses,

@@ -210,10 +210,16 @@ impl Drop for Server {
 /// Runs a command of the binary (`user ...`, `client ...`, `limits ...`)
 /// on the data folder `dir`, with `stdin` as its standard input.
 pub fn run_on(dir: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    run_with(dir, args, stdin, &[])
+}
+
+/// [`run_on`] with more of the environment (a store's URL and key, say).
+pub fn run_with(dir: &Path, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> std::process::Output {
     let mut child = Command::new(BIN)
         .arg("--data-dir")
         .arg(dir)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
