@@ -16,7 +16,7 @@
 //! short is ended before the next one, so that a reader loses that line
 //! and no other.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -29,8 +29,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use serde::Serialize;
 use tokenizer_auth_engine::{Listener, Notice};
-
-use crate::private::FILE_MODE;
 
 /// Where the trail goes.
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -58,7 +56,7 @@ impl AuditTarget {
     fn open(&self) -> io::Result<Box<dyn Write + Send>> {
         match self {
             AuditTarget::Stderr => Ok(Box::new(io::stderr())),
-            AuditTarget::File(path) => Ok(Box::new(open_file(path)?)),
+            AuditTarget::File(path) => Ok(Box::new(crate::private::open_append(path)?)),
         }
     }
 
@@ -68,28 +66,6 @@ impl AuditTarget {
             AuditTarget::File(path) => path.display().to_string(),
         }
     }
-}
-
-/// Opens `path` for appending, created with mode 0600. An existing regular
-/// file is tightened to 0600 (the trail names people and their
-/// addresses); anything else (a pipe, a device) is left as it is.
-fn open_file(path: &Path) -> io::Result<File> {
-    // The default file is in the data folder, which a server or a command
-    // on PostgreSQL may not have made yet: made private, as ever.
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
-        crate::private::create_dir(parent)?;
-    }
-    let mut options = OpenOptions::new();
-    options.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
-    let file = options.open(path)?;
-    #[cfg(unix)]
-    if file.metadata()?.is_file() {
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
-    }
-    Ok(file)
 }
 
 /// One line of the trail. Every line has every field, `null` where it does

@@ -49,17 +49,45 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
 /// Creates a new file with mode 0600 (exactly, whatever the umask); fails
 /// if it exists.
 pub fn create_new_file(path: &Path) -> io::Result<File> {
-    let mut options = OpenOptions::new();
+    let mut options = private_options();
     options.write(true).create_new(true);
+    let file = options.open(path)?;
+    tighten(&file)?;
+    Ok(file)
+}
+
+/// Opens `path` for appending, creating it (and a missing folder) private.
+/// An existing regular file is tightened to 0600; anything else (a pipe, a
+/// device) is left as it is.
+pub fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        create_dir(parent)?;
+    }
+    let mut options = private_options();
+    options.append(true).create(true);
+    let file = options.open(path)?;
+    if file.metadata()?.is_file() {
+        tighten(&file)?;
+    }
+    Ok(file)
+}
+
+/// Options that create a file with mode 0600.
+fn private_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, FILE_MODE);
-    let file = options.open(path)?;
+    options
+}
+
+/// Sets an open file's mode to 0600, whatever the umask did.
+fn tighten(file: &File) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(fs::Permissions::from_mode(FILE_MODE))?;
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Makes sure `path` exists as a file with mode 0600 before another

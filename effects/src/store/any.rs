@@ -62,6 +62,16 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The same call on whichever store `$store` is.
+macro_rules! each {
+    ($store:expr, $s:ident => $call:expr) => {
+        match $store {
+            Store::Sqlite($s) => $call,
+            Store::Postgres($s) => $call,
+        }
+    };
+}
+
 /// One thread's connection to the store.
 pub enum Store {
     /// The SQLite files.
@@ -123,120 +133,72 @@ impl Store {
 
     /// Whether the store answers a read (readiness).
     pub fn ping(&mut self) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.ping(),
-            Store::Postgres(s) => s.ping(),
-        }
+        each!(self, s => s.ping())
     }
 
     /// Answers lookups from one consistent view, in their order.
     pub fn read_many(&mut self, lookups: &[&Lookup]) -> Vec<Result<Snapshot, StoreError>> {
-        match self {
-            Store::Sqlite(s) => s.read_many(lookups.iter().copied()),
-            Store::Postgres(s) => s.read_many(lookups.iter().copied()),
-        }
+        each!(self, s => s.read_many(lookups.iter().copied()))
     }
 
     /// Commits batches as one group (see each store's docs).
     pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
-        match self {
-            Store::Sqlite(s) => s.write_group(batches),
-            Store::Postgres(s) => s.write_group(batches),
-        }
+        each!(self, s => s.write_group(batches))
     }
 
     /// [`Store::write_group`] for credentials batches alone (a writer's).
     pub fn write_creds_group(&mut self, batches: &[&CredsBatch]) -> Vec<Result<Commit, StoreError>> {
-        match self {
-            Store::Sqlite(s) => s.write_creds_group(batches),
-            Store::Postgres(s) => {
-                let owned: Vec<WriteBatch> = batches.iter().map(|b| WriteBatch::Creds((*b).clone())).collect();
-                s.write_group(&owned.iter().collect::<Vec<_>>())
-            }
-        }
+        each!(self, s => s.write_creds_group(batches))
     }
 
     /// [`Store::write_group`] for passcode batches alone (a writer's).
     pub fn write_passcodes_group(&mut self, batches: &[&PasscodesBatch]) -> Vec<Result<Commit, StoreError>> {
-        match self {
-            Store::Sqlite(s) => s.write_passcodes_group(batches),
-            Store::Postgres(s) => {
-                let owned: Vec<WriteBatch> = batches.iter().map(|b| WriteBatch::Passcodes((*b).clone())).collect();
-                s.write_group(&owned.iter().collect::<Vec<_>>())
-            }
-        }
+        each!(self, s => s.write_passcodes_group(batches))
     }
 
     /// Adds an account (`user add`).
     pub fn add_user(&mut self, email: &str, phone: &str, password: &PasswordHash) -> Result<(), AdminError> {
-        match self {
-            Store::Sqlite(s) => s.add_user(email, phone, password),
-            Store::Postgres(s) => s.add_user(email, phone, password),
-        }
+        each!(self, s => s.add_user(email, phone, password))
     }
 
     /// Every account (`user list`).
     pub fn users(&mut self) -> Result<Vec<UserSummary>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.users(),
-            Store::Postgres(s) => s.users(),
-        }
+        each!(self, s => s.users())
     }
 
     /// Removes an account (`user remove`).
     pub fn remove_user(&mut self, email: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.remove_user(email),
-            Store::Postgres(s) => s.remove_user(email),
-        }
+        each!(self, s => s.remove_user(email))
     }
 
     /// Replaces a password and ends the account's sessions (`user passwd`).
     pub fn set_password(&mut self, email: &str, password: &PasswordHash) -> Result<bool, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.set_password(email, password),
-            Store::Postgres(s) => s.set_password(email, password),
-        }
+        each!(self, s => s.set_password(email, password))
     }
 
     /// Hashes every plaintext password (`user rehash`).
     pub fn rehash_plaintext(&mut self, hasher: &PasswordHasher) -> Result<usize, AdminError> {
-        match self {
-            Store::Sqlite(s) => s.rehash_plaintext(hasher),
-            Store::Postgres(s) => s.rehash_plaintext(hasher),
-        }
+        each!(self, s => s.rehash_plaintext(hasher))
     }
 
     /// Sessions (`session list`).
     pub fn sessions(&mut self, email: Option<&str>) -> Result<Vec<SessionSummary>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.sessions(email),
-            Store::Postgres(s) => s.sessions(email),
-        }
+        each!(self, s => s.sessions(email))
     }
 
     /// Ends sessions (`session revoke`).
     pub fn revoke(&mut self, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.revoke(email, mac),
-            Store::Postgres(s) => s.revoke(email, mac),
-        }
+        each!(self, s => s.revoke(email, mac))
     }
 
     /// The stored counters among `keys` (`limits show`).
     pub fn counters(&mut self, keys: &[CounterKey]) -> Result<Vec<(CounterKey, Counter)>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.counters(keys),
-            Store::Postgres(s) => s.counters(keys),
-        }
+        each!(self, s => s.counters(keys))
     }
 
     /// Removes counters (`limits reset`).
     pub fn reset_counters(&mut self, keys: &[CounterKey]) -> Result<usize, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.reset_counters(keys),
-            Store::Postgres(s) => s.reset_counters(keys),
-        }
+        each!(self, s => s.reset_counters(keys))
     }
 }
 

@@ -12,7 +12,7 @@
 use chrono::{DateTime, Utc};
 use postgres::GenericClient;
 use tokenizer_auth_engine::{Counter, Mac, MasterToken, PasscodeKey, PasscodeRecord, PasswordHash, StoredPasscode};
-use tokenizer_auth_engine::{RotationRecord, SessionRecord, TokenTag, UserRecord};
+use tokenizer_auth_engine::{Lookup, RotationRecord, SessionRecord, Snapshot, TokenTag, UserRecord};
 
 use super::columns::{from_millis, millis, parse_time_text};
 use super::{PgStore, SqliteStore, StoreError};
@@ -207,25 +207,29 @@ impl PgStore {
         Ok(copied)
     }
 
-    /// How many of `records` the database does not hold as they are.
+    /// How many of `records` the database does not hold as they are, read
+    /// back a thousand lookups to a transaction.
     fn differing(&mut self, records: &Records) -> Result<u64, StoreError> {
-        let mut differing = 0;
-        for u in &records.users {
-            let lookup = tokenizer_auth_engine::Lookup { user: Some(u.email.clone()), ..Default::default() };
-            differing += u64::from(self.read(&lookup)?.user.as_ref() != Some(u));
-        }
-        for s in &records.sessions {
-            let lookup = tokenizer_auth_engine::Lookup { session: Some(s.master), ..Default::default() };
-            differing += u64::from(self.read(&lookup)?.session.as_ref() != Some(s));
-        }
-        for r in &records.rotations {
-            let lookup = tokenizer_auth_engine::Lookup { rotation: Some(r.tag), ..Default::default() };
-            differing += u64::from(self.read(&lookup)?.rotation.as_ref() != Some(r));
-        }
-        for p in &records.passcodes {
-            let lookup = tokenizer_auth_engine::Lookup { passcode: Some(p.key.clone()), ..Default::default() };
-            differing += u64::from(self.read(&lookup)?.passcode.as_ref() != Some(p));
-        }
+        let mut differing = self.count_differing(
+            &records.users,
+            |u| Lookup { user: Some(u.email.clone()), ..Default::default() },
+            |s, u| s.user.as_ref() == Some(u),
+        )?;
+        differing += self.count_differing(
+            &records.sessions,
+            |x| Lookup { session: Some(x.master), ..Default::default() },
+            |s, x| s.session.as_ref() == Some(x),
+        )?;
+        differing += self.count_differing(
+            &records.rotations,
+            |r| Lookup { rotation: Some(r.tag), ..Default::default() },
+            |s, r| s.rotation.as_ref() == Some(r),
+        )?;
+        differing += self.count_differing(
+            &records.passcodes,
+            |p| Lookup { passcode: Some(p.key.clone()), ..Default::default() },
+            |s, p| s.passcode.as_ref() == Some(p),
+        )?;
         for (key, c) in &records.counters {
             let stored = self.client().query_opt("SELECT since, count, last FROM counters WHERE key = $1", &[key])?;
             let same = stored.is_some_and(|r| {
@@ -233,6 +237,23 @@ impl PgStore {
                     == (millis(c.since), i64::from(c.count), millis(c.last))
             });
             differing += u64::from(!same);
+        }
+        Ok(differing)
+    }
+
+    /// How many of `items` the snapshot of their lookup does not hold.
+    fn count_differing<T>(
+        &mut self,
+        items: &[T],
+        lookup: impl Fn(&T) -> Lookup,
+        holds: impl Fn(&Snapshot, &T) -> bool,
+    ) -> Result<u64, StoreError> {
+        let mut differing = 0;
+        for chunk in items.chunks(1000) {
+            let lookups: Vec<Lookup> = chunk.iter().map(&lookup).collect();
+            for (item, snapshot) in chunk.iter().zip(self.read_many(&lookups)) {
+                differing += u64::from(!holds(&snapshot?, item));
+            }
         }
         Ok(differing)
     }

@@ -164,6 +164,23 @@ impl From<postgres::Error> for AdminError {
     }
 }
 
+/// A batch of a group, borrowed as the caller holds it (a writer holds
+/// batches of one kind).
+#[derive(Clone, Copy)]
+enum BatchRef<'a> {
+    Creds(&'a CredsBatch),
+    Passcodes(&'a PasscodesBatch),
+}
+
+impl<'a> BatchRef<'a> {
+    fn of(batch: &'a WriteBatch) -> BatchRef<'a> {
+        match batch {
+            WriteBatch::Creds(b) => BatchRef::Creds(b),
+            WriteBatch::Passcodes(b) => BatchRef::Passcodes(b),
+        }
+    }
+}
+
 /// How a group's transaction failed.
 enum Failed {
     /// Before its commit was asked for: nothing of it can have landed.
@@ -332,6 +349,23 @@ impl PgStore {
     /// Commits batches as one group (see the module's docs): the outcomes
     /// in the batches' order, each only once the commit is durable.
     pub fn write_group(&mut self, batches: &[&WriteBatch]) -> Vec<Result<Commit, StoreError>> {
+        let refs: Vec<BatchRef<'_>> = batches.iter().map(|b| BatchRef::of(b)).collect();
+        self.commit_group(&refs)
+    }
+
+    /// [`PgStore::write_group`] for credentials batches alone (a writer's).
+    pub fn write_creds_group(&mut self, batches: &[&CredsBatch]) -> Vec<Result<Commit, StoreError>> {
+        let refs: Vec<BatchRef<'_>> = batches.iter().map(|b| BatchRef::Creds(b)).collect();
+        self.commit_group(&refs)
+    }
+
+    /// [`PgStore::write_group`] for passcode batches alone (a writer's).
+    pub fn write_passcodes_group(&mut self, batches: &[&PasscodesBatch]) -> Vec<Result<Commit, StoreError>> {
+        let refs: Vec<BatchRef<'_>> = batches.iter().map(|b| BatchRef::Passcodes(b)).collect();
+        self.commit_group(&refs)
+    }
+
+    fn commit_group(&mut self, batches: &[BatchRef<'_>]) -> Vec<Result<Commit, StoreError>> {
         let fail = |why: String| batches.iter().map(|_| Err(StoreError::Commit(why.clone()))).collect();
         let mut last = String::new();
         for attempt in 0..MAX_ATTEMPTS {
@@ -380,15 +414,15 @@ impl PgStore {
 
     /// One run of a group: `Err` if the transaction as a whole failed, and
     /// whether before its commit was asked for.
-    fn try_group(&mut self, batches: &[&WriteBatch]) -> Result<Vec<Result<Commit, postgres::Error>>, Failed> {
+    fn try_group(&mut self, batches: &[BatchRef<'_>]) -> Result<Vec<Result<Commit, postgres::Error>>, Failed> {
         let PgStore { client, statements, .. } = self;
         let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for batch in batches {
             let mut savepoint = tx.transaction()?;
             let applied = match batch {
-                WriteBatch::Creds(b) => write_creds(&mut savepoint, statements, b),
-                WriteBatch::Passcodes(b) => write_passcodes(&mut savepoint, statements, b),
+                BatchRef::Creds(b) => write_creds(&mut savepoint, statements, b),
+                BatchRef::Passcodes(b) => write_passcodes(&mut savepoint, statements, b),
             };
             match applied {
                 Ok(Commit::Applied) => savepoint.commit()?,
