@@ -103,6 +103,8 @@ const KEYS: &[Key] = &[
         set: |c, raw| raw.text().map(|t| c.store_ca = optional_path(t)),
         show: |c| c.store_ca.as_deref().map_or(Shown::Unset(": the system's roots only"), path),
     },
+    key!("store_connections", store_connections, |raw| raw.count(1), number),
+    key!("revocation_delay", revocation_delay, |raw| raw.duration(), |d: &Duration| text(duration::format(*d))),
     key!("runtime", runtime, ["mio" => Runtime::Mio, "std" => Runtime::Std]),
     key!("listen", listen, |raw| address(raw.text()?), text),
     key!("legacy_passcode_listen", legacy_passcode_listen, |raw| address(raw.text()?), text),
@@ -315,6 +317,8 @@ pub struct Configuration {
     data_dir: PathBuf,
     store_url: Option<String>,
     store_ca: Option<PathBuf>,
+    store_connections: u32,
+    revocation_delay: Duration,
     runtime: Runtime,
     listen: SocketAddr,
     legacy_passcode_listen: SocketAddr,
@@ -347,6 +351,8 @@ impl Default for Configuration {
             data_dir: settings.data_dir,
             store_url: None,
             store_ca: None,
+            store_connections: settings.store_connections,
+            revocation_delay: settings.revocation_delay,
             runtime: Runtime::Mio,
             listen: settings.listen,
             legacy_passcode_listen: settings.legacy_passcode_listen,
@@ -588,10 +594,7 @@ impl Configuration {
 
     /// Where the records are: `store_url`, or the data folder's files.
     pub fn store(&self) -> StoreLocation {
-        match &self.store_url {
-            Some(url) => StoreLocation::Postgres(url.clone(), self.store_ca.clone()),
-            None => StoreLocation::Files(self.data_dir.clone()),
-        }
+        self.settings().store()
     }
 
     /// Where the audit trail goes: `audit_log`, or `<data_dir>/audit.log`.
@@ -617,6 +620,8 @@ impl Configuration {
         settings.audit_log = self.audit_log();
         settings.store_url = self.store_url.clone();
         settings.store_ca = self.store_ca.clone();
+        settings.store_connections = self.store_connections;
+        settings.revocation_delay = self.revocation_delay;
         settings.workers = self.workers;
         settings.session_cache = self.session_cache;
         settings.server_key = self.server_key.clone();

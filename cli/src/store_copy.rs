@@ -26,9 +26,8 @@ pub(super) fn run(config: &Configuration, from: &Path, to: &str) -> Result<(), F
     let mut source = SqliteStore::open(from).map_err(|e| Failure::Other(format!("{}: {e}", from.display())))?;
     source.key_passcodes(&key)?;
     let records = source.export(chrono::Utc::now())?;
-    let ca = config.settings().store_ca;
-    let mut target =
-        PgStore::open_with(to, ca.as_deref()).map_err(|e| Failure::Other(format!("{}: {e}", redact(to))))?;
+    let mut target = PgStore::open_with(to, settings.store_ca.as_deref(), 1)
+        .map_err(|e| Failure::Other(format!("{}: {e}", redact(to))))?;
     target.claim_key(&key)?;
     let copied = target.import(&records)?;
 

@@ -37,7 +37,7 @@ use crate::password::PasswordHasher;
 use crate::runner::{committed, hash, send, settle, snapshots, verify};
 use crate::serve::ServeError;
 use crate::settings::Settings;
-use crate::store::{Commit, SessionCache, Store, StoreError};
+use crate::store::{Cache, Commit, Listener, Store, StoreError};
 
 /// Called with each effect's result, on a worker thread.
 pub type OnResult = Arc<dyn Fn(EffectId, EffectResult) + Send + Sync>;
@@ -81,7 +81,7 @@ pub struct PoolStats {
     /// file adds to them.
     group_sizes: [AtomicU64; GROUP_SIZE_BOUNDS.len() + 1],
     group_batches: AtomicU64,
-    cache: Option<Arc<SessionCache>>,
+    cache: Option<Cache>,
 }
 
 /// [`PoolStats`] read at one instant.
@@ -138,6 +138,8 @@ pub struct EffectPool {
     passwords: Sender<(EffectId, PasswordJob)>,
     mail: Sender<(EffectId, Mail)>,
     threads: Vec<JoinHandle<()>>,
+    /// Keeps a PostgreSQL session cache true (see `store::listen`).
+    listener: Option<Listener>,
     stats: Arc<PoolStats>,
 }
 
@@ -209,12 +211,12 @@ impl EffectPool {
         // are in `store::cache`.
         let mut store = Store::open(&settings.store())?;
         store.claim_key(&settings.engine.server_key)?;
-        let cache =
-            (settings.session_cache > 0 && store.caches()).then(|| Arc::new(SessionCache::new(settings.session_cache)));
+        let cache = store.new_cache(settings.session_cache, settings.revocation_delay);
         let store = match &cache {
             None => store,
-            Some(cache) => store.with_cache(Arc::clone(cache)),
+            Some(cache) => store.with_cache(cache),
         };
+        let listener = store.listen().map_err(ServeError::os("cannot start the store's listener"))?;
         let stats = Arc::new(PoolStats { cache, ..PoolStats::default() });
         let mailer = Mailer::new(&settings.mail)?;
         let (reads, reads_rx) = unbounded();
@@ -289,7 +291,7 @@ impl EffectPool {
             })
             .map_err(io)?,
         );
-        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, stats })
+        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, listener, stats })
     }
 
     /// Queues an effect on the workers that carry out its kind.
@@ -318,10 +320,13 @@ impl EffectPool {
 
     /// Lets the queued effects finish, then stops the workers.
     pub fn shutdown(self) {
-        let EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, .. } = self;
+        let EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, listener, .. } = self;
         drop((reads, creds_writes, passcode_writes, passwords, mail));
         for thread in threads {
             let _ = thread.join();
+        }
+        if let Some(listener) = listener {
+            listener.stop();
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokenizer_auth_engine::{Config, ServerKey};
 
@@ -13,7 +14,7 @@ use crate::mail::MailConfig;
 use crate::password::Cost;
 use crate::serve::ServeError;
 use crate::server_key;
-use crate::store::StoreLocation;
+use crate::store::{DEFAULT_CONNECTIONS, StoreLocation};
 use crate::tls::TlsConfig;
 
 /// Threads that carry out effects.
@@ -55,6 +56,13 @@ pub struct Settings {
     pub store_url: Option<String>,
     /// More certificates to check the database's TLS against (`store_ca`).
     pub store_ca: Option<PathBuf>,
+    /// The most connections to the database at once (`store_connections`).
+    pub store_connections: u32,
+    /// On PostgreSQL, how long after a session's change (a revocation, a
+    /// rotation) a server may still answer from its session cache as
+    /// before (`revocation_delay`; zero: no cache, every check reads the
+    /// database). See `store::notified`.
+    pub revocation_delay: Duration,
     /// How mail leaves: an SMTP relay, or the outbox folder.
     pub mail: MailConfig,
     /// The argon2id cost of new hashes.
@@ -93,6 +101,9 @@ pub const DEFAULT_CAPTURE_MAX_BYTES: u64 = 1 << 30;
 /// records.
 pub const MIN_CAPTURE_MAX_BYTES: u64 = 4096;
 
+/// The default `revocation_delay`.
+pub const DEFAULT_REVOCATION_DELAY: Duration = Duration::from_secs(1);
+
 /// The default bound of the session cache: about 300 MB at its fullest.
 pub const DEFAULT_SESSION_CACHE: usize = 1 << 20;
 
@@ -109,6 +120,8 @@ impl Settings {
             data_dir,
             store_url: None,
             store_ca: None,
+            store_connections: DEFAULT_CONNECTIONS,
+            revocation_delay: DEFAULT_REVOCATION_DELAY,
             cost: Cost::PRODUCT,
             listen: loopback(7160),
             tls: None,
@@ -128,7 +141,11 @@ impl Settings {
     /// Where the records are: `store_url`, or the data folder's files.
     pub fn store(&self) -> StoreLocation {
         match &self.store_url {
-            Some(url) => StoreLocation::Postgres(url.clone(), self.store_ca.clone()),
+            Some(url) => StoreLocation::Postgres {
+                url: url.clone(),
+                ca: self.store_ca.clone(),
+                connections: self.store_connections,
+            },
             None => StoreLocation::Files(self.data_dir.clone()),
         }
     }

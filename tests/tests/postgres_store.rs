@@ -1,10 +1,16 @@
 //! What is the PostgreSQL store's own, beyond the conformance suite: a
 //! connection the server drops is replaced, reads and groups that never
-//! reached a commit go on on the new one, and a server key is claimed by
-//! the first server and checked for every other.
+//! reached a commit go on on the new one, a server key is claimed by the
+//! first server and checked for every other, a server's handles share a
+//! bounded pool of connections, and a session cache answers from memory
+//! yet never for a session changed elsewhere more than `revocation_delay`
+//! ago, even when its listener is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokenizer_auth_effects::store::{Commit, PgStore, StoreError};
+use tokenizer_auth_effects::store::{Commit, LISTENER_NAME, Listener, NotifiedCache, PgStore, StoreError};
 use tokenizer_auth_engine::{CredsBatch, CredsOp, Lookup, Mac, MasterToken, ServerKey, SessionRecord, WriteBatch};
 
 fn session(n: u8) -> SessionRecord {
@@ -70,4 +76,141 @@ fn the_first_server_claims_the_key_and_another_key_is_refused() {
         }
         other => panic!("another key was not refused: {other:?}"),
     }
+}
+
+/// How many connections the database has open, other than the asker's.
+fn connections(url: &str) -> i64 {
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    admin.query_one(sql, &[]).unwrap().get(0)
+}
+
+#[test]
+fn a_servers_handles_share_a_bounded_pool() {
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let store = PgStore::open_with(&url, None, 2).unwrap();
+    let s = session(3);
+    store.attach().unwrap().write(&put(&s)).unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let mut handle = store.attach().unwrap();
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    assert_eq!(handle.read(&lookup(&s)).expect("a read waits its turn").session.as_ref(), Some(&s));
+                }
+            })
+        })
+        .collect();
+    let mut most = 0;
+    while workers.iter().any(|w| !w.is_finished()) {
+        most = most.max(connections(&url));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    assert!((1..=2).contains(&most), "{most} connections for a pool of 2");
+}
+
+/// A store whose handles share a session cache kept by its listener.
+fn cached(url: &str, delay: Duration) -> (PgStore, Arc<NotifiedCache>, Listener) {
+    let cache = Arc::new(NotifiedCache::new(100, delay));
+    let store = PgStore::open(url).unwrap().with_cache(Arc::clone(&cache));
+    let listener = store.listen().unwrap().expect("a listener for the cache");
+    (store, cache, listener)
+}
+
+/// Reads `s` until the cache answers it (once the listener's first beat is
+/// back, the first read fills it and the next one hits).
+fn until_cached(store: &mut PgStore, cache: &NotifiedCache, s: &SessionRecord) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let hits = cache.lookups().0;
+        assert_eq!(store.read(&lookup(s)).unwrap().session.as_ref(), Some(s));
+        if cache.lookups().0 > hits {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the cache never answered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn for_email(n: u8, email: &str) -> SessionRecord {
+    SessionRecord { email: email.into(), ..session(n) }
+}
+
+#[test]
+fn a_session_changed_elsewhere_is_refused_within_the_delay() {
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let delay = Duration::from_millis(400);
+    let (mut store, cache, listener) = cached(&url, delay);
+    let (revoked, rotated, kept) =
+        (for_email(4, "rev@example.com"), for_email(5, "rot@example.com"), for_email(6, "kept@example.com"));
+    for s in [&revoked, &rotated, &kept] {
+        store.write(&put(s)).unwrap();
+        until_cached(&mut store, &cache, s);
+    }
+    // Another server (no cache) revokes one and rotates another.
+    let mut other = PgStore::open(&url).unwrap();
+    let changed = Instant::now();
+    assert_eq!(other.revoke(&revoked.email, None).unwrap(), 1);
+    let successor = for_email(7, &rotated.email);
+    let rotation = CredsBatch {
+        expect: None,
+        ops: vec![CredsOp::DeleteSession(rotated.master), CredsOp::PutSession(successor.clone())],
+    };
+    assert_eq!(other.write(&WriteBatch::Creds(rotation)).unwrap(), Commit::Applied);
+    let written = changed.elapsed();
+    // Seen as soon as told; never later than the delay.
+    let seen = loop {
+        let gone = [&revoked, &rotated].iter().all(|s| store.read(&lookup(s)).unwrap().session.is_none());
+        if gone {
+            break changed.elapsed();
+        }
+        assert!(changed.elapsed() <= delay + written, "a changed session was still answered past the delay");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    eprintln!("changes seen by the cached server after {seen:?} (delay {delay:?})");
+    std::thread::sleep((changed + delay).saturating_duration_since(Instant::now()));
+    for s in [&revoked, &rotated] {
+        assert_eq!(store.read(&lookup(s)).unwrap().session, None);
+    }
+    // The rest of the cache stays: the untouched session is a hit.
+    let hits = cache.lookups().0;
+    assert_eq!(store.read(&lookup(&kept)).unwrap().session, Some(kept));
+    assert_eq!(cache.lookups().0, hits + 1, "an unchanged session is still answered from memory");
+    assert_eq!(store.read(&lookup(&successor)).unwrap().session, Some(successor));
+    listener.stop();
+}
+
+/// Stops (or resumes) the listener's backend process, as a network that
+/// stops delivering would, without the connection failing.
+fn pause_listener(url: &str, signal: &str) {
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1";
+    let pid: i32 = admin.query_one(sql, &[&LISTENER_NAME]).expect("the listener's connection").get(0);
+    let status = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[test]
+fn a_cache_that_hears_nothing_reads_the_database_past_the_delay() {
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let delay = Duration::from_millis(300);
+    let (mut store, cache, listener) = cached(&url, delay);
+    let s = session(8);
+    store.write(&put(&s)).unwrap();
+    until_cached(&mut store, &cache, &s);
+    // The listener hears nothing more, and does not know it.
+    pause_listener(&url, "-STOP");
+    let mut other = PgStore::open(&url).unwrap();
+    other.revoke(&s.email, None).unwrap();
+    let revoked = Instant::now();
+    std::thread::sleep(delay);
+    let misses = cache.lookups().1;
+    let read = store.read(&lookup(&s)).unwrap();
+    let stale_at = revoked.elapsed();
+    pause_listener(&url, "-CONT");
+    assert_eq!(read.session, None, "answered from a cache {stale_at:?} stale");
+    assert_eq!(cache.lookups().1, misses + 1, "read from the database");
+    listener.stop();
 }

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The same tests on a PostgreSQL database (`store_url`), with the mio
 /// runtime: `on_postgres::NAME` calls `NAME("mio+postgres")`.
@@ -72,6 +72,33 @@ fn store_of(runtime: &str) -> (&str, Vec<(&'static str, String)>) {
             (runtime, vec![("TOKENIZER_AUTH_STORE_URL", url), ("TOKENIZER_AUTH_SERVER_KEY", POSTGRES_KEY.to_owned())])
         }
         None => (runtime, Vec::new()),
+    }
+}
+
+/// The servers' default `revocation_delay` on PostgreSQL.
+pub const REVOCATION_DELAY: Duration = Duration::from_secs(1);
+
+/// How long after a revocation a server on `runtime`'s store may still
+/// authorize the session: none on the files, whose cache is checked
+/// against them on every read; `revocation_delay` on PostgreSQL, whose
+/// cache learns of other processes' changes by notification.
+pub fn revocation_delay(runtime: &str) -> Duration {
+    if runtime.ends_with("+postgres") { REVOCATION_DELAY } else { Duration::ZERO }
+}
+
+/// Every server refuses `token`, revoked just before `revoked`, within
+/// `delay` (at once, for none), and never authorizes it after.
+pub fn refused_within(servers: &[&Server], token: &str, revoked: Instant, delay: Duration) {
+    for server in servers {
+        let mut c = server.connect();
+        while c.ask(&token_line(token)) == "authorized" {
+            assert!(revoked.elapsed() < delay, "a revoked session authorized {:?} after", revoked.elapsed());
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    std::thread::sleep((revoked + delay).saturating_duration_since(Instant::now()));
+    for server in servers {
+        assert_eq!(server.connect().ask(&token_line(token)), "unauthorized");
     }
 }
 

@@ -5,13 +5,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokenizer_auth_engine::{
     Counter, CounterKey, CredsBatch, Lookup, Mac, PasscodesBatch, PasswordHash, ServerKey, Snapshot, WriteBatch,
 };
 
 use super::admin::{AdminError, SessionSummary, UserSummary};
-use super::{Commit, PgStore, SessionCache, SqliteStore, StoreError};
+use super::{Commit, Listener, NotifiedCache, PgStore, SessionCache, SqliteStore, StoreError};
 use crate::password::PasswordHasher;
 
 /// Where the records are.
@@ -19,9 +20,16 @@ use crate::password::PasswordHasher;
 pub enum StoreLocation {
     /// `op_creds.db` and `op_passcodes.db` in this folder.
     Files(PathBuf),
-    /// A PostgreSQL database, by its `postgres://` URL, and the CA file
-    /// its TLS certificate may also be checked against (`store_ca`).
-    Postgres(String, Option<PathBuf>),
+    /// A PostgreSQL database.
+    Postgres {
+        /// Its `postgres://` URL (`store_url`).
+        url: String,
+        /// A CA file its TLS certificate may also be checked against
+        /// (`store_ca`).
+        ca: Option<PathBuf>,
+        /// The most connections to it at once (`store_connections`).
+        connections: u32,
+    },
 }
 
 impl std::fmt::Debug for StoreLocation {
@@ -35,7 +43,7 @@ impl StoreLocation {
     pub fn describe(&self) -> String {
         match self {
             StoreLocation::Files(dir) => dir.display().to_string(),
-            StoreLocation::Postgres(url, _) => redact(url),
+            StoreLocation::Postgres { url, .. } => redact(url),
         }
     }
 }
@@ -62,6 +70,25 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// A session cache, of the kind its store keeps true.
+#[derive(Clone)]
+pub enum Cache {
+    /// The SQLite files'.
+    Files(Arc<SessionCache>),
+    /// A PostgreSQL database's.
+    Database(Arc<NotifiedCache>),
+}
+
+impl Cache {
+    /// (hits, misses) since the cache was made.
+    pub fn lookups(&self) -> (u64, u64) {
+        match self {
+            Cache::Files(c) => c.lookups(),
+            Cache::Database(c) => c.lookups(),
+        }
+    }
+}
+
 /// The same call on whichever store `$store` is.
 macro_rules! each {
     ($store:expr, $s:ident => $call:expr) => {
@@ -73,6 +100,8 @@ macro_rules! each {
 }
 
 /// One thread's connection to the store.
+// Made once per worker thread and kept: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Store {
     /// The SQLite files.
     Sqlite(SqliteStore),
@@ -85,7 +114,9 @@ impl Store {
     pub fn open(location: &StoreLocation) -> Result<Store, StoreError> {
         Ok(match location {
             StoreLocation::Files(dir) => Store::Sqlite(SqliteStore::open(dir)?),
-            StoreLocation::Postgres(url, ca) => Store::Postgres(PgStore::open_with(url, ca.as_deref())?),
+            StoreLocation::Postgres { url, ca, connections } => {
+                Store::Postgres(PgStore::open_with(url, ca.as_deref(), *connections)?)
+            }
         })
     }
 
@@ -107,28 +138,41 @@ impl Store {
         })
     }
 
-    /// Shares a session cache, where the store can keep one coherent: the
-    /// SQLite files only. On PostgreSQL other servers write too, and no
-    /// cache learns of their writes yet, so every lookup reads the
-    /// database (docs/STORES.md).
-    pub fn with_cache(self, cache: Arc<SessionCache>) -> Store {
+    /// A session cache of at most `capacity` sessions for this store's
+    /// handles to share: on the files, one kept true by their counter
+    /// (`cache`); on PostgreSQL, one kept true by the database's
+    /// notifications and trusted only while told of every change made more
+    /// than `revocation_delay` ago (`notified`), none if that is zero.
+    pub fn new_cache(&self, capacity: usize, revocation_delay: Duration) -> Option<Cache> {
         match self {
-            Store::Sqlite(s) => Store::Sqlite(s.with_cache(cache)),
-            postgres @ Store::Postgres(_) => postgres,
+            _ if capacity == 0 => None,
+            Store::Sqlite(_) => Some(Cache::Files(Arc::new(SessionCache::new(capacity)))),
+            Store::Postgres(_) if revocation_delay.is_zero() => None,
+            Store::Postgres(_) => Some(Cache::Database(Arc::new(NotifiedCache::new(capacity, revocation_delay)))),
         }
     }
 
-    /// Whether a session cache can be used (see [`Store::with_cache`]).
-    pub fn caches(&self) -> bool {
-        matches!(self, Store::Sqlite(_))
+    /// Shares `cache` (made by [`Store::new_cache`] for this store).
+    pub fn with_cache(self, cache: &Cache) -> Store {
+        match (self, cache) {
+            (Store::Sqlite(s), Cache::Files(c)) => Store::Sqlite(s.with_cache(Arc::clone(c))),
+            (Store::Postgres(s), Cache::Database(c)) => Store::Postgres(s.with_cache(Arc::clone(c))),
+            (store, _) => store,
+        }
+    }
+
+    /// Starts what keeps the cache true, where that is a thread of its own
+    /// (PostgreSQL's listener); the files' cache needs none.
+    pub fn listen(&self) -> std::io::Result<Option<Listener>> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(s) => s.listen(),
+        }
     }
 
     /// Fills the session cache, if there is one; returns how many it holds.
     pub fn warm_cache(&self) -> Result<usize, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.warm_cache(),
-            Store::Postgres(_) => Ok(0),
-        }
+        each!(self, s => s.warm_cache())
     }
 
     /// Whether the store answers a read (readiness).
@@ -215,6 +259,9 @@ mod tests {
         assert_eq!(redact("postgres://auth@db/auth?sslmode=require"), "postgres://auth@db/auth?sslmode=require");
         assert_eq!(redact("postgres://db/auth?user=a&password=s3cret"), "postgres://db/auth?…");
         assert_eq!(redact("postgres://a:b:c@h"), "postgres://a:…@h");
-        assert!(!format!("{:?}", StoreLocation::Postgres("postgres://u:pw@h/d".into(), None)).contains("pw"));
+        assert!(
+            !format!("{:?}", StoreLocation::Postgres { url: "postgres://u:pw@h/d".into(), ca: None, connections: 1 })
+                .contains("pw")
+        );
     }
 }

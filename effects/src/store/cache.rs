@@ -42,10 +42,29 @@ use super::columns::{from_millis, millis};
 pub struct SessionCache {
     state: Mutex<State>,
     capacity: usize,
-    /// Session lookups answered from memory, and read from the file, for
-    /// the metrics (one add per batch of reads).
+    lookups: Lookups,
+}
+
+/// Session lookups answered from memory, and read from the store, for the
+/// metrics (one add per batch of reads).
+#[derive(Default)]
+pub(super) struct Lookups {
     hits: AtomicU64,
     misses: AtomicU64,
+}
+
+impl Lookups {
+    /// Counts a batch's session lookups: `hits` answered from memory, the
+    /// rest of `asked` read from the store.
+    pub(super) fn add(&self, asked: usize, hits: usize) {
+        self.hits.fetch_add(hits as u64, Ordering::Relaxed);
+        self.misses.fetch_add(asked.saturating_sub(hits) as u64, Ordering::Relaxed);
+    }
+
+    /// (hits, misses) so far.
+    pub(super) fn get(&self) -> (u64, u64) {
+        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+    }
 }
 
 struct State {
@@ -54,8 +73,11 @@ struct State {
     /// A commit of this process is between its last statement and the
     /// moment its changes are applied here.
     committing: bool,
-    sessions: HashMap<MasterToken, SessionRecord, MasterHash>,
+    sessions: Sessions,
 }
+
+/// Cached sessions by master token.
+pub(super) type Sessions = HashMap<MasterToken, SessionRecord, MasterHash>;
 
 /// How a reader may use the cache in a batch read at counter `epoch`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -70,7 +92,7 @@ impl SessionCache {
     /// An empty cache of at most `capacity` sessions.
     pub fn new(capacity: usize) -> SessionCache {
         let state = State { epoch: None, committing: false, sessions: HashMap::with_hasher(MasterHash) };
-        SessionCache { state: Mutex::new(state), capacity, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        SessionCache { state: Mutex::new(state), capacity, lookups: Lookups::default() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -126,7 +148,7 @@ impl SessionCache {
     pub(crate) fn fill(&self, epoch: i64, session: &SessionRecord) {
         let mut state = self.lock();
         if state.epoch == Some(epoch) {
-            insert_bounded(&mut state, self.capacity, session);
+            insert_bounded(&mut state.sessions, self.capacity, session);
         }
     }
 
@@ -139,7 +161,7 @@ impl SessionCache {
             return false;
         }
         for session in sessions {
-            insert_bounded(&mut state, self.capacity, session);
+            insert_bounded(&mut state.sessions, self.capacity, session);
         }
         state.sessions.len() < self.capacity
     }
@@ -159,7 +181,7 @@ impl SessionCache {
         } else {
             for op in ops {
                 match op {
-                    CredsOp::PutSession(s) => insert_bounded(&mut state, self.capacity, &as_in_the_file(s)),
+                    CredsOp::PutSession(s) => insert_bounded(&mut state.sessions, self.capacity, &as_in_the_file(s)),
                     CredsOp::DeleteSession(master) => {
                         state.sessions.remove(master);
                     }
@@ -200,13 +222,12 @@ impl SessionCache {
     /// Counts a batch's session lookups: `hits` answered from memory, the
     /// rest of `asked` read from the file.
     pub(crate) fn looked_up(&self, asked: usize, hits: usize) {
-        self.hits.fetch_add(hits as u64, Ordering::Relaxed);
-        self.misses.fetch_add(asked.saturating_sub(hits) as u64, Ordering::Relaxed);
+        self.lookups.add(asked, hits);
     }
 
     /// (hits, misses) since the cache was made.
     pub fn lookups(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        self.lookups.get()
     }
 }
 
@@ -215,7 +236,7 @@ impl SessionCache {
 /// from memory and one reading the file agree (a time kept finer here
 /// would keep a token valid for up to a millisecond after the file, and
 /// every other server, has it expired).
-fn as_in_the_file(session: &SessionRecord) -> SessionRecord {
+pub(super) fn as_in_the_file(session: &SessionRecord) -> SessionRecord {
     let to_millis = |t| from_millis(millis(t));
     SessionRecord {
         started_at: to_millis(session.started_at),
@@ -226,11 +247,11 @@ fn as_in_the_file(session: &SessionRecord) -> SessionRecord {
 
 /// Replaces a cached session, or adds one while there is room. A full cache
 /// just misses: the session is read from the file.
-fn insert_bounded(state: &mut State, capacity: usize, session: &SessionRecord) {
-    if let Some(cached) = state.sessions.get_mut(&session.master) {
+pub(super) fn insert_bounded(sessions: &mut Sessions, capacity: usize, session: &SessionRecord) {
+    if let Some(cached) = sessions.get_mut(&session.master) {
         cached.clone_from(session);
-    } else if state.sessions.len() < capacity {
-        state.sessions.insert(session.master, session.clone());
+    } else if sessions.len() < capacity {
+        sessions.insert(session.master, session.clone());
     }
 }
 
@@ -238,7 +259,7 @@ fn insert_bounded(state: &mut State, capacity: usize, session: &SessionRecord) {
 /// existing sessions are cached, so their first eight bytes are already a
 /// uniform hash.
 #[derive(Clone, Copy, Default)]
-struct MasterHash;
+pub(super) struct MasterHash;
 
 impl BuildHasher for MasterHash {
     type Hasher = MasterHasher;
@@ -247,7 +268,7 @@ impl BuildHasher for MasterHash {
     }
 }
 
-struct MasterHasher(u64);
+pub(super) struct MasterHasher(u64);
 
 impl Hasher for MasterHasher {
     fn finish(&self) -> u64 {

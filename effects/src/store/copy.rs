@@ -157,7 +157,8 @@ impl PgStore {
     /// database does not hold as given.
     pub fn import(&mut self, records: &Records) -> Result<Copied, StoreError> {
         let mut copied = Copied::default();
-        let mut tx = self.client().transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         for u in &records.users {
             let sql = "INSERT INTO accounts (email, phone, password) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
             add(&mut copied.users, insert(&mut tx, sql, &[&u.email, &u.phone, &u.password.as_column()])?);
@@ -231,7 +232,8 @@ impl PgStore {
             |s, p| s.passcode.as_ref() == Some(p),
         )?;
         for (key, c) in &records.counters {
-            let stored = self.client().query_opt("SELECT since, count, last FROM counters WHERE key = $1", &[key])?;
+            let stored =
+                self.conn()?.client.query_opt("SELECT since, count, last FROM counters WHERE key = $1", &[key])?;
             let same = stored.is_some_and(|r| {
                 (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, i64>(2))
                     == (millis(c.since), i64::from(c.count), millis(c.last))

@@ -37,6 +37,8 @@ mod cache;
 mod columns;
 mod copy;
 mod counters;
+mod listen;
+mod notified;
 mod postgres;
 mod schema;
 
@@ -52,13 +54,15 @@ use tokenizer_auth_engine::{
 };
 
 pub use admin::{AdminError, SessionSummary, UserSummary};
-pub use any::{Store, StoreLocation, redact};
+pub use any::{Cache, Store, StoreLocation, redact};
 pub use backup::snapshot;
 pub use cache::SessionCache;
 use cache::View;
 use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
 pub use copy::{Copied, Records};
-pub use postgres::PgStore;
+pub use listen::{LISTENER_NAME, Listener};
+pub use notified::NotifiedCache;
+pub use postgres::{DEFAULT_CONNECTIONS, PgStore};
 
 /// The credentials file's name in the data folder.
 pub const CREDS_FILE: &str = "op_creds.db";

@@ -38,10 +38,13 @@
 //! `passcodes`, `counters`), not the old server's: its files stay SQLite.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use postgres::error::SqlState;
 use std::path::Path;
 
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
@@ -54,7 +57,12 @@ use crate::password::PasswordHasher;
 
 use super::admin::{AdminError, SessionSummary, UserSummary, check_account};
 use super::columns::{counter_key, from_millis, millis};
+use super::listen::Listener;
+use super::notified::NotifiedCache;
 use super::{Commit, StoreError};
+
+/// How many sessions `warm_cache` keeps under one lock.
+const WARM_CHUNK: usize = 4096;
 
 /// How many times a group is run before its batches fail.
 pub(super) const MAX_ATTEMPTS: usize = 8;
@@ -111,15 +119,93 @@ const MIGRATIONS: &[&str] = &[
         fingerprint TEXT NOT NULL
     );
 ",
+    // Every change to a session is told to the servers' session caches
+    // (`notified`, `listen`): its master token when a row is updated or
+    // deleted, whatever program does it, and `*` when the table is emptied
+    // at once. (PL/pgSQL and NOTIFY are PostgreSQL's own: see docs/STORES.md
+    // on CockroachDB.)
+    "
+    CREATE OR REPLACE FUNCTION tokenizer_auth_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('tokenizer_auth_sessions', OLD.master);
+        RETURN NULL;
+    END $$;
+    CREATE OR REPLACE FUNCTION tokenizer_auth_sessions_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('tokenizer_auth_sessions', '*');
+        RETURN NULL;
+    END $$;
+    DROP TRIGGER IF EXISTS sessions_changed ON sessions;
+    CREATE TRIGGER sessions_changed AFTER UPDATE OR DELETE ON sessions
+        FOR EACH ROW EXECUTE FUNCTION tokenizer_auth_session_changed();
+    DROP TRIGGER IF EXISTS sessions_emptied ON sessions;
+    CREATE TRIGGER sessions_emptied AFTER TRUNCATE ON sessions
+        FOR EACH STATEMENT EXECUTE FUNCTION tokenizer_auth_sessions_emptied();
+",
 ];
 
 /// Statements prepared once per connection, by their text.
 type Statements = HashMap<&'static str, Statement>;
 
-/// One connection to the database. One per thread, as a `SqliteStore` is.
-pub struct PgStore {
-    client: Client,
+/// A connection to the database and the statements prepared on it.
+pub(super) struct Conn {
+    pub(super) client: Client,
     statements: Statements,
+}
+
+/// Makes the pool's connections (r2d2).
+pub(super) struct Connector {
+    url: String,
+    tls: MakeRustlsConnect,
+}
+
+impl r2d2::ManageConnection for Connector {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<Conn, postgres::Error> {
+        Ok(Conn { client: Client::connect(&self.url, self.tls.clone())?, statements: Statements::new() })
+    }
+
+    /// Not asked on check-out (that would cost a round trip per batch): a
+    /// connection found dropped when used is replaced then (see
+    /// [`PgStore::read_many`] and [`PgStore::write_group`]).
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(drop)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// The pool's failed connection attempts, in the server's log.
+#[derive(Debug)]
+struct LogFailures;
+
+impl r2d2::HandleError<postgres::Error> for LogFailures {
+    fn handle_error(&self, error: postgres::Error) {
+        tracing::warn!(error = %describe(&error), "cannot connect to the store");
+    }
+}
+
+/// How many connections a store opens at most when not told
+/// (`store_connections`): a server's four readers, two writers and the
+/// thread that fills its session cache, and one to spare.
+pub const DEFAULT_CONNECTIONS: u32 = 8;
+
+/// How long a worker waits for a connection of the pool before its work
+/// fails as `store_unavailable`.
+const CHECKOUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A handle on a pool of connections to the database. Handles made by
+/// [`PgStore::attach`] share the pool: a server's workers take a connection
+/// for each group of work and give it back, so a server holds at most
+/// `store_connections` connections, however many workers it runs.
+pub struct PgStore {
+    pool: r2d2::Pool<Connector>,
+    cache: Option<Arc<NotifiedCache>>,
+    /// For the listener's own connection.
     url: String,
     tls: MakeRustlsConnect,
 }
@@ -142,7 +228,7 @@ impl From<postgres::Error> for StoreError {
 
 /// An error in words: the server's message and SQLSTATE when it sent one
 /// (the client's own text is only "db error").
-fn describe(e: &postgres::Error) -> String {
+pub(super) fn describe(e: &postgres::Error) -> String {
     match (e.as_db_error(), std::error::Error::source(e)) {
         (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
         // The client's own words, and why (a TLS handshake, say).
@@ -220,36 +306,98 @@ impl PgStore {
     /// (under an advisory lock: servers starting together migrate one
     /// after the other).
     pub fn open(url: &str) -> Result<PgStore, StoreError> {
-        PgStore::open_with(url, None)
+        PgStore::open_with(url, None, DEFAULT_CONNECTIONS)
     }
 
-    /// [`PgStore::open`], trusting the certificates in `ca` too for the
-    /// database's TLS (`store_ca`).
-    pub fn open_with(url: &str, ca: Option<&Path>) -> Result<PgStore, StoreError> {
-        let tls = tls(ca)?;
-        let mut store = PgStore::connect_with(url, tls)?;
+    /// [`PgStore::open`] with at most `connections` connections, trusting
+    /// the certificates in `ca` too for the database's TLS (`store_ca`).
+    pub fn open_with(url: &str, ca: Option<&Path>, connections: u32) -> Result<PgStore, StoreError> {
+        let mut store = PgStore::pool(url, tls(ca)?, connections)?;
         store.migrate()?;
         Ok(store)
     }
 
-    /// Another connection to a database [`PgStore::open`] has migrated.
+    /// Another pool on a database [`PgStore::open`] has migrated.
     pub fn connect(url: &str) -> Result<PgStore, StoreError> {
-        PgStore::connect_with(url, tls(None)?)
+        PgStore::pool(url, tls(None)?, DEFAULT_CONNECTIONS)
     }
 
-    fn connect_with(url: &str, tls: MakeRustlsConnect) -> Result<PgStore, StoreError> {
-        let client = Client::connect(url, tls.clone())?;
-        Ok(PgStore { client, statements: Statements::new(), url: url.to_owned(), tls })
+    /// Connections are made when first needed and kept while in use (up
+    /// to ten idle minutes, r2d2's default), so a command that needs one
+    /// opens one.
+    fn pool(url: &str, tls: MakeRustlsConnect, connections: u32) -> Result<PgStore, StoreError> {
+        let pool = r2d2::Pool::builder()
+            .max_size(connections.max(1))
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(CHECKOUT_TIMEOUT)
+            .error_handler(Box::new(LogFailures))
+            .build_unchecked(Connector { url: url.to_owned(), tls: tls.clone() });
+        Ok(PgStore { pool, cache: None, url: url.to_owned(), tls })
     }
 
-    /// The connection, for the copy (`copy.rs`).
-    pub(super) fn client(&mut self) -> &mut Client {
-        &mut self.client
+    /// A connection of the pool, given back when dropped.
+    pub(super) fn conn(&self) -> Result<r2d2::PooledConnection<Connector>, StoreError> {
+        self.pool.get().map_err(|e| StoreError::Postgres(format!("no connection to the database: {e}")))
     }
 
-    /// Another connection to the same database.
+    /// Another handle on the same pool (and session cache).
     pub fn attach(&self) -> Result<PgStore, StoreError> {
-        PgStore::connect_with(&self.url, self.tls.clone())
+        Ok(PgStore { pool: self.pool.clone(), cache: self.cache.clone(), url: self.url.clone(), tls: self.tls.clone() })
+    }
+
+    /// Shares `cache` for session lookups with every handle that shares
+    /// it (a server's). It is trusted only while a [`Listener`] keeps it.
+    pub fn with_cache(mut self, cache: Arc<NotifiedCache>) -> PgStore {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Starts the thread that keeps this store's cache told of the
+    /// database's changes (see `notified`); `None` without a cache.
+    pub fn listen(&self) -> std::io::Result<Option<Listener>> {
+        let Some(cache) = &self.cache else { return Ok(None) };
+        Listener::start(self.url.clone(), self.tls.clone(), Arc::clone(cache)).map(Some)
+    }
+
+    /// Loads sessions into the cache, up to its bound, as a server starts
+    /// (see [`super::SqliteStore::warm_cache`]): once the listener is
+    /// listening, in chunks, each kept as a read's would be. Returns how
+    /// many the cache holds then.
+    pub fn warm_cache(&self) -> Result<usize, StoreError> {
+        let Some(cache) = &self.cache else { return Ok(0) };
+        // The ticket needs a fresh cache: wait for the listener's first
+        // beat, a few of them at most.
+        let waited = Instant::now();
+        let ticket = loop {
+            match cache.ticket(Instant::now()) {
+                Some(ticket) => break ticket,
+                None if waited.elapsed() < cache.delay() * 4 => std::thread::sleep(std::time::Duration::from_millis(5)),
+                None => return Ok(0),
+            }
+        };
+        let mut conn = self.conn()?;
+        let mut tx =
+            conn.client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+        let rows = tx
+            .query_raw("SELECT master, email, mac, started_at, expires_at FROM sessions", std::iter::empty::<&str>())?;
+        let mut rows = rows;
+        let mut chunk = Vec::with_capacity(WARM_CHUNK);
+        loop {
+            let row = rows.next()?;
+            if let Some(session) = row.as_ref().and_then(session_row) {
+                chunk.push(session);
+            }
+            if chunk.len() == WARM_CHUNK || row.is_none() {
+                if !cache.fill(ticket, &chunk) || row.is_none() {
+                    break;
+                }
+                chunk.clear();
+            }
+        }
+        drop(rows);
+        tx.commit()?;
+        Ok(cache.len())
     }
 
     /// Records `key`'s fingerprint as the database's, or checks that it is:
@@ -258,7 +406,8 @@ impl PgStore {
     /// another key refuses to start rather than refuse every login.
     pub fn claim_key(&mut self, key: &ServerKey) -> Result<(), StoreError> {
         let ours = key.fingerprint().to_string();
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         tx.execute("LOCK TABLE server_key IN EXCLUSIVE MODE", &[])?;
         match tx.query_opt("SELECT fingerprint FROM server_key", &[])? {
             Some(row) => {
@@ -276,7 +425,8 @@ impl PgStore {
     }
 
     fn migrate(&mut self) -> Result<(), StoreError> {
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS tokenizer_auth_schema (version BIGINT NOT NULL)")?;
         let version = match tx.query_opt("SELECT version FROM tokenizer_auth_schema", &[])? {
@@ -297,48 +447,54 @@ impl PgStore {
 
     /// Whether the database answers a read (readiness).
     pub fn ping(&mut self) -> Result<(), StoreError> {
-        self.client.query_one("SELECT count(*) FROM sessions WHERE false", &[])?;
+        self.conn()?.client.query_one("SELECT count(*) FROM sessions WHERE false", &[])?;
         Ok(())
     }
 
-    /// Answers lookups from one read-only snapshot, in their order.
+    /// Answers lookups from one read-only snapshot, in their order: the
+    /// sessions the cache does not hold by one statement for the lot, the
+    /// rest lookup by lookup. A group of token checks alone is that one
+    /// statement, its own snapshot, with no transaction around it.
     pub fn read_many<'a>(
         &mut self,
         lookups: impl IntoIterator<Item = &'a Lookup>,
     ) -> Vec<Result<Snapshot, StoreError>> {
         let lookups: Vec<&Lookup> = lookups.into_iter().collect();
-        let read = |store: &mut PgStore| -> Result<Vec<Snapshot>, postgres::Error> {
-            let PgStore { client, statements, .. } = store;
-            let mut tx =
-                client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-            let snapshots = lookups.iter().map(|l| read_one(&mut tx, statements, l)).collect::<Result<_, _>>()?;
-            tx.commit()?;
-            Ok(snapshots)
+        let ticket = self.cache.as_ref().and_then(|c| c.ticket(Instant::now()));
+        let hits = match (&self.cache, ticket) {
+            (Some(cache), Some(_)) => cache.get_many(lookups.iter().map(|l| l.session.as_ref())),
+            _ => vec![None; lookups.len()],
         };
-        // A read changes nothing: on a connection the server dropped, it is
-        // asked again on a new one.
-        let mut outcome = read(self);
-        if let Err(e) = &outcome
-            && connection_lost(e)
-            && self.reconnect().is_ok()
-        {
-            outcome = read(self);
+        if let Some(cache) = &self.cache {
+            let asked = lookups.iter().filter(|l| l.session.is_some()).count();
+            cache.looked_up(asked, hits.iter().filter(|h| h.is_some()).count());
         }
-        match outcome {
-            Ok(snapshots) => snapshots.into_iter().map(Ok).collect(),
-            Err(e) => {
-                let why = describe(&e);
-                lookups.iter().map(|_| Err(StoreError::Postgres(why.clone()))).collect()
+        // A read changes nothing: on a connection the server dropped, it is
+        // asked again on another (a dropped one leaves the pool).
+        let mut why = String::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut conn = match self.conn() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    why = e.to_string();
+                    break;
+                }
+            };
+            match read_group(&mut conn, &lookups, &hits) {
+                Ok((snapshots, read)) => {
+                    if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
+                        cache.fill(ticket, &read);
+                    }
+                    return snapshots.into_iter().map(Ok).collect();
+                }
+                Err(e) if connection_lost(&e) => why = describe(&e),
+                Err(e) => {
+                    why = describe(&e);
+                    break;
+                }
             }
         }
-    }
-
-    /// A new connection in place of one the server dropped (a restart, a
-    /// failover, a cut). Prepared statements belong to the old one.
-    fn reconnect(&mut self) -> Result<(), postgres::Error> {
-        self.client = Client::connect(&self.url, self.tls.clone())?;
-        self.statements.clear();
-        Ok(())
+        lookups.iter().map(|_| Err(StoreError::Postgres(why.clone()))).collect()
     }
 
     /// Answers one lookup.
@@ -373,32 +529,26 @@ impl PgStore {
                 // 1, 2, 4 … 64 ms: long enough for the winner to commit.
                 std::thread::sleep(std::time::Duration::from_millis(1 << (attempt - 1)));
             }
-            if self.client.is_closed()
-                && let Err(e) = self.reconnect()
-            {
-                last = describe(&e);
-                continue;
-            }
-            match self.try_group(batches) {
+            let mut conn = match self.conn() {
+                Ok(conn) => conn,
+                Err(e) => return fail(e.to_string()),
+            };
+            match try_group(&mut conn, batches) {
                 Ok(outcomes) => {
+                    self.forget_ended(batches, &outcomes);
                     return outcomes.into_iter().map(|o| o.map_err(|e| StoreError::Postgres(describe(&e)))).collect();
                 }
                 // Lost a race: PostgreSQL rolled it all back.
                 Err(Failed::Before(e) | Failed::AtCommit(e)) if retryable(&e) => last = describe(&e),
                 // The connection dropped before the commit was asked for:
                 // the server rolled the transaction back, so it runs again
-                // on a new connection.
-                Err(Failed::Before(e)) if connection_lost(&e) => {
-                    last = describe(&e);
-                    let _ = self.reconnect();
-                }
+                // on another connection (a dropped one leaves the pool).
+                Err(Failed::Before(e)) if connection_lost(&e) => last = describe(&e),
                 // Dropped while committing, the group may or may not have
                 // landed: it is reported failed, never run again (the
                 // engine takes a failed write that landed, as it does on
-                // SQLite when a commit's sync fails), and the next group
-                // gets a new connection.
+                // SQLite when a commit's sync fails).
                 Err(Failed::AtCommit(e)) if connection_lost(&e) => {
-                    let _ = self.reconnect();
                     return fail(format!("the connection dropped while committing: {}", describe(&e)));
                 }
                 Err(Failed::Before(e) | Failed::AtCommit(e)) => return fail(describe(&e)),
@@ -407,39 +557,33 @@ impl PgStore {
         fail(format!("still failing after {MAX_ATTEMPTS} attempts: {last}"))
     }
 
+    /// Sessions this server's commit ended leave its cache at once; the
+    /// database tells every server's listener too, this one's included,
+    /// but a moment later.
+    fn forget_ended(&self, batches: &[BatchRef<'_>], outcomes: &[Result<Commit, postgres::Error>]) {
+        let Some(cache) = &self.cache else { return };
+        for (batch, _) in batches.iter().zip(outcomes).filter(|(_, o)| matches!(o, Ok(Commit::Applied))) {
+            let BatchRef::Creds(batch) = batch else { continue };
+            for op in &batch.ops {
+                match op {
+                    CredsOp::DeleteSession(master) => cache.forget(master),
+                    CredsOp::PutSession(session) => cache.forget(&session.master),
+                    CredsOp::RevokeSession { email, mac, started_at } => cache.forget_login(email, *mac, *started_at),
+                    CredsOp::PutRotation(_) | CredsOp::SetPassword { .. } => {}
+                }
+            }
+        }
+    }
+
     /// Commits one batch, or nothing if its expectation does not hold.
     pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
         self.write_group(&[batch]).pop().unwrap_or(Err(StoreError::NoOutcome))
     }
 
-    /// One run of a group: `Err` if the transaction as a whole failed, and
-    /// whether before its commit was asked for.
-    fn try_group(&mut self, batches: &[BatchRef<'_>]) -> Result<Vec<Result<Commit, postgres::Error>>, Failed> {
-        let PgStore { client, statements, .. } = self;
-        let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
-        let mut outcomes = Vec::with_capacity(batches.len());
-        for batch in batches {
-            let mut savepoint = tx.transaction()?;
-            let applied = match batch {
-                BatchRef::Creds(b) => write_creds(&mut savepoint, statements, b),
-                BatchRef::Passcodes(b) => write_passcodes(&mut savepoint, statements, b),
-            };
-            match applied {
-                Ok(Commit::Applied) => savepoint.commit()?,
-                Err(e) if retryable(&e) || connection_lost(&e) => return Err(Failed::Before(e)),
-                // Undo what the batch did before it conflicted or failed.
-                Ok(Commit::Conflict) | Err(_) => savepoint.rollback()?,
-            }
-            outcomes.push(applied);
-        }
-        tx.commit().map_err(Failed::AtCommit)?;
-        Ok(outcomes)
-    }
-
     /// Adds an account. Fails if one with this email exists.
     pub fn add_user(&mut self, email: &str, phone: &str, password: &PasswordHash) -> Result<(), AdminError> {
         check_account(email, phone)?;
-        let added = self.client.execute(
+        let added = self.conn()?.client.execute(
             "INSERT INTO accounts (email, phone, password) VALUES ($1, $2, $3) ON CONFLICT (email) DO NOTHING",
             &[&email, &phone, &password.as_column()],
         )?;
@@ -452,7 +596,8 @@ impl PgStore {
     /// Ends an account's sessions, or only one device's. Returns how many
     /// ended.
     pub fn revoke(&mut self, email: &str, mac: Option<Mac>) -> Result<usize, StoreError> {
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         let ended = end_sessions(&mut tx, email, mac)?;
         tx.commit()?;
         Ok(ended)
@@ -461,7 +606,8 @@ impl PgStore {
     /// Replaces an account's password and ends its sessions. Returns whether
     /// the account exists.
     pub fn set_password(&mut self, email: &str, password: &PasswordHash) -> Result<bool, StoreError> {
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         let changed =
             tx.execute("UPDATE accounts SET password = $2 WHERE email = $1", &[&email, &password.as_column()])?;
         end_sessions(&mut tx, email, None)?;
@@ -473,7 +619,7 @@ impl PgStore {
 impl PgStore {
     /// Every account, by email.
     pub fn users(&mut self) -> Result<Vec<UserSummary>, StoreError> {
-        let rows = self.client.query(
+        let rows = self.conn()?.client.query(
             "SELECT a.email, a.phone, a.password, (SELECT count(*) FROM sessions s WHERE s.email = a.email)
              FROM accounts a ORDER BY a.email",
             &[],
@@ -492,7 +638,8 @@ impl PgStore {
     /// Removes an account with its sessions and passcodes. Returns whether
     /// it existed.
     pub fn remove_user(&mut self, email: &str) -> Result<bool, StoreError> {
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         let removed = tx.execute("DELETE FROM accounts WHERE email = $1", &[&email])?;
         end_sessions(&mut tx, email, None)?;
         tx.execute("DELETE FROM passcodes WHERE email = $1", &[&email])?;
@@ -503,7 +650,8 @@ impl PgStore {
     /// Hashes every plaintext password (copied from the old server's
     /// files). Returns how many were hashed.
     pub fn rehash_plaintext(&mut self, hasher: &PasswordHasher) -> Result<usize, AdminError> {
-        let rows = self.client.query("SELECT email, password FROM accounts", &[])?;
+        let mut conn = self.conn()?;
+        let rows = conn.client.query("SELECT email, password FROM accounts", &[])?;
         let mut hashed = 0;
         for row in rows {
             let (email, stored): (String, String) = (row.get(0), row.get(1));
@@ -511,7 +659,7 @@ impl PgStore {
                 let new = hasher.hash(&plain)?;
                 // Only if it is still the plaintext: a concurrent change wins.
                 let sql = "UPDATE accounts SET password = $3 WHERE email = $1 AND password = $2";
-                hashed += self.client.execute(sql, &[&email, &stored, &new.as_column()])?;
+                hashed += conn.client.execute(sql, &[&email, &stored, &new.as_column()])?;
             }
         }
         Ok(usize::try_from(hashed).unwrap_or(usize::MAX))
@@ -519,7 +667,7 @@ impl PgStore {
 
     /// Sessions, of one account or all, oldest login first.
     pub fn sessions(&mut self, email: Option<&str>) -> Result<Vec<SessionSummary>, StoreError> {
-        let rows = self.client.query(
+        let rows = self.conn()?.client.query(
             "SELECT email, mac, started_at, expires_at FROM sessions
              WHERE $1::TEXT IS NULL OR email = $1 ORDER BY started_at, email, mac",
             &[&email],
@@ -537,7 +685,8 @@ impl PgStore {
 
     /// The stored counters among `keys`, in their order.
     pub fn counters(&mut self, keys: &[CounterKey]) -> Result<Vec<(CounterKey, Counter)>, StoreError> {
-        let PgStore { client, statements, .. } = self;
+        let mut conn = self.conn()?;
+        let Conn { client, statements } = &mut *conn;
         let mut found = Vec::new();
         for key in keys {
             if let Some(c) = counter(client, statements, key)? {
@@ -550,7 +699,8 @@ impl PgStore {
     /// Removes the counters among `keys`, in one transaction. Returns how
     /// many existed.
     pub fn reset_counters(&mut self, keys: &[CounterKey]) -> Result<usize, StoreError> {
-        let mut tx = self.client.transaction()?;
+        let mut conn = self.conn()?;
+        let mut tx = conn.client.transaction()?;
         let mut removed = 0;
         for key in keys {
             removed += tx.execute("DELETE FROM counters WHERE key = $1", &[&counter_key(key)])?;
@@ -558,6 +708,30 @@ impl PgStore {
         tx.commit()?;
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
+}
+
+/// One run of a group: `Err` if the transaction as a whole failed, and
+/// whether before its commit was asked for.
+fn try_group(conn: &mut Conn, batches: &[BatchRef<'_>]) -> Result<Vec<Result<Commit, postgres::Error>>, Failed> {
+    let Conn { client, statements } = conn;
+    let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+    let mut outcomes = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut savepoint = tx.transaction()?;
+        let applied = match batch {
+            BatchRef::Creds(b) => write_creds(&mut savepoint, statements, b),
+            BatchRef::Passcodes(b) => write_passcodes(&mut savepoint, statements, b),
+        };
+        match applied {
+            Ok(Commit::Applied) => savepoint.commit()?,
+            Err(e) if retryable(&e) || connection_lost(&e) => return Err(Failed::Before(e)),
+            // Undo what the batch did before it conflicted or failed.
+            Ok(Commit::Conflict) | Err(_) => savepoint.rollback()?,
+        }
+        outcomes.push(applied);
+    }
+    tx.commit().map_err(Failed::AtCommit)?;
+    Ok(outcomes)
 }
 
 /// Deletes an account's sessions (or one device's) and their rotation
@@ -570,7 +744,74 @@ fn end_sessions(tx: &mut postgres::Transaction<'_>, email: &str, mac: Option<Mac
     Ok(usize::try_from(ended).unwrap_or(usize::MAX))
 }
 
-fn read_one<C: GenericClient>(c: &mut C, s: &mut Statements, lookup: &Lookup) -> Result<Snapshot, postgres::Error> {
+/// Reads a group of lookups (see [`PgStore::read_many`]), `hits` being
+/// their sessions as the cache has them. Returns the snapshots, and the
+/// sessions read from the database.
+fn read_group(
+    conn: &mut Conn,
+    lookups: &[&Lookup],
+    hits: &[Option<SessionRecord>],
+) -> Result<(Vec<Snapshot>, Vec<SessionRecord>), postgres::Error> {
+    let Conn { client, statements } = conn;
+    let mut wanted: Vec<String> = lookups
+        .iter()
+        .zip(hits)
+        .filter(|(_, hit)| hit.is_none())
+        .filter_map(|(l, _)| l.session.map(|m| m.to_hex()))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let rest = |l: &&Lookup| l.user.is_some() || l.passcode.is_some() || l.rotation.is_some() || !l.counters.is_empty();
+    if !lookups.iter().any(rest) {
+        let read = sessions(client, statements, &wanted)?;
+        return Ok((snapshots(lookups, hits, &read, |_| Ok(Snapshot::default()))?, read));
+    }
+    let mut tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
+    let read = sessions(&mut tx, statements, &wanted)?;
+    let snapshots = snapshots(lookups, hits, &read, |l| read_rest(&mut tx, statements, l))?;
+    tx.commit()?;
+    Ok((snapshots, read))
+}
+
+/// Each lookup's snapshot: what `rest` reads, and its session from the
+/// cache's `hits` or the sessions `read`.
+fn snapshots(
+    lookups: &[&Lookup],
+    hits: &[Option<SessionRecord>],
+    read: &[SessionRecord],
+    mut rest: impl FnMut(&Lookup) -> Result<Snapshot, postgres::Error>,
+) -> Result<Vec<Snapshot>, postgres::Error> {
+    let by_master: HashMap<&MasterToken, &SessionRecord> = read.iter().map(|s| (&s.master, s)).collect();
+    lookups
+        .iter()
+        .zip(hits)
+        .map(|(lookup, hit)| {
+            let mut snapshot = rest(lookup)?;
+            snapshot.session = match (hit, &lookup.session) {
+                (Some(hit), _) => Some(hit.clone()),
+                (None, Some(master)) => by_master.get(master).map(|s| (*s).clone()),
+                (None, None) => None,
+            };
+            Ok(snapshot)
+        })
+        .collect()
+}
+
+/// The sessions among `masters` (hex) that exist, by one statement.
+fn sessions<C: GenericClient>(
+    c: &mut C,
+    s: &mut Statements,
+    masters: &[String],
+) -> Result<Vec<SessionRecord>, postgres::Error> {
+    if masters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = prepared(c, s, "SELECT master, email, mac, started_at, expires_at FROM sessions WHERE master = ANY($1)")?;
+    Ok(c.query(&sql, &[&masters])?.iter().filter_map(session_row).collect())
+}
+
+/// A lookup's reads other than its session.
+fn read_rest<C: GenericClient>(c: &mut C, s: &mut Statements, lookup: &Lookup) -> Result<Snapshot, postgres::Error> {
     let mut snapshot = Snapshot::default();
     if let Some(email) = &lookup.user {
         let sql = prepared(c, s, "SELECT phone, password FROM accounts WHERE email = $1")?;
@@ -582,10 +823,6 @@ fn read_one<C: GenericClient>(c: &mut C, s: &mut Statements, lookup: &Lookup) ->
     }
     if let Some(key) = &lookup.passcode {
         snapshot.passcode = passcode(c, s, key)?;
-    }
-    if let Some(master) = &lookup.session {
-        let sql = prepared(c, s, "SELECT master, email, mac, started_at, expires_at FROM sessions WHERE master = $1")?;
-        snapshot.session = c.query_opt(&sql, &[&master.to_hex()])?.and_then(|r| session_row(&r));
     }
     if let Some(tag) = &lookup.rotation {
         let sql =
