@@ -226,7 +226,9 @@ if has i; then
 fi
 
 # pg. (a) and (d) with the records in PostgreSQL (store_url), each right
-#     after the same on SQLite. A cluster of its own in $OUT/pg, on
+#     after the same on SQLite; (a) on PostgreSQL with its session cache and
+#     without; and logins alone (l-pg). The database's CPU is measured too
+#     (--db-pid: the postmaster and its processes). A cluster of its own in $OUT/pg, on
 #     127.0.0.1 and a free port (as the postgres user under root, which
 #     PostgreSQL refuses), the seeded folders moved in by `store copy`.
 PG_DIR=""
@@ -257,18 +259,30 @@ if has pg; then
     "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/100k" --to "$(pg_url a)" >&2
     "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/expired" --to "$(pg_url d)" >&2
 
+    PG_PID=$(head -1 "$PG_DIR/data/postmaster.pid")
+    A_PG=(TOKENIZER_AUTH_STORE_URL="$(pg_url a)" TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/100k")")
     start_server a-sqlite mio "$DATA/100k"
     bench a-sqlite --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16
     stop_server
-    start_server a-pg mio "$OUT/pg-server" TOKENIZER_AUTH_STORE_URL="$(pg_url a)" TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/100k")"
-    bench a-pg --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16
+    # With the session cache (revocation_delay 1 s), then without: every
+    # check a database read, which gives the database's cost of a miss.
+    start_server a-pg mio "$OUT/pg-server" "${A_PG[@]}"
+    bench a-pg --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --db-pid "$PG_PID"
+    stop_server
+    start_server a-pg-nocache mio "$OUT/pg-server" "${A_PG[@]}" TOKENIZER_AUTH_REVOCATION_DELAY=0s
+    bench a-pg-nocache --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 32 -d 16 --db-pid "$PG_PID"
     stop_server
     start_server d-sqlite mio "$DATA/expired" TOKENIZER_AUTH_TOKEN_TTL=1s
     bench d-sqlite --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16
     stop_server
     start_server d-pg mio "$OUT/pg-server" TOKENIZER_AUTH_TOKEN_TTL=1s TOKENIZER_AUTH_STORE_URL="$(pg_url d)" \
         TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/expired")"
-    bench d-pg --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16
+    bench d-pg --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16 --db-pid "$PG_PID"
+    stop_server
+    # Logins alone, for their cost on the database: 40 a second (what one
+    # hash worker verifies), beside one connection of cached checks.
+    start_server l-pg mio "$OUT/pg-server" "${A_PG[@]}" "${NO_LIMITS[@]}"
+    bench l-pg --addr "$NATIVE" --tokens "$DATA/100k.tokens" -c 1 -d 1 --logins-per-sec 40 --db-pid "$PG_PID"
     stop_server
     pg_stop
 fi

@@ -158,6 +158,10 @@ struct RunArgs {
     /// resident memory at the end are reported.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// The database's process id (PostgreSQL's postmaster): the CPU time
+    /// over the window of it and every process it started is reported.
+    #[arg(long)]
+    db_pid: Option<u32>,
     /// A name for this run in the output (the scenario).
     #[arg(long, default_value = "run")]
     label: String,
@@ -282,6 +286,8 @@ struct Measured {
     server_cpu: Option<f64>,
     /// This process's CPU seconds over the window, less the baseline's.
     client_cpu: Option<f64>,
+    /// The database's CPU seconds over the window (`--db-pid`).
+    db_cpu: Option<f64>,
 }
 
 impl Measured {
@@ -308,6 +314,12 @@ impl Measured {
             let requests = self.tally.kinds.total().max(1) as f64;
             v["server_cpu_us_per_request"] = json!(round(cpu * 1e6 / requests));
         }
+        if let Some(cpu) = self.db_cpu {
+            v["db_cpu_s"] = json!(round(cpu));
+            v["db_cores"] = json!(round(cpu / self.seconds));
+            let requests = self.tally.kinds.total().max(1) as f64;
+            v["db_cpu_us_per_request"] = json!(round(cpu * 1e6 / requests));
+        }
         if let Some(cpu) = self.client_cpu {
             v["client_cpu_s"] = json!(round(cpu));
             v["client_cores"] = json!(round(cpu / self.seconds));
@@ -330,7 +342,7 @@ impl Measured {
 
 /// Runs the load of `plan` against a server, printing progress once a
 /// second on stderr.
-fn measure(label: &str, what: &str, plan: &Plan, probe: Probe) -> Result<Measured, String> {
+fn measure(label: &str, what: &str, plan: &Plan, probe: Probe, db: Option<u32>) -> Result<Measured, String> {
     let progress = Arc::new(Progress::default());
     let timeline = Timeline::new(plan);
     let worker = {
@@ -340,10 +352,14 @@ fn measure(label: &str, what: &str, plan: &Plan, probe: Probe) -> Result<Measure
             .spawn(move || load::run(&plan, timeline, &progress))
             .map_err(|e| format!("cannot start the load: {e}"))?
     };
-    let mut at_warm: Option<(Option<f64>, Option<f64>)> = None;
-    let mut at_end: Option<(Option<f64>, Option<f64>)> = None;
+    type Sample = (Option<f64>, Option<f64>, Option<f64>);
+    let mut at_warm: Option<Sample> = None;
+    let mut at_end: Option<Sample> = None;
     let baseline_cpu = || matches!(probe, Probe::Baseline).then(|| stats::threads_cpu(baseline::THREAD_PREFIX));
-    let sample = || (probe.cpu(), stats::own_cpu().map(|own| own - baseline_cpu().unwrap_or(0.0)));
+    let sample = || {
+        let client = stats::own_cpu().map(|own| own - baseline_cpu().unwrap_or(0.0));
+        (probe.cpu(), client, db.and_then(stats::tree_cpu))
+    };
     let mut tick = timeline.start + Duration::from_secs(1);
     let (mut last_replies, mut last_logins) = (0u64, 0u64);
     while !worker.is_finished() {
@@ -399,6 +415,7 @@ fn measure(label: &str, what: &str, plan: &Plan, probe: Probe) -> Result<Measure
         seconds: plan.duration.as_secs_f64().max(1e-9),
         server_cpu: delta(warm.0, end.0),
         client_cpu: delta(warm.1, end.1),
+        db_cpu: delta(warm.2, end.2),
     })
 }
 
@@ -467,14 +484,14 @@ fn run(args: &RunArgs) -> Result<(), String> {
             baseline_plan.addr = server.addr;
             baseline_plan.storm = storm_plan(server.addr);
             baseline_plan.tls = None;
-            let measured = measure(&args.label, kind.name(), &baseline_plan, Probe::Baseline);
+            let measured = measure(&args.label, kind.name(), &baseline_plan, Probe::Baseline, None);
             server.stop();
             Some((kind, measured?))
         }
         None => None,
     };
     let probe = args.server_pid.map_or(Probe::Nothing, Probe::Process);
-    let target = measure(&args.label, "server", &plan, probe)?;
+    let target = measure(&args.label, "server", &plan, probe, args.db_pid)?;
     let memory = args.server_pid.and_then(stats::memory_kib);
 
     // Renew mode counts rotations; every other mode counts replies.
@@ -509,6 +526,13 @@ fn run(args: &RunArgs) -> Result<(), String> {
     if let Some(cpu) = target.server_cpu {
         println!(
             "server CPU: {:.2} cores, {:.1} µs per request",
+            cpu / target.seconds,
+            cpu * 1e6 / target.tally.kinds.total().max(1) as f64
+        );
+    }
+    if let Some(cpu) = target.db_cpu {
+        println!(
+            "database CPU: {:.2} cores, {:.1} µs per request",
             cpu / target.seconds,
             cpu * 1e6 / target.tally.kinds.total().max(1) as f64
         );

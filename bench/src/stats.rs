@@ -230,9 +230,7 @@ const USER_HZ: f64 = 100.0;
 /// CPU seconds (user + system) of a `stat` file's contents.
 fn stat_cpu(stat: &str) -> Option<f64> {
     // The command name may hold spaces: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3, utime 14, stime 15 (1-based).
+    let fields = stat_fields(stat)?;
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / USER_HZ)
@@ -241,6 +239,32 @@ fn stat_cpu(stat: &str) -> Option<f64> {
 /// CPU seconds a process has used.
 pub(crate) fn process_cpu(pid: u32) -> Option<f64> {
     stat_cpu(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds used by a process, by the processes it started that are
+/// still running, and by those it has waited for (PostgreSQL's postmaster
+/// and its backends: one per connection, the WAL writer, the checkpointer
+/// ...).
+pub(crate) fn tree_cpu(pid: u32) -> Option<f64> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let waited = stat_fields(&own).and_then(|f| {
+        let (cutime, cstime): (f64, f64) = (f.get(13)?.parse().ok()?, f.get(14)?.parse().ok()?);
+        Some((cutime + cstime) / USER_HZ)
+    })?;
+    let children: f64 = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| stat_fields(stat).and_then(|f| f.get(1)?.parse::<u32>().ok()) == Some(pid))
+        .filter_map(|stat| stat_cpu(&stat))
+        .sum();
+    Some(stat_cpu(&own)? + waited + children)
+}
+
+/// A `stat` file's fields after the command name: state is 0, the parent's
+/// id 1, utime 11, stime 12, cutime 13, cstime 14.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 2..].split_whitespace().collect())
 }
 
 /// CPU seconds this process has used.

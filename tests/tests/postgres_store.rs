@@ -214,3 +214,168 @@ fn a_cache_that_hears_nothing_reads_the_database_past_the_delay() {
     assert_eq!(cache.lookups().1, misses + 1, "read from the database");
     listener.stop();
 }
+
+/// A tiny deterministic generator, so that a failure replays.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 33) as usize) % n.max(1)
+    }
+}
+
+#[test]
+fn a_group_of_session_writes_does_what_it_does_batch_by_batch() {
+    // The PostgreSQL writer commits groups of renewals and logins in a few
+    // statements (`bulk`); the SQLite store applies batch after batch.
+    // The same random groups, stale and overlapping batches among them,
+    // must give the same outcomes and leave the same records.
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let mut pg = PgStore::open(&url).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = tokenizer_auth_effects::store::SqliteStore::open(dir.path()).unwrap();
+    let mut rng = Lcg(7);
+    let mut next = 0u32;
+    let mut unique = || {
+        next += 1;
+        let mut bytes = [0x5a; 32];
+        bytes[..4].copy_from_slice(&next.to_le_bytes());
+        (bytes, next)
+    };
+    let origin = DateTime::<Utc>::from_timestamp_millis(1_800_000_000_000).unwrap();
+    // A login: a session of a chain of its own.
+    let login = |unique: &mut dyn FnMut() -> ([u8; 32], u32)| {
+        let (bytes, n) = unique();
+        let at = origin + chrono::TimeDelta::milliseconds(i64::from(n));
+        let s = SessionRecord {
+            master: MasterToken::from_bytes(bytes),
+            email: format!("u{}@example.com", n % 3),
+            mac: Mac::parse("aa:bb:cc:dd:ee:ff").unwrap(),
+            started_at: at,
+            expires_at: at + chrono::TimeDelta::seconds(1),
+        };
+        CredsBatch { expect: None, ops: vec![CredsOp::PutSession(s)] }
+    };
+    // A renewal of `old` as read, or as the store no longer holds it.
+    let rotate = |unique: &mut dyn FnMut() -> ([u8; 32], u32), old: &SessionRecord, stale: bool| {
+        let (bytes, n) = unique();
+        let new = SessionRecord {
+            master: MasterToken::from_bytes(bytes),
+            expires_at: old.expires_at + chrono::TimeDelta::seconds(1),
+            ..old.clone()
+        };
+        let record = tokenizer_auth_engine::RotationRecord {
+            tag: tokenizer_auth_engine::TokenTag::from_bytes(bytes),
+            master: old.master,
+            email: old.email.clone(),
+            mac: old.mac,
+            started_at: old.started_at,
+            rotated_at: origin + chrono::TimeDelta::milliseconds(i64::from(n)),
+        };
+        let expires_at = old.expires_at + chrono::TimeDelta::milliseconds(i64::from(stale));
+        CredsBatch {
+            expect: Some(tokenizer_auth_engine::CredsExpectation::Session { master: old.master, expires_at }),
+            ops: vec![CredsOp::DeleteSession(old.master), CredsOp::PutSession(new), CredsOp::PutRotation(record)],
+        }
+    };
+    // The live sessions as written (what the engine would have read), and
+    // every master and tag ever used.
+    let mut live: Vec<SessionRecord> = Vec::new();
+    let (mut masters, mut tags) = (Vec::new(), Vec::new());
+    let mut chains: std::collections::HashMap<(String, i64), usize> = std::collections::HashMap::new();
+    let mut overlapping = 0;
+    for round in 0..80 {
+        let mut group = Vec::new();
+        if round % 2 == 0 {
+            // Every chain at most once, as a busy server's groups are: the
+            // group runs in bulk.
+            for old in live.clone() {
+                if rng.below(5) != 0 {
+                    group.push(rotate(&mut unique, &old, rng.below(10) == 0));
+                }
+            }
+            if group.is_empty() || rng.below(3) == 0 {
+                let first = login(&mut unique);
+                // Now and then a second login of that device in the same
+                // millisecond: two sessions, one chain of rotation records.
+                if rng.below(2) == 0 {
+                    let mut twin = first.clone();
+                    if let CredsOp::PutSession(s) = &mut twin.ops[0] {
+                        s.master = MasterToken::from_bytes(unique().0);
+                    }
+                    group.push(twin);
+                }
+                group.push(first);
+            }
+        } else {
+            // Anything: one session renewed twice, stale renewals, logins.
+            for _ in 0..1 + rng.below(8) {
+                match live.len() {
+                    0 => group.push(login(&mut unique)),
+                    // The same session put twice, the second longer.
+                    _ if rng.below(6) == 0 => {
+                        let first = login(&mut unique);
+                        let mut again = first.clone();
+                        if let CredsOp::PutSession(s) = &mut again.ops[0] {
+                            s.expires_at += chrono::TimeDelta::seconds(5);
+                        }
+                        group.extend([first, again]);
+                    }
+                    n => {
+                        let old = live[if rng.below(2) == 0 { n - 1 } else { rng.below(n) }].clone();
+                        group.push(rotate(&mut unique, &old, rng.below(8) == 0));
+                    }
+                }
+            }
+        }
+        for batch in &group {
+            for op in &batch.ops {
+                match op {
+                    CredsOp::PutSession(s) => masters.push(s.master),
+                    CredsOp::PutRotation(r) => tags.push(r.tag),
+                    _ => {}
+                }
+            }
+        }
+        let refs: Vec<&CredsBatch> = group.iter().collect();
+        let on_pg: Vec<Commit> = pg.write_creds_group(&refs).into_iter().map(Result::unwrap).collect();
+        let on_files: Vec<Commit> = files.write_creds_group(&refs).into_iter().map(Result::unwrap).collect();
+        assert_eq!(on_pg, on_files, "round {round}: {group:?}");
+        // What the engine would read next.
+        let mut expected = std::collections::HashSet::new();
+        for (batch, outcome) in group.iter().zip(&on_pg) {
+            if let Some(tokenizer_auth_engine::CredsExpectation::Session { master, .. }) = &batch.expect {
+                overlapping += usize::from(!expected.insert(*master));
+            }
+            if *outcome == Commit::Applied {
+                for op in &batch.ops {
+                    match op {
+                        CredsOp::DeleteSession(m) => live.retain(|s| s.master != *m),
+                        CredsOp::PutSession(s) => live.push(s.clone()),
+                        CredsOp::PutRotation(r) => {
+                            *chains.entry((r.email.clone(), r.started_at.timestamp_millis())).or_default() += 1
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let lookups: Vec<Lookup> = masters
+        .iter()
+        .map(|m| Lookup { session: Some(*m), ..Lookup::default() })
+        .chain(tags.iter().map(|t| Lookup { rotation: Some(*t), ..Lookup::default() }))
+        .collect();
+    let read = |results: Vec<Result<tokenizer_auth_engine::Snapshot, StoreError>>| {
+        results.into_iter().map(Result::unwrap).collect::<Vec<_>>()
+    };
+    let (on_pg, on_files) = (read(pg.read_many(&lookups)), read(files.read_many(&lookups)));
+    assert_eq!(on_pg, on_files);
+    // The groups reached what the bulk path must get right.
+    let longest = chains.values().max().copied().unwrap_or(0);
+    assert!(longest > 2 * tokenizer_auth_engine::REUSE_HISTORY, "the longest chain has {longest} rotations");
+    assert!(overlapping >= 5, "{overlapping} batches expected a session another batch of their group expected");
+    assert!(on_pg.iter().any(|s| s.rotation.is_some()), "rotation records kept");
+    assert_eq!(tokenizer_auth_effects::store::bulk_failures(), 0, "every group ran in bulk");
+}

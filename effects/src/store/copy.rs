@@ -204,6 +204,8 @@ impl PgStore {
             add(&mut copied.counters, insert(&mut tx, sql, &params)?);
         }
         tx.commit()?;
+        // Back to the pool: the reads back take connections of their own.
+        drop(conn);
         copied.differing = self.differing(records)?;
         Ok(copied)
     }

@@ -33,6 +33,7 @@
 mod admin;
 mod any;
 mod backup;
+mod bulk;
 mod cache;
 mod columns;
 mod copy;
@@ -62,7 +63,7 @@ use columns::{counter_key, from_millis, millis, parse_time_text, time_text};
 pub use copy::{Copied, Records};
 pub use listen::{LISTENER_NAME, Listener};
 pub use notified::NotifiedCache;
-pub use postgres::{DEFAULT_CONNECTIONS, PgStore};
+pub use postgres::{DEFAULT_CONNECTIONS, PgStore, bulk_failures};
 
 /// The credentials file's name in the data folder.
 pub const CREDS_FILE: &str = "op_creds.db";

@@ -56,6 +56,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::password::PasswordHasher;
 
 use super::admin::{AdminError, SessionSummary, UserSummary, check_account};
+use super::bulk::Plan;
 use super::columns::{counter_key, from_millis, millis};
 use super::listen::Listener;
 use super::notified::NotifiedCache;
@@ -145,7 +146,7 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// Statements prepared once per connection, by their text.
-type Statements = HashMap<&'static str, Statement>;
+pub(super) type Statements = HashMap<&'static str, Statement>;
 
 /// A connection to the database and the statements prepared on it.
 pub(super) struct Conn {
@@ -288,7 +289,7 @@ fn retryable(e: &postgres::Error) -> bool {
 }
 
 /// The statement for `sql` on this connection, prepared on first use.
-fn prepared<C: GenericClient>(
+pub(super) fn prepared<C: GenericClient>(
     c: &mut C,
     cache: &mut Statements,
     sql: &'static str,
@@ -428,6 +429,8 @@ impl PgStore {
         let mut conn = self.conn()?;
         let mut tx = conn.client.transaction()?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        // "…does not exist, skipping" of every `IF EXISTS` is no news.
+        tx.batch_execute("SET LOCAL client_min_messages = warning")?;
         tx.batch_execute("CREATE TABLE IF NOT EXISTS tokenizer_auth_schema (version BIGINT NOT NULL)")?;
         let version = match tx.query_opt("SELECT version FROM tokenizer_auth_schema", &[])? {
             Some(row) => row.get::<_, i64>(0),
@@ -468,6 +471,11 @@ impl PgStore {
         if let Some(cache) = &self.cache {
             let asked = lookups.iter().filter(|l| l.session.is_some()).count();
             cache.looked_up(asked, hits.iter().filter(|h| h.is_some()).count());
+        }
+        // Token checks the cache answered whole need no connection (and
+        // are answered while the database is away, within the delay).
+        if lookups.iter().zip(&hits).all(|(l, hit)| hit.is_some() && !beyond_session(l)) {
+            return hits.into_iter().map(|hit| Ok(Snapshot { session: hit, ..Snapshot::default() })).collect();
         }
         // A read changes nothing: on a connection the server dropped, it is
         // asked again on another (a dropped one leaves the pool).
@@ -713,6 +721,22 @@ impl PgStore {
 /// One run of a group: `Err` if the transaction as a whole failed, and
 /// whether before its commit was asked for.
 fn try_group(conn: &mut Conn, batches: &[BatchRef<'_>]) -> Result<Vec<Result<Commit, postgres::Error>>, Failed> {
+    let by_kind = batches.iter().map(|b| match b {
+        BatchRef::Creds(b) => Some(*b),
+        BatchRef::Passcodes(_) => None,
+    });
+    if let Some(plan) = Plan::of(by_kind) {
+        match try_plan(conn, &plan) {
+            Ok(outcomes) => return Ok(outcomes.into_iter().map(Ok).collect()),
+            // A statement failed: batch by batch, the failing batch fails
+            // alone.
+            Err(Failed::Before(e)) if !retryable(&e) && !connection_lost(&e) => {
+                tracing::warn!(error = %describe(&e), "a group of session writes failed; running it batch by batch");
+                BATCH_BY_BATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(failed) => return Err(failed),
+        }
+    }
     let Conn { client, statements } = conn;
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
     let mut outcomes = Vec::with_capacity(batches.len());
@@ -730,6 +754,26 @@ fn try_group(conn: &mut Conn, batches: &[BatchRef<'_>]) -> Result<Vec<Result<Com
         }
         outcomes.push(applied);
     }
+    tx.commit().map_err(Failed::AtCommit)?;
+    Ok(outcomes)
+}
+
+/// Groups of session writes that qualified for `bulk` but failed there
+/// and ran batch by batch, in this process.
+static BATCH_BY_BATCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many groups of session writes this process ran batch by batch after
+/// their statements failed in bulk (each is also logged): none, unless a
+/// batch holds what the database refuses.
+pub fn bulk_failures() -> u64 {
+    BATCH_BY_BATCH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A group of session writes in a few statements (see `bulk`).
+fn try_plan(conn: &mut Conn, plan: &Plan<'_>) -> Result<Vec<Commit>, Failed> {
+    let Conn { client, statements } = conn;
+    let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
+    let outcomes = plan.run(&mut tx, statements)?;
     tx.commit().map_err(Failed::AtCommit)?;
     Ok(outcomes)
 }
@@ -761,8 +805,7 @@ fn read_group(
         .collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let rest = |l: &&Lookup| l.user.is_some() || l.passcode.is_some() || l.rotation.is_some() || !l.counters.is_empty();
-    if !lookups.iter().any(rest) {
+    if !lookups.iter().any(|l| beyond_session(l)) {
         let read = sessions(client, statements, &wanted)?;
         return Ok((snapshots(lookups, hits, &read, |_| Ok(Snapshot::default()))?, read));
     }
@@ -771,6 +814,12 @@ fn read_group(
     let snapshots = snapshots(lookups, hits, &read, |l| read_rest(&mut tx, statements, l))?;
     tx.commit()?;
     Ok((snapshots, read))
+}
+
+/// Whether a lookup asks for more than a session (which the cache may
+/// answer).
+fn beyond_session(l: &Lookup) -> bool {
+    l.user.is_some() || l.passcode.is_some() || l.rotation.is_some() || !l.counters.is_empty()
 }
 
 /// Each lookup's snapshot: what `rest` reads, and its session from the
