@@ -379,3 +379,20 @@ fn a_group_of_session_writes_does_what_it_does_batch_by_batch() {
     assert!(on_pg.iter().any(|s| s.rotation.is_some()), "rotation records kept");
     assert_eq!(tokenizer_auth_effects::store::bulk_failures(), 0, "every group ran in bulk");
 }
+
+#[test]
+fn a_server_fills_its_cache_from_the_database_as_it_starts() {
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    let mut writer = PgStore::open(&url).unwrap();
+    let sessions: Vec<SessionRecord> = (0..10).map(|n| for_email(100 + n, "warm@example.com")).collect();
+    for s in &sessions {
+        writer.write(&put(s)).unwrap();
+    }
+    let (mut store, cache, listener) = cached(&url, Duration::from_millis(500));
+    assert_eq!(store.warm_cache().unwrap(), 10);
+    let lookups: Vec<Lookup> = sessions.iter().map(lookup).collect();
+    let read: Vec<_> = store.read_many(&lookups).into_iter().map(|r| r.unwrap().session).collect();
+    assert_eq!(read, sessions.iter().cloned().map(Some).collect::<Vec<_>>());
+    assert_eq!(cache.lookups(), (10, 0), "every one answered from memory");
+    listener.stop();
+}

@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use postgres::fallible_iterator::FallibleIterator;
 use tokenizer_auth_engine::MasterToken;
@@ -59,10 +59,10 @@ impl Listener {
 
 fn run(url: &str, tls: &MakeRustlsConnect, cache: &NotifiedCache, stop: &AtomicBool) {
     let beat = (cache.delay() / 4).max(Duration::from_millis(1));
-    let mut pause = Duration::from_millis(50);
+    let mut pause = FIRST_PAUSE;
     let mut told = false;
     while !stop.load(Ordering::Relaxed) {
-        let outcome = listen(url, tls, cache, stop, beat, &mut told);
+        let outcome = listen(url, tls, cache, stop, beat, &mut told, &mut pause);
         cache.deaf();
         let Err(why) = outcome else { return };
         // Said once per outage, not once per attempt.
@@ -79,6 +79,12 @@ fn run(url: &str, tls: &MakeRustlsConnect, cache: &NotifiedCache, stop: &AtomicB
     }
 }
 
+/// The first pause before connecting again; it doubles up to a second.
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+
+/// The longest wait for a notification before the thread looks at `stop`.
+const LONGEST_WAIT: Duration = Duration::from_millis(100);
+
 /// Listens until `stop` (`Ok`) or the connection fails (`Err`, why).
 /// `told`: whether the log has said the cache is listening.
 fn listen(
@@ -88,33 +94,51 @@ fn listen(
     stop: &AtomicBool,
     beat: Duration,
     told: &mut bool,
+    pause: &mut Duration,
 ) -> Result<(), String> {
     let pg = |e: postgres::Error| describe(&e);
     let mut config: postgres::Config = url.parse().map_err(pg)?;
-    let mut client = config.application_name(LISTENER_NAME).connect(tls.clone()).map_err(pg)?;
+    // A database that stops answering is noticed, and the thread can stop.
+    let mut client = config
+        .application_name(LISTENER_NAME)
+        .connect_timeout(Duration::from_secs(5))
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(Duration::from_secs(10))
+        .connect(tls.clone())
+        .map_err(pg)?;
     let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).map_err(pg)?.get(0);
     let beats = format!("tokenizer_auth_beat_{pid}");
     client.batch_execute(&format!("LISTEN {SESSIONS_CHANNEL}; LISTEN {beats}")).map_err(pg)?;
     // Changes committed before the LISTEN held were not told.
     cache.forget_everything();
+    *pause = FIRST_PAUSE;
     if !*told {
         tracing::info!("session cache: told of the database's changes");
         *told = true;
     }
-    let mut awaited: VecDeque<(u64, Instant)> = VecDeque::new();
+    // Each beat asks which backend sends it: behind a pooler that hands
+    // statements to any backend (pgbouncer's transaction mode), the
+    // LISTEN may live on another one, which hears nothing; the listener
+    // needs one backend of its own (docs/STORES.md).
+    let send = format!("SELECT pg_backend_pid(), pg_notify('{beats}', $1)");
+    let mut awaited: VecDeque<(u64, Instant, SystemTime)> = VecDeque::new();
     let (mut sent, mut next_beat) = (0u64, Instant::now());
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now >= next_beat {
             sent += 1;
-            client.batch_execute(&format!("NOTIFY {beats}, '{sent}'")).map_err(pg)?;
-            awaited.push_back((sent, now));
+            let wall = SystemTime::now();
+            let by: i32 = client.query_one(&send, &[&sent.to_string()]).map_err(pg)?.get(0);
+            if by != pid {
+                return Err(format!("the beats come from backend {by}, the LISTEN is on {pid}: a pooler between"));
+            }
+            awaited.push_back((sent, now, wall));
             if awaited.len() > BEATS_AWAITED {
                 awaited.pop_front();
             }
             next_beat = now + beat;
         }
-        let wait = next_beat.saturating_duration_since(Instant::now());
+        let wait = next_beat.saturating_duration_since(Instant::now()).min(LONGEST_WAIT);
         let Some(told) = client.notifications().timeout_iter(wait).next().map_err(pg)? else {
             if client.is_closed() {
                 return Err("the connection closed".to_owned());
@@ -130,10 +154,10 @@ fn listen(
         } else if told.channel() == beats
             && let Ok(beat) = told.payload().parse::<u64>()
         {
-            while let Some(&(n, at)) = awaited.front().filter(|(n, _)| *n <= beat) {
+            while let Some(&(n, at, wall)) = awaited.front().filter(|(n, ..)| *n <= beat) {
                 awaited.pop_front();
                 if n == beat {
-                    cache.fresh_as_of(at);
+                    cache.fresh_as_of(at, wall);
                 }
             }
         }

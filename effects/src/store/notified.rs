@@ -32,7 +32,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokenizer_auth_engine::{Mac, MasterToken, SessionRecord};
@@ -64,8 +64,9 @@ struct State {
     /// Reads whose ticket is below this keep nothing: everything was
     /// forgotten since, or the changes since are no longer all in `recent`.
     floor: u64,
-    /// Every change committed before this instant has been forgotten.
-    fresh_as_of: Option<Instant>,
+    /// Every change committed before this instant has been forgotten (on
+    /// the monotonic clock, and on the wall clock: see [`NotifiedCache::ticket`]).
+    fresh_as_of: Option<(Instant, SystemTime)>,
 }
 
 /// Taken by a read before it starts; see the module's docs.
@@ -102,10 +103,23 @@ impl NotifiedCache {
         self.delay
     }
 
-    /// A ticket for a read starting at `now`, if the cache may answer it.
-    pub(crate) fn ticket(&self, now: Instant) -> Option<Ticket> {
+    /// The most sessions it keeps.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// A ticket for a read starting at `now` (`wall` on the wall clock), if
+    /// the cache may answer it. The delay must have passed on neither
+    /// clock: the monotonic one does not count a suspended machine or a
+    /// paused VM, whose sleep the database did not share, and the wall
+    /// clock may be stepped; a step either way only makes the cache
+    /// unused until the next beat.
+    pub(crate) fn ticket(&self, now: Instant, wall: SystemTime) -> Option<Ticket> {
         let state = self.lock();
-        let fresh = state.fresh_as_of.is_some_and(|at| now.saturating_duration_since(at) <= self.delay);
+        let fresh = state.fresh_as_of.is_some_and(|(at, wall_at)| {
+            now.saturating_duration_since(at) <= self.delay
+                && wall.duration_since(wall_at).is_ok_and(|passed| passed <= self.delay)
+        });
         fresh.then_some(Ticket(state.forgotten))
     }
 
@@ -169,11 +183,11 @@ impl NotifiedCache {
         forget_all(&mut self.lock());
     }
 
-    /// A beat sent at `sent` came back: every change committed before then
-    /// has been forgotten.
-    pub(crate) fn fresh_as_of(&self, sent: Instant) {
-        let mut state = self.lock();
-        state.fresh_as_of = Some(state.fresh_as_of.map_or(sent, |at| at.max(sent)));
+    /// A beat sent at `sent` (`wall` on the wall clock) came back: every
+    /// change committed before then has been forgotten. Beats come back in
+    /// the order they were sent.
+    pub(crate) fn fresh_as_of(&self, sent: Instant, wall: SystemTime) {
+        self.lock().fresh_as_of = Some((sent, wall));
     }
 
     /// The listener lost its connection: trust nothing until it hears a
@@ -226,23 +240,28 @@ mod tests {
     }
 
     fn fresh(cache: &NotifiedCache) -> Ticket {
-        let now = Instant::now();
-        cache.fresh_as_of(now);
-        cache.ticket(now).expect("fresh")
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        cache.fresh_as_of(now, wall);
+        cache.ticket(now, wall).expect("fresh")
     }
 
     #[test]
     fn nothing_is_answered_before_a_beat_or_after_the_delay() {
         let cache = NotifiedCache::new(10, Duration::from_millis(100));
-        let now = Instant::now();
-        assert_eq!(cache.ticket(now), None, "not fresh before the first beat");
-        cache.fresh_as_of(now);
-        assert!(cache.ticket(now + Duration::from_millis(100)).is_some());
-        assert_eq!(cache.ticket(now + Duration::from_millis(101)), None, "stale past the delay");
-        cache.fresh_as_of(now + Duration::from_millis(50));
-        assert!(cache.ticket(now + Duration::from_millis(150)).is_some());
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let ms = Duration::from_millis;
+        assert_eq!(cache.ticket(now, wall), None, "not fresh before the first beat");
+        cache.fresh_as_of(now, wall);
+        assert!(cache.ticket(now + ms(100), wall + ms(100)).is_some());
+        assert_eq!(cache.ticket(now + ms(101), wall + ms(101)), None, "stale past the delay");
+        // A machine asleep: the monotonic clock did not move, the wall did.
+        assert_eq!(cache.ticket(now + ms(10), wall + ms(5_000)), None, "stale after a suspend");
+        // A wall clock stepped back: untrusted until the next beat.
+        assert_eq!(cache.ticket(now + ms(10), wall - ms(1)), None, "a step back trusts nothing");
+        cache.fresh_as_of(now + ms(50), wall + ms(50));
+        assert!(cache.ticket(now + ms(150), wall + ms(150)).is_some());
         cache.deaf();
-        assert_eq!(cache.ticket(now + Duration::from_millis(150)), None, "a lost listener trusts nothing");
+        assert_eq!(cache.ticket(now + ms(150), wall + ms(150)), None, "a lost listener trusts nothing");
     }
 
     #[test]

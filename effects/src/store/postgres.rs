@@ -39,12 +39,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use postgres::error::SqlState;
 use std::path::Path;
 
-use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, GenericClient, IsolationLevel, Row, Statement};
 use tokenizer_auth_engine::{
     Bound, Counter, CounterKey, CredsBatch, CredsExpectation, CredsOp, Lookup, Mac, MasterToken, PasscodeKey,
@@ -362,43 +361,34 @@ impl PgStore {
     }
 
     /// Loads sessions into the cache, up to its bound, as a server starts
-    /// (see [`super::SqliteStore::warm_cache`]): once the listener is
-    /// listening, in chunks, each kept as a read's would be. Returns how
-    /// many the cache holds then.
+    /// (see [`super::SqliteStore::warm_cache`]): once the listener hears
+    /// its beats, a page of sessions at a time in master order, each page
+    /// kept as a read's would be (a ticket of its own, a connection of the
+    /// pool for that page only). Returns how many the cache holds then.
     pub fn warm_cache(&self) -> Result<usize, StoreError> {
         let Some(cache) = &self.cache else { return Ok(0) };
-        // The ticket needs a fresh cache: wait for the listener's first
-        // beat, a few of them at most.
         let waited = Instant::now();
-        let ticket = loop {
-            match cache.ticket(Instant::now()) {
-                Some(ticket) => break ticket,
-                None if waited.elapsed() < cache.delay() * 4 => std::thread::sleep(std::time::Duration::from_millis(5)),
-                None => return Ok(0),
-            }
-        };
-        let mut conn = self.conn()?;
-        let mut tx =
-            conn.client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).read_only(true).start()?;
-        let rows = tx
-            .query_raw("SELECT master, email, mac, started_at, expires_at FROM sessions", std::iter::empty::<&str>())?;
-        let mut rows = rows;
-        let mut chunk = Vec::with_capacity(WARM_CHUNK);
+        let mut after = String::new();
         loop {
-            let row = rows.next()?;
-            if let Some(session) = row.as_ref().and_then(session_row) {
-                chunk.push(session);
-            }
-            if chunk.len() == WARM_CHUNK || row.is_none() {
-                if !cache.fill(ticket, &chunk) || row.is_none() {
-                    break;
+            let Some(ticket) = cache.ticket(Instant::now(), SystemTime::now()) else {
+                // Not fresh (yet, or any more): wait for a beat, a few
+                // delays at most.
+                if waited.elapsed() > cache.delay() * 4 {
+                    return Ok(cache.len());
                 }
-                chunk.clear();
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                continue;
+            };
+            let sql = "SELECT master, email, mac, started_at, expires_at FROM sessions
+                       WHERE master > $1 ORDER BY master LIMIT $2";
+            let rows = self.conn()?.client.query(sql, &[&after, &(WARM_CHUNK as i64)])?;
+            let Some(last) = rows.last() else { return Ok(cache.len()) };
+            after = last.get(0);
+            let page: Vec<SessionRecord> = rows.iter().filter_map(session_row).collect();
+            if !cache.fill(ticket, &page) && cache.len() >= cache.capacity() {
+                return Ok(cache.len());
             }
         }
-        drop(rows);
-        tx.commit()?;
-        Ok(cache.len())
     }
 
     /// Records `key`'s fingerprint as the database's, or checks that it is:
@@ -463,7 +453,7 @@ impl PgStore {
         lookups: impl IntoIterator<Item = &'a Lookup>,
     ) -> Vec<Result<Snapshot, StoreError>> {
         let lookups: Vec<&Lookup> = lookups.into_iter().collect();
-        let ticket = self.cache.as_ref().and_then(|c| c.ticket(Instant::now()));
+        let ticket = self.cache.as_ref().and_then(|c| c.ticket(Instant::now(), SystemTime::now()));
         let hits = match (&self.cache, ticket) {
             (Some(cache), Some(_)) => cache.get_many(lookups.iter().map(|l| l.session.as_ref())),
             _ => vec![None; lookups.len()],
@@ -495,7 +485,7 @@ impl PgStore {
                     }
                     return snapshots.into_iter().map(Ok).collect();
                 }
-                Err(e) if connection_lost(&e) => why = describe(&e),
+                Err(e) if connection_lost(&e) || conn.client.is_closed() => why = describe(&e),
                 Err(e) => {
                     why = describe(&e);
                     break;
@@ -541,7 +531,10 @@ impl PgStore {
                 Ok(conn) => conn,
                 Err(e) => return fail(e.to_string()),
             };
-            match try_group(&mut conn, batches) {
+            let outcome = try_group(&mut conn, batches);
+            // A socket error has no SQLSTATE; the client then says closed.
+            let lost = |e: &postgres::Error| connection_lost(e) || conn.client.is_closed();
+            match outcome {
                 Ok(outcomes) => {
                     self.forget_ended(batches, &outcomes);
                     return outcomes.into_iter().map(|o| o.map_err(|e| StoreError::Postgres(describe(&e)))).collect();
@@ -551,12 +544,12 @@ impl PgStore {
                 // The connection dropped before the commit was asked for:
                 // the server rolled the transaction back, so it runs again
                 // on another connection (a dropped one leaves the pool).
-                Err(Failed::Before(e)) if connection_lost(&e) => last = describe(&e),
+                Err(Failed::Before(e)) if lost(&e) => last = describe(&e),
                 // Dropped while committing, the group may or may not have
                 // landed: it is reported failed, never run again (the
                 // engine takes a failed write that landed, as it does on
                 // SQLite when a commit's sync fails).
-                Err(Failed::AtCommit(e)) if connection_lost(&e) => {
+                Err(Failed::AtCommit(e)) if lost(&e) => {
                     return fail(format!("the connection dropped while committing: {}", describe(&e)));
                 }
                 Err(Failed::Before(e) | Failed::AtCommit(e)) => return fail(describe(&e)),
