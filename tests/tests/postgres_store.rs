@@ -145,7 +145,8 @@ fn a_session_changed_elsewhere_is_refused_within_the_delay() {
     let (mut store, cache, listener) = cached(&url, delay);
     let (revoked, rotated, kept) =
         (for_email(4, "rev@example.com"), for_email(5, "rot@example.com"), for_email(6, "kept@example.com"));
-    for s in [&revoked, &rotated, &kept] {
+    let updated = for_email(9, "upd@example.com");
+    for s in [&revoked, &rotated, &kept, &updated] {
         store.write(&put(s)).unwrap();
         until_cached(&mut store, &cache, s);
     }
@@ -159,11 +160,14 @@ fn a_session_changed_elsewhere_is_refused_within_the_delay() {
         ops: vec![CredsOp::DeleteSession(rotated.master), CredsOp::PutSession(successor.clone())],
     };
     assert_eq!(other.write(&WriteBatch::Creds(rotation)).unwrap(), Commit::Applied);
+    // And one session written over (an upsert that updates).
+    let longer = SessionRecord { expires_at: updated.expires_at + chrono::TimeDelta::hours(1), ..updated.clone() };
+    assert_eq!(other.write(&put(&longer)).unwrap(), Commit::Applied);
     let written = changed.elapsed();
     // Seen as soon as told; never later than the delay.
     let seen = loop {
         let gone = [&revoked, &rotated].iter().all(|s| store.read(&lookup(s)).unwrap().session.is_none());
-        if gone {
+        if gone && store.read(&lookup(&updated)).unwrap().session.as_ref() == Some(&longer) {
             break changed.elapsed();
         }
         assert!(changed.elapsed() <= delay + written, "a changed session was still answered past the delay");

@@ -187,18 +187,21 @@ fn put_rotations<C: GenericClient>(
     let started: Vec<i64> = rotations.iter().map(|r| millis(r.started_at)).collect();
     let rotated: Vec<i64> = rotations.iter().map(|r| millis(r.rotated_at)).collect();
     c.execute(&sql, &[&tags, &masters, &emails, &macs, &started, &rotated])?;
+    // Each login's records by its index (email, mac, started_at), one
+    // lookup per login: a join the planner may not turn into a scan of
+    // the whole table.
     let sql = prepared(
         c,
         s,
         "DELETE FROM rotations WHERE tag IN (
-             SELECT tag FROM (
-                 SELECT r.tag, row_number() OVER (
-                     PARTITION BY r.email, r.mac, r.started_at
-                     ORDER BY (r.tag = ANY($4)) DESC, r.rotated_at DESC, r.tag DESC) AS n
-                 FROM rotations r
-                 WHERE (r.email, r.mac, r.started_at) IN (SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]))
-             ) ranked
-             WHERE n > $5)",
+             SELECT old.tag
+             FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[]) AS login (email, mac, started_at, tag)
+             CROSS JOIN LATERAL (
+                 SELECT r.tag FROM rotations r
+                 WHERE r.email = login.email AND r.mac = login.mac AND r.started_at = login.started_at
+                 ORDER BY r.tag = login.tag DESC, r.rotated_at DESC, r.tag DESC
+                 OFFSET $5
+             ) old)",
     )?;
     c.execute(&sql, &[&emails, &macs, &started, &tags, &(REUSE_HISTORY as i64)])?;
     Ok(())

@@ -122,12 +122,14 @@ const MIGRATIONS: &[&str] = &[
     // Every change to a session is told to the servers' session caches
     // (`notified`, `listen`): its master token when a row is updated or
     // deleted, whatever program does it, and `*` when the table is emptied
-    // at once. (PL/pgSQL and NOTIFY are PostgreSQL's own: see docs/STORES.md
-    // on CockroachDB.)
+    // at once. Statement triggers over the rows changed: one call per
+    // statement, not per row (a group of renewals deletes hundreds of rows
+    // in one). (PL/pgSQL and NOTIFY are PostgreSQL's own: see
+    // docs/STORES.md on CockroachDB.)
     "
-    CREATE OR REPLACE FUNCTION tokenizer_auth_session_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    CREATE OR REPLACE FUNCTION tokenizer_auth_sessions_changed() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('tokenizer_auth_sessions', OLD.master);
+        PERFORM pg_notify('tokenizer_auth_sessions', master) FROM changed;
         RETURN NULL;
     END $$;
     CREATE OR REPLACE FUNCTION tokenizer_auth_sessions_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -135,9 +137,12 @@ const MIGRATIONS: &[&str] = &[
         PERFORM pg_notify('tokenizer_auth_sessions', '*');
         RETURN NULL;
     END $$;
-    DROP TRIGGER IF EXISTS sessions_changed ON sessions;
-    CREATE TRIGGER sessions_changed AFTER UPDATE OR DELETE ON sessions
-        FOR EACH ROW EXECUTE FUNCTION tokenizer_auth_session_changed();
+    DROP TRIGGER IF EXISTS sessions_updated ON sessions;
+    CREATE TRIGGER sessions_updated AFTER UPDATE ON sessions REFERENCING OLD TABLE AS changed
+        FOR EACH STATEMENT EXECUTE FUNCTION tokenizer_auth_sessions_changed();
+    DROP TRIGGER IF EXISTS sessions_deleted ON sessions;
+    CREATE TRIGGER sessions_deleted AFTER DELETE ON sessions REFERENCING OLD TABLE AS changed
+        FOR EACH STATEMENT EXECUTE FUNCTION tokenizer_auth_sessions_changed();
     DROP TRIGGER IF EXISTS sessions_emptied ON sessions;
     CREATE TRIGGER sessions_emptied AFTER TRUNCATE ON sessions
         FOR EACH STATEMENT EXECUTE FUNCTION tokenizer_auth_sessions_emptied();
