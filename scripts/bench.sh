@@ -227,7 +227,8 @@ fi
 
 # pg. (a) and (d) with the records in PostgreSQL (store_url), each right
 #     after the same on SQLite; (a) on PostgreSQL with its session cache and
-#     without; and logins alone (l-pg). The database's CPU is measured too
+#     without; (d) with three more, idle servers listening on the database
+#     (d-pg-listeners); and logins alone (l-pg). The database's CPU is measured too
 #     (--db-pid: the postmaster and its processes). A cluster of its own in $OUT/pg, on
 #     127.0.0.1 and a free port (as the postgres user under root, which
 #     PostgreSQL refuses), the seeded folders moved in by `store copy`.
@@ -253,11 +254,12 @@ if has pg; then
         -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $PG_DIR -c max_connections=200" start >/dev/null
     pg_url() { echo "postgres://bench@127.0.0.1:$PG_PORT/$1"; }
     pg_key() { od -An -tx1 "$1/server.key" | tr -d ' \n'; }
-    for db in a d; do
+    for db in a d d4; do
         as_pg "$PG_BIN/psql" -q -h 127.0.0.1 -p "$PG_PORT" -U bench -d postgres -c "CREATE DATABASE $db"
     done
     "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/100k" --to "$(pg_url a)" >&2
     "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/expired" --to "$(pg_url d)" >&2
+    "$BIN" --data-dir "$OUT/pg-server" store copy --from "$DATA/expired" --to "$(pg_url d4)" >&2
 
     PG_PID=$(head -1 "$PG_DIR/data/postmaster.pid")
     A_PG=(TOKENIZER_AUTH_STORE_URL="$(pg_url a)" TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/100k")")
@@ -279,6 +281,24 @@ if has pg; then
         TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/expired")"
     bench d-pg --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16 --db-pid "$PG_PID"
     stop_server
+    # d-pg-listeners: (d) again with three more servers on the database,
+    # idle but listening, for what delivering every change to each
+    # further server costs the database.
+    IDLE=()
+    for i in 1 2 3; do
+        env TOKENIZER_AUTH_LOG_FORMAT=json TOKENIZER_AUTH_STORE_URL="$(pg_url d4)" \
+            TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/expired")" "$BIN" --data-dir "$OUT/pg-idle-$i" serve \
+            --listen 127.0.0.1:0 --legacy-passcode-listen 127.0.0.1:0 --legacy-login-listen 127.0.0.1:0 \
+            2>"$OUT/pg-idle-$i.log" &
+        IDLE+=($!)
+        until grep -q '"listening"' "$OUT/pg-idle-$i.log"; do sleep 0.05; done
+    done
+    start_server d-pg-listeners mio "$OUT/pg-server" TOKENIZER_AUTH_TOKEN_TTL=1s \
+        TOKENIZER_AUTH_STORE_URL="$(pg_url d4)" TOKENIZER_AUTH_SERVER_KEY="$(pg_key "$DATA/expired")"
+    bench d-pg-listeners --mode renew --addr "$NATIVE" --tokens "$DATA/expired.tokens" -c 32 -d 16 --db-pid "$PG_PID"
+    stop_server
+    kill -TERM "${IDLE[@]}"
+    wait "${IDLE[@]}" || true
     # Logins alone, for their cost on the database: 40 a second (what one
     # hash worker verifies), beside one connection of cached checks.
     start_server l-pg mio "$OUT/pg-server" "${A_PG[@]}" "${NO_LIMITS[@]}"
