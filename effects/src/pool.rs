@@ -19,9 +19,11 @@
 //! writer per file is what makes groups form: batches queue while the
 //! previous group syncs, and the next group takes them all.
 //!
-//! The store workers share one [`SessionCache`] (unless
-//! `Settings::session_cache` is 0), so most token checks read no file; a
-//! thread fills it from the file at start, while the server already serves.
+//! The store workers share one session cache ([`Cache`], unless
+//! `Settings::session_cache` is 0), so most token checks read no file and
+//! no database; a thread fills it at start, while the server already
+//! serves. On PostgreSQL a listener thread keeps it told of the other
+//! servers' changes (`store::listen`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
