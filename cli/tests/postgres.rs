@@ -216,6 +216,9 @@ fn three_servers_keep_every_guarantee(runtime: &str) {
     let successor = renewals[0].strip_prefix("renew|").unwrap().to_owned();
     for server in &servers {
         assert_eq!(server.connect().ask(&token_line(&successor)), "authorized");
+        // Within the grace (10 s), the old token gets the same successor
+        // from every server, whatever its cache held.
+        assert_eq!(server.connect().ask(&token_line(&token)), format!("renew|{successor}"));
     }
 
     // A bound, exact over the three: five failures of one email.

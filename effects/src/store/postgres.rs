@@ -331,13 +331,18 @@ impl PgStore {
     /// to ten idle minutes, r2d2's default), so a command that needs one
     /// opens one.
     fn pool(url: &str, tls: MakeRustlsConnect, connections: u32) -> Result<PgStore, StoreError> {
+        let connector = Connector { url: url.to_owned(), tls: tls.clone() };
+        // One connection now, so that a database that cannot be reached
+        // fails the start at once and says why (the pool would try again
+        // until its timeout, and keep only the last error's first words).
+        drop(r2d2::ManageConnection::connect(&connector)?);
         let pool = r2d2::Pool::builder()
             .max_size(connections.max(1))
             .min_idle(Some(0))
             .test_on_check_out(false)
             .connection_timeout(CHECKOUT_TIMEOUT)
             .error_handler(Box::new(LogFailures))
-            .build_unchecked(Connector { url: url.to_owned(), tls: tls.clone() });
+            .build_unchecked(connector);
         Ok(PgStore { pool, cache: None, url: url.to_owned(), tls })
     }
 
