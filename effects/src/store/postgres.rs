@@ -156,6 +156,10 @@ pub(super) type Statements = HashMap<&'static str, Statement>;
 pub(super) struct Conn {
     pub(super) client: Client,
     statements: Statements,
+    /// Found dropped by the database: the pool discards it when it comes
+    /// back (the client may not say closed yet, the server's farewell
+    /// read before its socket closes).
+    lost: bool,
 }
 
 /// Makes the pool's connections (r2d2).
@@ -169,7 +173,7 @@ impl r2d2::ManageConnection for Connector {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<Conn, postgres::Error> {
-        Ok(Conn { client: Client::connect(&self.url, self.tls.clone())?, statements: Statements::new() })
+        Ok(Conn { client: Client::connect(&self.url, self.tls.clone())?, statements: Statements::new(), lost: false })
     }
 
     /// Not asked on check-out (that would cost a round trip per batch): a
@@ -180,7 +184,7 @@ impl r2d2::ManageConnection for Connector {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_closed()
+        conn.lost || conn.client.is_closed()
     }
 }
 
@@ -480,7 +484,8 @@ impl PgStore {
         // A read changes nothing: on a connection the server dropped, it is
         // asked again on another (a dropped one leaves the pool).
         let mut why = String::new();
-        for _ in 0..MAX_ATTEMPTS {
+        // After a restart of the database every idle connection is dropped.
+        for _ in 0..=self.pool.max_size() {
             let mut conn = match self.conn() {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -495,7 +500,10 @@ impl PgStore {
                     }
                     return snapshots.into_iter().map(Ok).collect();
                 }
-                Err(e) if connection_lost(&e) || conn.client.is_closed() => why = describe(&e),
+                Err(e) if connection_lost(&e) || conn.client.is_closed() => {
+                    conn.lost = true;
+                    why = describe(&e);
+                }
                 Err(e) => {
                     why = describe(&e);
                     break;
@@ -532,11 +540,11 @@ impl PgStore {
     fn commit_group(&mut self, batches: &[BatchRef<'_>]) -> Vec<Result<Commit, StoreError>> {
         let fail = |why: String| batches.iter().map(|_| Err(StoreError::Commit(why.clone()))).collect();
         let mut last = String::new();
-        for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 0 {
-                // 1, 2, 4 … 64 ms: long enough for the winner to commit.
-                std::thread::sleep(std::time::Duration::from_millis(1 << (attempt - 1)));
-            }
+        // Races lost, and connections found dropped: after a restart of
+        // the database every idle connection of the pool is, so a group
+        // may meet them all before a new one.
+        let (mut races, mut drops) = (0, 0);
+        while races < MAX_ATTEMPTS && drops <= self.pool.max_size() as usize {
             let mut conn = match self.conn() {
                 Ok(conn) => conn,
                 Err(e) => return fail(e.to_string()),
@@ -549,23 +557,34 @@ impl PgStore {
                     self.forget_ended(batches, &outcomes);
                     return outcomes.into_iter().map(|o| o.map_err(|e| StoreError::Postgres(describe(&e)))).collect();
                 }
-                // Lost a race: PostgreSQL rolled it all back.
-                Err(Failed::Before(e) | Failed::AtCommit(e)) if retryable(&e) => last = describe(&e),
+                // Lost a race: PostgreSQL rolled it all back. Run it again
+                // after 1, 2, 4 … 64 ms: long enough for the winner to
+                // commit.
+                Err(Failed::Before(e) | Failed::AtCommit(e)) if retryable(&e) => {
+                    last = describe(&e);
+                    races += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(1 << (races - 1)));
+                }
                 // The connection dropped before the commit was asked for:
                 // the server rolled the transaction back, so it runs again
                 // on another connection (a dropped one leaves the pool).
-                Err(Failed::Before(e)) if lost(&e) => last = describe(&e),
+                Err(Failed::Before(e)) if lost(&e) => {
+                    last = describe(&e);
+                    drops += 1;
+                    conn.lost = true;
+                }
                 // Dropped while committing, the group may or may not have
                 // landed: it is reported failed, never run again (the
                 // engine takes a failed write that landed, as it does on
                 // SQLite when a commit's sync fails).
                 Err(Failed::AtCommit(e)) if lost(&e) => {
+                    conn.lost = true;
                     return fail(format!("the connection dropped while committing: {}", describe(&e)));
                 }
                 Err(Failed::Before(e) | Failed::AtCommit(e)) => return fail(describe(&e)),
             }
         }
-        fail(format!("still failing after {MAX_ATTEMPTS} attempts: {last}"))
+        fail(format!("still failing after {} attempts: {last}", races + drops))
     }
 
     /// Sessions this server's commit ended leave its cache at once; the
@@ -697,7 +716,7 @@ impl PgStore {
     /// The stored counters among `keys`, in their order.
     pub fn counters(&mut self, keys: &[CounterKey]) -> Result<Vec<(CounterKey, Counter)>, StoreError> {
         let mut conn = self.conn()?;
-        let Conn { client, statements } = &mut *conn;
+        let Conn { client, statements, .. } = &mut *conn;
         let mut found = Vec::new();
         for key in keys {
             if let Some(c) = counter(client, statements, key)? {
@@ -740,7 +759,7 @@ fn try_group(conn: &mut Conn, batches: &[BatchRef<'_>]) -> Result<Vec<Result<Com
             Err(failed) => return Err(failed),
         }
     }
-    let Conn { client, statements } = conn;
+    let Conn { client, statements, .. } = conn;
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
     let mut outcomes = Vec::with_capacity(batches.len());
     for batch in batches {
@@ -774,7 +793,7 @@ pub fn bulk_failures() -> u64 {
 
 /// A group of session writes in a few statements (see `bulk`).
 fn try_plan(conn: &mut Conn, plan: &Plan<'_>) -> Result<Vec<Commit>, Failed> {
-    let Conn { client, statements } = conn;
+    let Conn { client, statements, .. } = conn;
     let mut tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start()?;
     let outcomes = plan.run(&mut tx, statements)?;
     tx.commit().map_err(Failed::AtCommit)?;
@@ -799,7 +818,7 @@ fn read_group(
     lookups: &[&Lookup],
     hits: &[Option<SessionRecord>],
 ) -> Result<(Vec<Snapshot>, Vec<SessionRecord>), postgres::Error> {
-    let Conn { client, statements } = conn;
+    let Conn { client, statements, .. } = conn;
     let mut wanted: Vec<String> = lookups
         .iter()
         .zip(hits)
