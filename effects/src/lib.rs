@@ -5,7 +5,11 @@
 //! it asks for effects. This crate runs them, blocking, on worker threads:
 //!
 //! - [`store::Store`]: the store a server or a command uses, the SQLite
-//!   files or a PostgreSQL database ([`store::PgStore`], `store_url`);
+//!   files or a PostgreSQL database ([`store::PgStore`], `store_url`: a
+//!   pool of connections shared by a server's workers, groups of renewals
+//!   in a few statements, and [`store::NotifiedCache`], the session cache
+//!   its [`store::Listener`] keeps true by the database's notifications,
+//!   within `revocation_delay`);
 //! - [`store::SqliteStore`]: reads and write batches against the two SQLite
 //!   files of the old server (`op_creds.db`, `op_passcodes.db`), migrated in
 //!   place, in WAL mode, each batch's expectation checked inside its write
