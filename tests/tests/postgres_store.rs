@@ -401,16 +401,8 @@ fn a_server_fills_its_cache_from_the_database_as_it_starts() {
     listener.stop();
 }
 
-#[test]
-fn a_restarted_database_costs_no_request_however_many_connections_dropped() {
-    // Every idle connection of the pool is dead after a restart; the next
-    // read and the next group meet them all, and go on on new ones.
-    let url = tokenizer_auth_tests::postgres::shared().database();
-    // More connections than a group's retries of lost races.
-    let store = PgStore::open_with(&url, None, 12).unwrap();
-    let s = session(40);
-    store.attach().unwrap().write(&put(&s)).unwrap();
-    // Twelve connections in the pool at once, then idle.
+/// Twelve connections of `store`'s pool in use at once, then idle.
+fn fill_pool(store: &PgStore, s: &SessionRecord) {
     let barrier = Arc::new(std::sync::Barrier::new(12));
     let readers: Vec<_> = (0..12)
         .map(|_| {
@@ -424,22 +416,23 @@ fn a_restarted_database_costs_no_request_however_many_connections_dropped() {
         })
         .collect();
     readers.into_iter().for_each(|r| r.join().unwrap());
+}
+
+#[test]
+fn a_restarted_database_costs_no_request_however_many_connections_dropped() {
+    // Every idle connection of the pool is dead after a restart; the next
+    // read and the next group meet them all, and go on on new ones.
+    let url = tokenizer_auth_tests::postgres::shared().database();
+    // More connections than a group's retries of lost races.
+    let store = PgStore::open_with(&url, None, 12).unwrap();
+    let s = session(40);
+    store.attach().unwrap().write(&put(&s)).unwrap();
+    fill_pool(&store, &s);
     assert!(drop_connections(&url) > 8, "more pooled connections to drop than retries");
     let mut handle = store.attach().unwrap();
     assert_eq!(handle.read(&lookup(&s)).expect("read on a new connection").session, Some(s.clone()));
     // Again, with the pool full of idle connections.
-    let readers: Vec<_> = (0..12)
-        .map(|_| {
-            let (mut handle, barrier, s) = (store.attach().unwrap(), Arc::clone(&barrier), s.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for _ in 0..20 {
-                    handle.read(&lookup(&s)).unwrap();
-                }
-            })
-        })
-        .collect();
-    readers.into_iter().for_each(|r| r.join().unwrap());
+    fill_pool(&store, &s);
     assert!(drop_connections(&url) > 8);
     assert_eq!(handle.write(&put(&session(41))).expect("a group on a new connection"), Commit::Applied);
 }
