@@ -18,6 +18,8 @@ Standard library only; loopback only; a fixed seed.
 import os, random, socket, subprocess, sys, tempfile, time, json
 binary=sys.argv[1]; rt=sys.argv[2]; proxy=len(sys.argv)>3 and sys.argv[3]=="proxy"
 env={"TOKENIZER_AUTH_LOG_FORMAT":"json","PATH":"/usr/bin:/bin"}
+# A server on PostgreSQL when the caller names one.
+env.update({k:v for k,v in os.environ.items() if k in ("TOKENIZER_AUTH_STORE_URL","TOKENIZER_AUTH_SERVER_KEY")})
 if proxy: env["TOKENIZER_AUTH_PROXY_PROTOCOL_FROM"]="127.0.0.1"
 header=b"PROXY TCP4 203.0.113.7 127.0.0.1 1 2\r\n" if proxy else b""
 d=tempfile.mkdtemp()

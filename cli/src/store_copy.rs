@@ -19,9 +19,21 @@ pub(super) fn run(config: &Configuration, from: &Path, to: &str) -> Result<(), F
         return Err(Failure::Usage(format!("--from {}: no op_creds.db there", from.display())));
     }
     // The key the passcode digests are keyed by: `server_key`, or the
-    // folder's own; the database must have (or take) the same.
+    // folder's own; the database must have (or take) the same. A folder
+    // copied without its key is refused rather than given a new one: its
+    // passcodes and rotation records are keyed by the key it lost, and a
+    // new key written into the source would hide that.
     let mut settings = config.settings();
     settings.data_dir = from.to_owned();
+    let key_file = tokenizer_auth_effects::server_key::key_path(from);
+    if settings.server_key.is_none() && !key_file.is_file() {
+        return Err(Failure::Usage(format!(
+            "--from {}: no {} there and no server_key given; copy the folder's key with it (or set server_key \
+             to the key its servers ran with)",
+            from.display(),
+            key_file.display()
+        )));
+    }
     let key = settings.resolve_server_key().map_err(|e| Failure::Other(e.to_string()))?;
     let mut source = SqliteStore::open(from).map_err(|e| Failure::Other(format!("{}: {e}", from.display())))?;
     source.key_passcodes(&key)?;
