@@ -597,9 +597,10 @@ impl PgStore {
             for op in &batch.ops {
                 match op {
                     CredsOp::DeleteSession(master) => cache.forget(master),
-                    CredsOp::PutSession(session) => cache.forget(&session.master),
                     CredsOp::RevokeSession { email, mac, started_at } => cache.forget_login(email, *mac, *started_at),
-                    CredsOp::PutRotation(_) | CredsOp::SetPassword { .. } => {}
+                    // A new session is in no cache (a login's, a renewal's
+                    // successor); one written over is told by the database.
+                    CredsOp::PutSession(_) | CredsOp::PutRotation(_) | CredsOp::SetPassword { .. } => {}
                 }
             }
         }
