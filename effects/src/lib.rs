@@ -27,6 +27,10 @@
 //!   answer what is queued from one read transaction, one writer per file
 //!   that commits what is queued as one group (one `fsync`), hashers and
 //!   mailers;
+//! - [`loop_reads::LoopReads`]: token checks whose session the cache holds,
+//!   answered on the event loop's own thread at the end of its turn,
+//!   without the hop to a reader (the cache's validity checked once per
+//!   turn, never waiting);
 //! - [`settings`] and [`serve`]: what a server runs with, and the start-up
 //!   both runtimes share (listeners, capture file, clock, OS randomness);
 //! - [`private`] and [`server_key`]: the data folder's permissions (0700,
@@ -42,11 +46,13 @@
 //! Every call here blocks; the runtimes (`tokenizer-auth-runtime-mio`, the
 //! event loop, and `tokenizer-auth-runtime-std`, a thread per connection)
 //! run them on the pools so that no thread serving sockets waits on a disk,
-//! a hash or a relay. Neither runtime depends on the other: both depend on
+//! a hash or a relay (the one exception, [`loop_reads`], reads memory and
+//! a counter that never waits for a lock). Neither runtime depends on the other: both depend on
 //! this crate and the engine.
 
 pub mod admin_listener;
 pub mod audit;
+pub mod loop_reads;
 pub mod mail;
 pub mod metrics;
 pub mod password;

@@ -25,8 +25,8 @@
 //! serves. On PostgreSQL a listener thread keeps it told of the other
 //! servers' changes (`store::listen`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
@@ -34,6 +34,7 @@ use tokenizer_auth_engine::{
     CredsBatch, Effect, EffectId, EffectResult, Lookup, Mail, PasscodesBatch, PasswordHash, Secret, WriteBatch,
 };
 
+use crate::loop_reads::LoopReads;
 use crate::mail::Mailer;
 use crate::password::PasswordHasher;
 use crate::runner::{committed, hash, send, settle, snapshots, verify};
@@ -142,6 +143,9 @@ pub struct EffectPool {
     threads: Vec<JoinHandle<()>>,
     /// Keeps a PostgreSQL session cache true (see `store::listen`).
     listener: Option<Listener>,
+    /// A handle on the store with the session cache, from which each event
+    /// loop gets its own [`LoopReads`] (none without a cache).
+    loop_store: Option<Mutex<Store>>,
     stats: Arc<PoolStats>,
 }
 
@@ -219,6 +223,10 @@ impl EffectPool {
             Some(cache) => store.with_cache(cache),
         };
         let listener = store.listen().map_err(ServeError::os("cannot start the store's listener"))?;
+        let loop_store = match &cache {
+            Some(_) => Some(Mutex::new(store.for_event_loop()?)),
+            None => None,
+        };
         let stats = Arc::new(PoolStats { cache, ..PoolStats::default() });
         let mailer = Mailer::new(&settings.mail)?;
         let (reads, reads_rx) = unbounded();
@@ -293,7 +301,7 @@ impl EffectPool {
             })
             .map_err(io)?,
         );
-        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, listener, stats })
+        Ok(EffectPool { reads, creds_writes, passcode_writes, passwords, mail, threads, listener, loop_store, stats })
     }
 
     /// Queues an effect on the workers that carry out its kind.
@@ -312,6 +320,20 @@ impl EffectPool {
         };
         if !sent {
             tracing::error!(?id, "effect worker gone");
+        }
+    }
+
+    /// Token checks for an event loop to answer from the session cache on
+    /// its own thread (see `loop_reads`); `None` without a cache, or if the
+    /// store gave no handle (then every read goes to the readers).
+    pub fn loop_reads(&self) -> Option<LoopReads> {
+        let template = self.loop_store.as_ref()?.lock().ok()?;
+        match template.for_event_loop() {
+            Ok(store) => Some(LoopReads::new(store)),
+            Err(e) => {
+                tracing::warn!(error = %e, "token checks go to the store readers: no handle for the event loop");
+                None
+            }
         }
     }
 

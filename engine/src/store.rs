@@ -81,6 +81,16 @@ pub struct Lookup {
     pub counters: Vec<CounterKey>,
 }
 
+impl Lookup {
+    /// The session with this master token, and nothing else: a token
+    /// check's first read, which a session cache can answer whole.
+    pub fn session_alone(&self) -> Option<&MasterToken> {
+        let Lookup { user, passcode, session, rotation, counters } = self;
+        let alone = user.is_none() && passcode.is_none() && rotation.is_none() && counters.is_empty();
+        session.as_ref().filter(|_| alone)
+    }
+}
+
 /// The answer to a [`Lookup`]: what exists of what was asked.
 #[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Snapshot {

@@ -13,7 +13,11 @@
 //! during a turn are appended to their connection's buffer and written once
 //! at the end of the turn (16 pipelined replies cost one `send`, not 16),
 //! and workers wake the loop only when it is not already due to look at
-//! their results.
+//! their results. Token checks whose session the cache holds skip the
+//! workers: the loop keeps their reads during the turn and answers them
+//! together before it writes ([`LoopReads`]: one check of the cache's
+//! validity per turn, made after the turn's last read from a socket, and
+//! never waiting on a lock).
 //!
 //! Connection policy (how much a peer may leave unread, when a silent one
 //! is dropped, how a close lingers, how shutdown drains) is the engine's:
@@ -47,6 +51,7 @@ use slab::Slab;
 use socket2::SockRef;
 use tokenizer_auth_effects::admin_listener::{AdminListener, ENGINE_PATIENCE};
 use tokenizer_auth_effects::audit::AuditLog;
+use tokenizer_auth_effects::loop_reads::LoopReads;
 use tokenizer_auth_effects::metrics::Scrape;
 use tokenizer_auth_effects::pool::{EffectPool, OnResult};
 use tokenizer_auth_effects::serve::{CaptureFile, OsRng, ServeError, Start, log_notices, now, os_rng};
@@ -88,6 +93,11 @@ struct EventLoop {
     listeners: Vec<(Listener, TcpListener)>,
     conns: Slab<Conn>,
     pool: EffectPool,
+    /// Token checks this loop answers from the session cache at the end of
+    /// its turn, without the hop to a reader.
+    loop_reads: Option<LoopReads>,
+    /// Their answers, on their way to the engine (kept for its capacity).
+    answered: Vec<(EffectId, EffectResult)>,
     results: Receiver<(EffectId, EffectResult)>,
     /// Set by a worker that woke the loop; cleared before the loop takes
     /// the results, so one wake-up serves every result sent before it.
@@ -210,6 +220,8 @@ impl EventLoop {
             rng: os_rng(),
             listeners,
             conns: Slab::new(),
+            loop_reads: pool.loop_reads(),
+            answered: Vec::new(),
             pool,
             results,
             wake_pending,
@@ -267,10 +279,10 @@ impl EventLoop {
             if self.engine.poll_timeout().is_some_and(|at| at <= now()) {
                 self.handle(Input::Timeout);
             }
-            self.flush_all();
+            self.settle();
             // What the sockets took may have made room for more input.
             self.resume_paused();
-            self.flush_all();
+            self.settle();
             if self.stopped {
                 return Ok(());
             }
@@ -292,7 +304,7 @@ impl EventLoop {
             .paused
             .iter()
             .any(|&key| self.conns.get(key).is_some_and(|c| c.paused) && self.engine.wants_input(conn_id(key)));
-        if resumable {
+        if resumable || self.loop_reads.as_ref().is_some_and(|r| !r.is_empty()) {
             return Some(Duration::ZERO);
         }
         let engine = self.engine.poll_timeout().map(|at| {
@@ -391,7 +403,15 @@ impl EventLoop {
                     }
                 }
                 Output::Close { conn } => self.drop_conn(conn_key(conn)),
-                Output::Perform { id, effect } => self.pool.submit(id, effect),
+                Output::Perform { id, effect } => {
+                    let effect = match &mut self.loop_reads {
+                        Some(reads) => reads.keep(id, effect),
+                        None => Some(effect),
+                    };
+                    if let Some(effect) = effect {
+                        self.pool.submit(id, effect);
+                    }
+                }
                 Output::Stopped => self.stopped = true,
             }
         }
@@ -399,6 +419,33 @@ impl EventLoop {
         if let Some(capture) = &mut self.capture {
             capture.append(&mut self.engine);
         }
+    }
+
+    /// The end of a turn's work: the kept token checks answered, and every
+    /// reply written out, until neither leaves anything behind (what a
+    /// socket took may let the engine take more requests, so more checks).
+    fn settle(&mut self) {
+        loop {
+            self.answer_kept();
+            self.flush_all();
+            if self.loop_reads.as_ref().is_none_or(LoopReads::is_empty) {
+                return;
+            }
+        }
+    }
+
+    /// Answers the token checks kept this turn: the session cache's hits
+    /// here, after the turn's last read from a socket (see
+    /// `tokenizer_auth_effects::loop_reads`); the rest go to the readers.
+    fn answer_kept(&mut self) {
+        let mut answered = std::mem::take(&mut self.answered);
+        while let Some(reads) = self.loop_reads.as_mut().filter(|r| !r.is_empty()) {
+            reads.answer(&self.pool, &mut answered);
+            for (id, result) in answered.drain(..) {
+                self.handle(Input::Completed { id, result });
+            }
+        }
+        self.answered = answered;
     }
 
     /// Writes out every connection that has something queued. What a

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use rusqlite::Connection;
 use tokenizer_auth_effects::password::{Cost, PasswordHasher};
-use tokenizer_auth_effects::store::{Commit, SessionCache, SqliteStore};
+use tokenizer_auth_effects::store::{Commit, SessionCache, SqliteStore, Store};
 use tokenizer_auth_engine::testkit::{World, epoch};
 use tokenizer_auth_engine::{
     BaseToken, Config, CredsBatch, CredsOp, Listener, Lookup, Mac, MasterToken, PasswordHash, Secret, SessionRecord,
@@ -367,4 +367,38 @@ fn warming_fills_the_cache_up_to_its_bound_and_the_rest_is_read_from_the_file() 
     // Once warm, a write by another connection still empties it.
     plain.write(&unconditional(CredsOp::DeleteSession(masters[0]))).unwrap();
     assert_eq!(store.read_many(&lookups[..1]).pop().unwrap().unwrap().session, None);
+}
+
+/// The event loop's own handle (`Store::for_event_loop`): it answers a
+/// token check from the cache only while the file's counter says the cache
+/// holds the file, and counts only its hits (the rest are a reader's).
+#[test]
+fn the_event_loops_handle_answers_from_the_cache_only_what_the_file_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Arc::new(SessionCache::new(1000));
+    let mut writer = SqliteStore::open(tmp.path()).unwrap().with_cache(cache.clone());
+    let on_loop =
+        Store::Sqlite(SqliteStore::open(tmp.path()).unwrap().with_cache(cache.clone())).for_event_loop().unwrap();
+    let (a, b) = (MasterToken::from_bytes([1; 32]), MasterToken::from_bytes([2; 32]));
+    assert_eq!(on_loop.cached_sessions(&[a]), vec![None], "nothing cached yet");
+    writer.write(&unconditional(CredsOp::PutSession(session(a, TimeDelta::minutes(1))))).unwrap();
+    assert_eq!(on_loop.cached_sessions(&[a, b]), vec![Some(session(a, TimeDelta::minutes(1))), None]);
+    assert_eq!(cache.lookups(), (1, 0), "the loop counts its hits alone");
+
+    // Another program's write: the loop's counter read sees it.
+    let raw = Connection::open(tmp.path().join("op_creds.db")).unwrap();
+    raw.execute("DELETE FROM sessions", []).unwrap();
+    assert_eq!(on_loop.cached_sessions(&[a]), vec![None], "a raw DELETE is seen");
+    writer.write(&unconditional(CredsOp::PutSession(session(a, TimeDelta::minutes(3))))).unwrap();
+    assert_eq!(on_loop.cached_sessions(&[a]), vec![Some(session(a, TimeDelta::minutes(3)))]);
+
+    raw.execute("UPDATE sessions SET expires_at = expires_at + 1", []).unwrap();
+    let mut moved = session(a, TimeDelta::minutes(3));
+    moved.expires_at += TimeDelta::milliseconds(1);
+    let reader_sees = writer.read(&Lookup { session: Some(a), ..Lookup::default() }).unwrap().session;
+    assert_eq!(reader_sees, Some(moved.clone()));
+    assert_eq!(on_loop.cached_sessions(&[a]), vec![None], "the cache was emptied by the other program's write");
+    let lookup = Lookup { session: Some(a), ..Lookup::default() };
+    writer.read_many([&lookup]).pop().unwrap().unwrap();
+    assert_eq!(on_loop.cached_sessions(&[a]), vec![Some(moved)], "and filled again by a reader");
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokenizer_auth_engine::{
-    Counter, CounterKey, CredsBatch, Lookup, Mac, PasscodesBatch, PasswordHash, ServerKey, Snapshot, WriteBatch,
+    Counter, CounterKey, CredsBatch, Lookup, Mac, MasterToken, PasscodesBatch, PasswordHash, ServerKey, SessionRecord,
+    Snapshot, WriteBatch,
 };
 
 use super::admin::{AdminError, SessionSummary, UserSummary};
@@ -183,6 +184,23 @@ impl Store {
     /// Answers lookups from one consistent view, in their order.
     pub fn read_many(&mut self, lookups: &[&Lookup]) -> Vec<Result<Snapshot, StoreError>> {
         each!(self, s => s.read_many(lookups.iter().copied()))
+    }
+
+    /// The sessions among `masters` the session cache can answer now,
+    /// without waiting on a disk, a lock or the network; `None` for the
+    /// others (see each store's `cached_sessions`).
+    pub fn cached_sessions(&self, masters: &[MasterToken]) -> Vec<Option<SessionRecord>> {
+        each!(self, s => s.cached_sessions(masters))
+    }
+
+    /// Another handle on the store for an event loop's
+    /// [`Store::cached_sessions`]: on the files, connections that never wait
+    /// for a lock.
+    pub fn for_event_loop(&self) -> Result<Store, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => Store::Sqlite(s.attach()?.for_event_loop()?),
+            Store::Postgres(s) => Store::Postgres(s.attach()?),
+        })
     }
 
     /// Commits batches as one group (see each store's docs).

@@ -355,6 +355,42 @@ impl SqliteStore {
         results
     }
 
+    /// The sessions among `masters` that the cache holds and provably
+    /// matches the file for, now; `None` for every other (not cached, or
+    /// no cache, or the file changed under it): a reader reads those. The
+    /// event loop answers token checks with this, so it reads only the
+    /// counter from the file, in a transaction of its own that never waits
+    /// on a lock (see [`SqliteStore::for_event_loop`]).
+    pub fn cached_sessions(&self, masters: &[MasterToken]) -> Vec<Option<SessionRecord>> {
+        let Some(cache) = &self.cache else { return vec![None; masters.len()] };
+        let counter = if run(&self.creds, "BEGIN") {
+            let counter = session_epoch(&self.creds);
+            run(&self.creds, "ROLLBACK");
+            counter
+        } else {
+            None
+        };
+        let hits = match cache.view(counter) {
+            View::Valid(epoch) => cache.get_many(epoch, masters.iter().map(Some)),
+            View::Bypass => Vec::new(),
+        };
+        let found = hits.iter().filter(|h| h.is_some()).count();
+        // Only the hits are counted here: the rest are counted by the
+        // reader that reads them.
+        cache.looked_up(found, found);
+        let mut hits = hits.into_iter();
+        masters.iter().map(|_| hits.next().flatten()).collect()
+    }
+
+    /// Connections for the event loop's [`SqliteStore::cached_sessions`]:
+    /// a statement that would wait for a lock fails at once instead (and
+    /// its checks go to a reader), so the loop never sleeps in SQLite.
+    pub(crate) fn for_event_loop(self) -> Result<SqliteStore, StoreError> {
+        self.creds.busy_timeout(Duration::ZERO)?;
+        self.passcodes.busy_timeout(Duration::ZERO)?;
+        Ok(self)
+    }
+
     /// Commits a batch, or nothing if its expectation does not hold.
     pub fn write(&mut self, batch: &WriteBatch) -> Result<Commit, StoreError> {
         self.write_group(&[batch]).pop().unwrap_or(Err(StoreError::NoOutcome))

@@ -513,6 +513,22 @@ impl PgStore {
         lookups.iter().map(|_| Err(StoreError::Postgres(why.clone()))).collect()
     }
 
+    /// The sessions among `masters` that the cache holds while it is
+    /// fresh (see `notified`); `None` for every other, which a reader
+    /// reads. Touches no connection: the event loop answers token checks
+    /// with this.
+    pub fn cached_sessions(&self, masters: &[MasterToken]) -> Vec<Option<SessionRecord>> {
+        let Some(cache) = &self.cache else { return vec![None; masters.len()] };
+        if cache.ticket(Instant::now(), SystemTime::now()).is_none() {
+            return vec![None; masters.len()];
+        }
+        let hits = cache.get_many(masters.iter().map(Some));
+        let found = hits.iter().filter(|h| h.is_some()).count();
+        // The misses are counted by the reader that reads them.
+        cache.looked_up(found, found);
+        hits
+    }
+
     /// Answers one lookup.
     pub fn read(&mut self, lookup: &Lookup) -> Result<Snapshot, StoreError> {
         self.read_many([lookup]).pop().unwrap_or(Err(StoreError::NoOutcome))
