@@ -429,3 +429,73 @@ suite!(
     sigint_also_stops_cleanly,
     a_client_that_half_closes_gets_its_replies,
 );
+
+/// The CPU time (in clock ticks) of each of the server's threads, by name.
+fn thread_ticks(server: &Server) -> Vec<(String, u64)> {
+    let tasks = format!("/proc/{}/task", server.child.id());
+    std::fs::read_dir(tasks)
+        .unwrap()
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?.trim().to_owned();
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // After the name in brackets: state, ..., utime (14th), stime.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some((name, fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?))
+        })
+        .collect()
+}
+
+/// `loops` event loops (mio): the first accepts and deals connections out
+/// in turn, so of two clients the second is served by the second loop, on
+/// its own thread; with one loop there is no second.
+#[test]
+fn connections_are_dealt_to_every_event_loop() {
+    for loops in ["2", "1"] {
+        let server = Server::start("mio", &[("TOKENIZER_AUTH_LOOPS", loops)]);
+        let line = token_line(&server.login());
+        let mut clients: Vec<Client> = (0..2).map(|_| server.connect()).collect();
+        let second = |ticks: &[(String, u64)]| ticks.iter().find(|(name, _)| name == "event-loop-1").map(|(_, t)| *t);
+        let before = second(&thread_ticks(&server));
+        assert_eq!(before.is_some(), loops == "2", "loops = {loops}: {:?}", thread_ticks(&server));
+        // Enough checks on each connection for its loop to spend many
+        // clock ticks (10 ms each) on them.
+        let batch = format!("{line}\n").repeat(500);
+        for _ in 0..60 {
+            for c in &mut clients {
+                c.send(batch.as_bytes());
+            }
+            for c in &mut clients {
+                for _ in 0..500 {
+                    assert_eq!(c.line(), "authorized");
+                }
+            }
+        }
+        if let (Some(before), Some(after)) = (before, second(&thread_ticks(&server))) {
+            assert!(after >= before + 3, "the second loop did {} ticks of work", after - before);
+        }
+        assert!(server.stop().success());
+    }
+}
+
+/// `max_connections` bounds the server, not each loop: with two loops and
+/// a bound of 3, a connection that came and went first (which skews the
+/// turns) does not make a loop refuse while the other has room: three are
+/// served, the fourth is refused.
+#[test]
+fn max_connections_bounds_the_server_across_loops() {
+    let server = Server::start("mio", &[("TOKENIZER_AUTH_MAX_CONNECTIONS", "3")]);
+    let unknown = token_line(&"ab".repeat(32));
+    assert_eq!(server.connect().ask(&unknown), "unauthorized");
+    // Its close reaches the server.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut c = server.connect();
+        assert_eq!(c.ask(&unknown), "unauthorized", "connection {i}");
+        held.push(c);
+    }
+    assert_eq!(server.connect().ask(&unknown), "error|too_many_connections");
+    drop(held);
+    assert!(server.stop().success());
+}

@@ -20,7 +20,6 @@
 
 use tokenizer_auth_engine::{Effect, EffectId, EffectResult, Lookup, MasterToken, Snapshot};
 
-use crate::pool::EffectPool;
 use crate::store::Store;
 
 /// The reads an event loop keeps to answer from the session cache.
@@ -61,8 +60,13 @@ impl LoopReads {
     }
 
     /// Answers every kept read: the cache's hits into `answered`, in the
-    /// order they were kept, the rest submitted to `pool`'s readers.
-    pub fn answer(&mut self, pool: &EffectPool, answered: &mut Vec<(EffectId, EffectResult)>) {
+    /// order they were kept; the rest go to `to_readers` (the pool's
+    /// `submit`, under the loop's own effect ids).
+    pub fn answer(
+        &mut self,
+        mut to_readers: impl FnMut(EffectId, Effect),
+        answered: &mut Vec<(EffectId, EffectResult)>,
+    ) {
         if self.kept.is_empty() {
             return;
         }
@@ -75,7 +79,7 @@ impl LoopReads {
                     let snapshot = Snapshot { session: Some(session), ..Snapshot::default() };
                     answered.push((id, EffectResult::Read(Box::new(snapshot))));
                 }
-                None => pool.submit(id, Effect::Read(lookup)),
+                None => to_readers(id, Effect::Read(lookup)),
             }
         }
     }

@@ -45,6 +45,14 @@ impl Scrape {
             audit: AuditCounts::default(),
         }
     }
+
+    /// Adds what another engine of the same server counted and holds (the
+    /// workers' and the trail's counts are the server's, added once).
+    pub fn add_engine(&mut self, other: &Scrape) {
+        self.engine.add(&other.engine);
+        self.connections_open += other.connections_open;
+        self.password_checks += other.password_checks;
+    }
 }
 
 /// The content type of [`render`]'s text.

@@ -112,7 +112,27 @@ impl Start {
 
     /// A new engine, recording into the capture file if one is set.
     pub fn engine(&self) -> Result<(Engine, Option<CaptureFile>), ServeError> {
-        let mut engine = Engine::new(self.settings.engine.clone());
+        self.engine_of(0, 1)
+    }
+
+    /// How many event loops, each with an engine of its own, a runtime
+    /// that runs several should run (`loops`): one while a capture
+    /// records, since a capture is one engine's inputs (`docs/CAPTURE.md`).
+    pub fn loops(&self) -> usize {
+        if self.settings.capture.is_some() { 1 } else { self.settings.workers.loops.max(1) }
+    }
+
+    /// The engine of loop `index` of `count`: the bounds that count what
+    /// the whole server holds (`max_connections`, `max_password_checks`)
+    /// are shared out between the loops, so the server's sum is the bound
+    /// (at least one each). Every other rule is kept in the store, which
+    /// the loops share as servers share one.
+    pub fn engine_of(&self, index: usize, count: usize) -> Result<(Engine, Option<CaptureFile>), ServeError> {
+        let mut config = self.settings.engine.clone();
+        let share = |total: usize| (total / count + usize::from(index < total % count)).max(1);
+        config.max_connections = share(config.max_connections);
+        config.max_password_checks = share(config.max_password_checks);
+        let mut engine = Engine::new(config);
         let capture = match &self.settings.capture {
             Some(path) => Some(CaptureFile::start(path, self.settings.capture_max_bytes, &mut engine)?),
             None => None,

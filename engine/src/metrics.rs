@@ -84,6 +84,21 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Adds `other`'s counts to these: a server of several engines (one
+    /// per event loop) shows their sum.
+    pub fn add(&mut self, other: &Metrics) {
+        let add = |mine: &mut [u64], theirs: &[u64]| mine.iter_mut().zip(theirs).for_each(|(m, t)| *m += t);
+        add(&mut self.replies, &other.replies);
+        self.connections_refused += other.connections_refused;
+        add(&mut self.limit_refusals, &other.limit_refusals);
+        for (mine, theirs) in self.effects.iter_mut().zip(&other.effects) {
+            mine.performed += theirs.performed;
+            mine.completed += theirs.completed;
+            add(&mut mine.latency_buckets, &theirs.latency_buckets);
+            mine.latency_sum_us = mine.latency_sum_us.saturating_add(theirs.latency_sum_us);
+        }
+    }
+
     pub(crate) fn reply(&mut self, reply: &Reply) {
         let index = match reply {
             Reply::Authorized => 0,

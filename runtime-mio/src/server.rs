@@ -1,13 +1,26 @@
 //! The event-loop runtime (the default for `serve`).
 //!
-//! One thread runs a mio event loop that owns every socket and the engine.
-//! It reads what sockets offer (only while the engine wants input), feeds
-//! it to the engine, writes what the engine transmits, and hands effects to
-//! the worker pools of `tokenizer-auth-effects` (store, hash, mail). Workers send
-//! results back through a channel and wake the loop with a `mio::Waker`;
-//! the loop feeds them to the engine in the order they arrive. The engine's
-//! next deadline is the poll timeout. So the loop never blocks on SQLite,
-//! argon2 or a relay, and every protocol decision stays in the engine.
+//! Each of `loops` threads (one per core by default) runs a mio event loop
+//! that owns its connections and an engine of its own. A loop reads what
+//! its sockets offer (only while the engine wants input), feeds it to the
+//! engine, writes what the engine transmits, and hands effects to the
+//! worker pools of `tokenizer-auth-effects` (store, hash, mail), which all
+//! loops share. Workers send results back through the loop's channel (an
+//! effect's id carries its loop) and wake it with a `mio::Waker`; the loop
+//! feeds them to the engine in the order they arrive. The engine's next
+//! deadline is the poll timeout. So a loop never blocks on SQLite, argon2
+//! or a relay, and every protocol decision stays in the engine.
+//!
+//! The first loop owns the listeners and the signals: it accepts, and
+//! deals each connection to the loop with the most room (in turn among
+//! equals), where it stays. The loops
+//! share nothing but the workers, the store and the audit trail: every
+//! rule that spans connections (one passcode, one login; one successor per
+//! token; the brute-force bounds) is kept by the store, as it is across
+//! servers, and the bounds an engine counts in memory (`max_connections`,
+//! `max_password_checks`) are shared out between the loops (see
+//! `Start::engine_of`). A shutdown reaches every loop; the admin listener
+//! shows the sum of the engines' counters.
 //!
 //! A loop turn batches its system calls: the replies the engine transmits
 //! during a turn are appended to their connection's buffer and written once
@@ -39,7 +52,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -87,35 +100,46 @@ struct Conn {
 
 /// The event loop and everything it owns.
 struct EventLoop {
+    /// Which loop of the server this is (0 accepts, and alone takes
+    /// signals).
+    index: usize,
     poll: Poll,
     engine: Engine,
     rng: OsRng,
+    /// The listeners (the first loop's alone).
     listeners: Vec<(Listener, TcpListener)>,
+    /// Every loop of the server, to deal accepted connections out to (the
+    /// first loop's alone; empty elsewhere).
+    peers: Vec<Peer>,
+    /// Where the search for the loop with the most room starts next time
+    /// (so that loops with equal room take turns).
+    next_loop: usize,
     conns: Slab<Conn>,
-    pool: EffectPool,
+    /// The workers, shared by every loop.
+    pool: Arc<EffectPool>,
     /// Token checks this loop answers from the session cache at the end of
     /// its turn, without the hop to a reader.
     loop_reads: Option<LoopReads>,
     /// Their answers, on their way to the engine (kept for its capacity).
     answered: Vec<(EffectId, EffectResult)>,
-    results: Receiver<(EffectId, EffectResult)>,
-    /// Set by a worker that woke the loop; cleared before the loop takes
-    /// the results, so one wake-up serves every result sent before it.
-    wake_pending: Arc<AtomicBool>,
+    /// What other threads send this loop.
+    inbox: Inbox,
+    /// What the loops share.
+    shared: Arc<Shared>,
     buf: Vec<u8>,
     /// Connections with bytes to write, flushed at the end of the loop
     /// turn.
     unflushed: Vec<usize>,
     /// Connections that may be paused (a superset: entries are checked).
     paused: Vec<usize>,
-    /// A signal asked for shutdown (the listeners are closed).
+    /// Shutdown began here (the listeners are closed).
     shutting_down: bool,
     /// The engine said [`Output::Stopped`].
     stopped: bool,
     /// `serve --capture`: where the engine's records go.
     capture: Option<CaptureFile>,
-    /// The audit trail.
-    audit: Option<AuditLog>,
+    /// The audit trail, shared by every loop.
+    audit: Option<Arc<AuditLog>>,
     /// The native listener's TLS, if on.
     tls: Option<TlsConfig>,
     /// (when its handshake is due, key) of each TLS connection, in the
@@ -123,45 +147,164 @@ struct EventLoop {
     handshakes: VecDeque<(Instant, usize)>,
     /// Plaintext out of a TLS record, on its way to the engine.
     plain: Vec<u8>,
-    /// The admin listener's requests for the engine's counters.
-    scrapes: Option<Receiver<Sender<Scrape>>>,
+}
+
+/// What the loops of one server share.
+struct Shared {
+    /// Shutdown was asked for (by a signal, or a loop that ended): every
+    /// loop finishes what is in flight and stops.
+    stop: AtomicBool,
     /// Whether the listeners are open (for `/readyz`).
     listening: Arc<AtomicBool>,
+    /// Every loop's waker.
+    wakers: Vec<Arc<Waker>>,
+    /// Every loop's connections, to deal new ones where there is room.
+    loads: Vec<Load>,
+}
+
+/// How full one loop is.
+struct Load {
+    /// Connections dealt to the loop and not yet closed by its engine.
+    open: AtomicUsize,
+    /// Its engine's `max_connections` (its share of the server's).
+    share: usize,
+}
+
+impl Shared {
+    /// Asks every loop to stop.
+    fn stop_all(&self) {
+        self.stop.store(true, Ordering::Release);
+        for waker in &self.wakers {
+            let _ = waker.wake();
+        }
+    }
+}
+
+/// A connection the first loop accepted for another.
+struct Handoff {
+    stream: TcpStream,
+    peer: SocketAddr,
+    which: Listener,
+}
+
+/// How the first loop reaches another with a connection.
+struct Peer {
+    handoffs: Sender<Handoff>,
+    waker: Arc<Waker>,
+}
+
+/// What other threads send one loop: effect results (the workers),
+/// requests for the engine's counters (the admin listener), connections
+/// (the first loop).
+struct Inbox {
+    results: Receiver<(EffectId, EffectResult)>,
+    /// Set by a worker that woke the loop; cleared before the loop takes
+    /// the results, so one wake-up serves every result sent before it.
+    wake_pending: Arc<AtomicBool>,
+    scrapes: Receiver<Sender<Scrape>>,
+    handoffs: Receiver<Handoff>,
+}
+
+/// The sending ends of one loop's [`Inbox`], and its waker.
+struct Mailbox {
+    results: Sender<(EffectId, EffectResult)>,
+    wake_pending: Arc<AtomicBool>,
+    scrapes: Sender<Sender<Scrape>>,
+    handoffs: Sender<Handoff>,
+    waker: Arc<Waker>,
+}
+
+impl Mailbox {
+    /// A new loop's mailbox and inbox, its waker on `poll`.
+    fn new(poll: &Poll) -> Result<(Mailbox, Inbox), ServeError> {
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServeError::os("cannot create a waker"))?);
+        let ((results, results_rx), (scrapes, scrapes_rx), (handoffs, handoffs_rx)) =
+            (unbounded(), unbounded(), unbounded());
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let inbox = Inbox {
+            results: results_rx,
+            wake_pending: Arc::clone(&wake_pending),
+            scrapes: scrapes_rx,
+            handoffs: handoffs_rx,
+        };
+        Ok((Mailbox { results, wake_pending, scrapes, handoffs, waker }, inbox))
+    }
+
+    /// A worker's result for this loop.
+    fn deliver(&self, id: EffectId, result: EffectResult) {
+        // The loop outlives the pool's workers, so a failed send only
+        // happens while it is returning.
+        let _ = self.results.send((id, result));
+        // The send comes first: a loop that clears the flag after this swap
+        // then finds the result in the channel.
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// The engine's counters, read on the loop's thread.
+    fn scrape(&self) -> Option<Scrape> {
+        let (reply, answer) = bounded(1);
+        self.scrapes.send(reply).ok()?;
+        self.waker.wake().ok()?;
+        answer.recv_timeout(ENGINE_PATIENCE).ok()
+    }
+}
+
+/// Effect ids on the shared pool carry their loop in the top byte: each
+/// engine numbers its effects from 0 and never comes near 2^56.
+const LOOP_SHIFT: u32 = 56;
+
+/// `id` of loop `index`, as the pool sees it.
+fn tagged(index: usize, id: EffectId) -> EffectId {
+    EffectId(id.0 | (index as u64) << LOOP_SHIFT)
+}
+
+/// The loop and the engine's own id of an id the pool hands back.
+fn untagged(id: EffectId) -> (usize, EffectId) {
+    ((id.0 >> LOOP_SHIFT) as usize, EffectId(id.0 & ((1 << LOOP_SHIFT) - 1)))
 }
 
 /// Serves until SIGINT or SIGTERM, then finishes the requests in flight and
 /// returns.
 pub fn serve(settings: Settings) -> Result<(), ServeError> {
     let start = Start::new(settings)?;
+    let count = start.loops();
     let bound = start.listeners()?;
-    let poll = Poll::new().map_err(ServeError::os("cannot create the event loop"))?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ServeError::os("cannot create a waker"))?);
-    let (tx, results) = unbounded();
-    let wake_pending = Arc::new(AtomicBool::new(false));
-    let pending = wake_pending.clone();
-    let result_waker = Arc::clone(&waker);
-    let on_result: OnResult = Arc::new(move |id, result| {
-        // The loop outlives the pool's workers, so a failed send only
-        // happens while it is returning.
-        let _ = tx.send((id, result));
-        // The send comes first: a loop that clears the flag after this swap
-        // then finds the result in the channel.
-        if !pending.swap(true, Ordering::AcqRel) {
-            let _ = result_waker.wake();
-        }
-    });
-    let pool = start.pool(on_result)?;
-    let audit = start.audit()?;
-    // The admin listener asks the loop for the engine's counters: a
-    // request on a channel, and a wake-up.
-    let (scrape_requests, scrapes) = unbounded::<Sender<Scrape>>();
-    let listening = Arc::new(AtomicBool::new(true));
-    let ask = move || {
-        let (reply, answer) = bounded(1);
-        scrape_requests.send(reply).ok()?;
-        waker.wake().ok()?;
-        answer.recv_timeout(ENGINE_PATIENCE).ok()
+    let (mut polls, mut mailboxes, mut inboxes) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..count {
+        let poll = Poll::new().map_err(ServeError::os("cannot create the event loop"))?;
+        let (mailbox, inbox) = Mailbox::new(&poll)?;
+        polls.push(poll);
+        mailboxes.push(mailbox);
+        inboxes.push(inbox);
+    }
+    let mailboxes = Arc::new(mailboxes);
+    let on_result: OnResult = {
+        let mailboxes = Arc::clone(&mailboxes);
+        Arc::new(move |id, result| {
+            let (index, id) = untagged(id);
+            if let Some(mailbox) = mailboxes.get(index) {
+                mailbox.deliver(id, result);
+            }
+        })
     };
+    let pool = Arc::new(start.pool(on_result)?);
+    let audit = Arc::new(start.audit()?);
+    // The admin listener asks each loop for its engine's counters and
+    // shows their sum.
+    let ask = {
+        let mailboxes = Arc::clone(&mailboxes);
+        move || {
+            let mut scrapes = mailboxes.iter().map(Mailbox::scrape);
+            let mut total = scrapes.next()??;
+            for scrape in scrapes {
+                total.add_engine(&scrape?);
+            }
+            Some(total)
+        }
+    };
+    let listening = Arc::new(AtomicBool::new(true));
     let admin = start.admin(&pool, &audit, ask, Arc::clone(&listening))?;
 
     let mut listeners = Vec::new();
@@ -169,34 +312,74 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
         socket.set_nonblocking(true).map_err(ServeError::os("cannot configure a listener"))?;
         let socket = socket.try_clone().map_err(ServeError::os("cannot configure a listener"))?;
         let mut listener = TcpListener::from_std(socket);
-        poll.registry()
+        polls[0]
+            .registry()
             .register(&mut listener, Token(i), Interest::READABLE)
             .map_err(ServeError::os("cannot watch a listener"))?;
         listeners.push((*which, listener));
     }
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServeError::os("cannot catch signals"))?;
-    poll.registry()
+    polls[0]
+        .registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(ServeError::os("cannot watch signals"))?;
+
+    let engines = (0..count).map(|index| start.engine_of(index, count)).collect::<Result<Vec<_>, _>>()?;
+    let wakers = mailboxes.iter().map(|m| Arc::clone(&m.waker)).collect();
+    let loads = engines
+        .iter()
+        .map(|(engine, _)| Load { open: AtomicUsize::new(0), share: engine.config().max_connections })
+        .collect();
+    let shared = Arc::new(Shared { stop: AtomicBool::new(false), listening, wakers, loads });
+    let mut loops = Vec::new();
+    for (index, ((poll, inbox), (engine, capture))) in polls.into_iter().zip(inboxes).zip(engines).enumerate() {
+        let mut event_loop =
+            EventLoop::new(index, poll, engine, Arc::clone(&pool), inbox, Arc::clone(&shared), capture);
+        event_loop.tls = start.tls();
+        event_loop.audit = Some(Arc::clone(&audit));
+        loops.push(event_loop);
+    }
+    loops[0].listeners = listeners;
+    loops[0].peers =
+        mailboxes.iter().map(|m| Peer { handoffs: m.handoffs.clone(), waker: Arc::clone(&m.waker) }).collect();
     bound.announce("mio", admin.as_ref().map(AdminListener::addr));
     drop(bound);
 
-    let (engine, capture) = start.engine()?;
-    let mut event_loop = EventLoop::new(poll, engine, listeners, pool, results, wake_pending, capture);
-    event_loop.tls = start.tls();
-    event_loop.audit = Some(audit);
-    event_loop.scrapes = Some(scrapes);
-    event_loop.listening = listening;
-    let outcome = event_loop.run(&mut signals);
-    let EventLoop { pool, capture, audit, .. } = event_loop;
+    let mut first = loops.remove(0);
+    let mut others = Vec::new();
+    for mut event_loop in loops {
+        let name = format!("event-loop-{}", event_loop.index);
+        let shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let outcome = event_loop.run(None);
+            // A loop that ends (a breach of the engine's contract) ends the
+            // server: the others finish what they have and stop.
+            shared.stop_all();
+            outcome
+        });
+        others.push(thread.map_err(ServeError::os("cannot start an event loop"))?);
+    }
+    let mut outcome = first.run(Some(&mut signals));
+    shared.stop_all();
+    for thread in others {
+        match thread.join() {
+            Ok(Err(e)) if outcome.is_ok() => outcome = Err(e),
+            Ok(_) => {}
+            Err(_) => tracing::error!("an event loop panicked"),
+        }
+    }
     if let Some(admin) = admin {
         admin.stop();
     }
-    if let Some(mut capture) = capture {
+    if let Some(mut capture) = first.capture.take() {
         capture.flush();
     }
-    pool.shutdown();
-    if let Some(audit) = audit {
+    drop(first);
+    match Arc::try_unwrap(pool) {
+        Ok(pool) => pool.shutdown(),
+        Err(_) => tracing::warn!("the workers are still referenced; not waiting for them"),
+    }
+    if let Ok(audit) = Arc::try_unwrap(audit) {
         audit.close();
     }
     tracing::info!("stopped");
@@ -204,27 +387,31 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
 }
 
 impl EventLoop {
-    /// A loop with no connection yet, around what the start-up made.
+    /// Loop `index`, with no connection or listener yet, around what the
+    /// start-up made.
     fn new(
+        index: usize,
         poll: Poll,
         engine: Engine,
-        listeners: Vec<(Listener, TcpListener)>,
-        pool: EffectPool,
-        results: Receiver<(EffectId, EffectResult)>,
-        wake_pending: Arc<AtomicBool>,
+        pool: Arc<EffectPool>,
+        inbox: Inbox,
+        shared: Arc<Shared>,
         capture: Option<CaptureFile>,
     ) -> EventLoop {
         EventLoop {
+            index,
             poll,
             engine,
             rng: os_rng(),
-            listeners,
+            listeners: Vec::new(),
+            peers: Vec::new(),
+            next_loop: 0,
             conns: Slab::new(),
             loop_reads: pool.loop_reads(),
             answered: Vec::new(),
             pool,
-            results,
-            wake_pending,
+            inbox,
+            shared,
             buf: vec![0; READ_CHUNK],
             unflushed: Vec::new(),
             paused: Vec::new(),
@@ -235,12 +422,12 @@ impl EventLoop {
             tls: None,
             handshakes: VecDeque::new(),
             plain: Vec::new(),
-            scrapes: None,
-            listening: Arc::new(AtomicBool::new(true)),
         }
     }
 
-    fn run(&mut self, signals: &mut Signals) -> Result<(), ServeError> {
+    /// Runs the loop until its engine stopped (or broke its contract).
+    /// The first loop takes the signals.
+    fn run(&mut self, mut signals: Option<&mut Signals>) -> Result<(), ServeError> {
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -255,6 +442,7 @@ impl EventLoop {
                     Token(i) if i < self.listeners.len() => self.accept(i),
                     WAKER => {}
                     SIGNALS => {
+                        let Some(signals) = signals.as_deref_mut() else { continue };
                         for signal in signals.pending() {
                             match signal {
                                 SIGHUP => self.reload_tls(),
@@ -273,6 +461,10 @@ impl EventLoop {
                     }
                 }
             }
+            if self.shared.stop.load(Ordering::Acquire) {
+                self.shut_down();
+            }
+            self.take_handoffs();
             self.feed_results();
             self.answer_scrapes();
             self.expire_handshakes();
@@ -409,13 +601,13 @@ impl EventLoop {
                         None => Some(effect),
                     };
                     if let Some(effect) = effect {
-                        self.pool.submit(id, effect);
+                        self.pool.submit(tagged(self.index, id), effect);
                     }
                 }
                 Output::Stopped => self.stopped = true,
             }
         }
-        log_notices(&mut self.engine, self.audit.as_ref());
+        log_notices(&mut self.engine, self.audit.as_deref());
         if let Some(capture) = &mut self.capture {
             capture.append(&mut self.engine);
         }
@@ -440,7 +632,8 @@ impl EventLoop {
     fn answer_kept(&mut self) {
         let mut answered = std::mem::take(&mut self.answered);
         while let Some(reads) = self.loop_reads.as_mut().filter(|r| !r.is_empty()) {
-            reads.answer(&self.pool, &mut answered);
+            let (pool, index) = (&self.pool, self.index);
+            reads.answer(|id, effect| pool.submit(tagged(index, id), effect), &mut answered);
             for (id, result) in answered.drain(..) {
                 self.handle(Input::Completed { id, result });
             }
@@ -476,49 +669,25 @@ impl EventLoop {
         self.paused.dedup();
     }
 
+    /// Accepts what the listener has, and deals the connections out to
+    /// the loops in turn.
     fn accept(&mut self, index: usize) {
         loop {
             let (which, listener) = &self.listeners[index];
             let which = *which;
             match listener.accept() {
-                Ok((mut stream, peer)) => {
-                    let handshake_limit = self.handshake_limit();
-                    let entry = self.conns.vacant_entry();
-                    let key = entry.key();
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if let Err(e) = self.poll.registry().register(&mut stream, Token(FIRST_CONN + key), interest) {
-                        tracing::warn!(error = %e, "cannot watch a connection");
-                        continue;
-                    }
-                    let max_backlog = self.engine.config().max_backlog;
-                    if let Err(e) = socket::configure(SockRef::from(&stream), max_backlog, None) {
-                        tracing::debug!(error = %e, "cannot set up a connection's socket");
-                    }
-                    let tls = match (&self.tls, which) {
-                        (Some(config), Listener::Native) => match config.session() {
-                            Ok(session) => Some(Box::new(session)),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot start TLS on a connection");
-                                let _ = self.poll.registry().deregister(&mut stream);
-                                continue;
+                Ok((stream, peer)) => {
+                    let target = self.pick_loop();
+                    match self.peers.get(target) {
+                        Some(other) if target != self.index => {
+                            // A loop that is gone drops it (the server is
+                            // stopping).
+                            if other.handoffs.send(Handoff { stream, peer, which }).is_ok() {
+                                let _ = other.waker.wake();
                             }
-                        },
-                        _ => None,
-                    };
-                    if let Some(due) = tls.as_ref().and_then(|t| t.handshake_deadline(handshake_limit)) {
-                        self.handshakes.push_back((due, key));
+                        }
+                        _ => self.adopt(stream, peer, which),
                     }
-                    entry.insert(Conn {
-                        stream,
-                        out: Vec::new(),
-                        paused: false,
-                        read_done: false,
-                        unflushed: false,
-                        tls,
-                    });
-                    self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
-                    // Data may have arrived with the connection.
-                    self.read(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -530,6 +699,71 @@ impl EventLoop {
                 }
             }
         }
+    }
+
+    /// The loop with the most room under its share of `max_connections`,
+    /// counted as connections are dealt: so the server as a whole admits
+    /// as many as the setting says, however they come and go (a loop with
+    /// no room refuses, as its engine decides). Among equals, the next in
+    /// turn.
+    fn pick_loop(&mut self) -> usize {
+        let loads = &self.shared.loads;
+        let count = loads.len().max(1);
+        let room = |i: usize| loads.get(i).map_or(0, |l| l.share as i64 - l.open.load(Ordering::Acquire) as i64);
+        let mut best = self.next_loop % count;
+        for i in (1..count).map(|k| (self.next_loop + k) % count) {
+            if room(i) > room(best) {
+                best = i;
+            }
+        }
+        self.next_loop = (best + 1) % count;
+        if let Some(load) = loads.get(best) {
+            load.open.fetch_add(1, Ordering::AcqRel);
+        }
+        best
+    }
+
+    /// Takes the connections the first loop dealt to this one.
+    fn take_handoffs(&mut self) {
+        while let Ok(Handoff { stream, peer, which }) = self.inbox.handoffs.try_recv() {
+            self.adopt(stream, peer, which);
+        }
+    }
+
+    /// Serves an accepted connection on this loop.
+    fn adopt(&mut self, mut stream: TcpStream, peer: SocketAddr, which: Listener) {
+        let handshake_limit = self.handshake_limit();
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(FIRST_CONN + key), interest) {
+            tracing::warn!(error = %e, "cannot watch a connection");
+            self.closed_one();
+            return;
+        }
+        let max_backlog = self.engine.config().max_backlog;
+        if let Err(e) = socket::configure(SockRef::from(&stream), max_backlog, None) {
+            tracing::debug!(error = %e, "cannot set up a connection's socket");
+        }
+        let tls = match (&self.tls, which) {
+            (Some(config), Listener::Native) => match config.session() {
+                Ok(session) => Some(Box::new(session)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start TLS on a connection");
+                    let _ = self.poll.registry().deregister(&mut stream);
+                    self.closed_one();
+                    return;
+                }
+            },
+            _ => None,
+        };
+        if let Some(due) = tls.as_ref().and_then(|t| t.handshake_deadline(handshake_limit)) {
+            self.handshakes.push_back((due, key));
+        }
+        entry.insert(Conn { stream, out: Vec::new(), paused: false, read_done: false, unflushed: false, tls });
+        self.handle(Input::Opened { conn: conn_id(key), peer: peer_ip(peer), listener: which });
+        // Data may have arrived with the connection.
+        self.read(key);
     }
 
     fn read(&mut self, key: usize) {
@@ -646,6 +880,14 @@ impl EventLoop {
     fn drop_conn(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
             let _ = self.poll.registry().deregister(&mut conn.stream);
+            self.closed_one();
+        }
+    }
+
+    /// One connection dealt to this loop is gone.
+    fn closed_one(&self) {
+        if let Some(load) = self.shared.loads.get(self.index) {
+            load.open.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -653,16 +895,15 @@ impl EventLoop {
         // Cleared first: a result sent after this point wakes the loop again.
         // A swap, not a store, so the results sent before a worker's swap
         // that saw the flag set are visible to the reads below.
-        self.wake_pending.swap(false, Ordering::AcqRel);
-        while let Ok((id, result)) = self.results.try_recv() {
+        self.inbox.wake_pending.swap(false, Ordering::AcqRel);
+        while let Ok((id, result)) = self.inbox.results.try_recv() {
             self.handle(Input::Completed { id, result });
         }
     }
 
     /// Hands the engine's counters to the admin listener's requests.
     fn answer_scrapes(&mut self) {
-        let Some(scrapes) = &self.scrapes else { return };
-        while let Ok(reply) = scrapes.try_recv() {
+        while let Ok(reply) = self.inbox.scrapes.try_recv() {
             let _ = reply.send(Scrape::of(&self.engine));
         }
     }
@@ -673,7 +914,9 @@ impl EventLoop {
             return;
         }
         self.shutting_down = true;
-        self.listening.store(false, Ordering::Release);
+        self.shared.listening.store(false, Ordering::Release);
+        // The other loops stop too (this one may have been told by them).
+        self.shared.stop_all();
         tracing::info!("shutting down: finishing the requests in flight");
         for (_, listener) in &mut self.listeners {
             let _ = self.poll.registry().deregister(listener);
@@ -718,22 +961,24 @@ mod tests {
         settings.cost = Cost::TEST_ONLY;
         let start = Start::new(settings).unwrap();
         let poll = Poll::new().unwrap();
-        let waker = Waker::new(poll.registry(), WAKER).unwrap();
-        let (tx, results) = unbounded();
-        let pool = start.pool(Arc::new(|_, _| {})).unwrap();
+        let (mailbox, inbox) = Mailbox::new(&poll).unwrap();
+        let pool = Arc::new(start.pool(Arc::new(|_, _| {})).unwrap());
         let (engine, capture) = start.engine().unwrap();
-        let wake_pending = Arc::new(AtomicBool::new(true));
-        let mut event_loop = EventLoop::new(poll, engine, Vec::new(), pool, results, wake_pending, capture);
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            listening: Arc::new(AtomicBool::new(true)),
+            wakers: vec![Arc::clone(&mailbox.waker)],
+            loads: Vec::new(),
+        });
+        let mut event_loop = EventLoop::new(0, poll, engine, pool, inbox, shared, capture);
         // A worker hands back a result for an effect never asked for.
         let stray = EffectId(7);
-        tx.send((stray, EffectResult::Failed)).unwrap();
-        waker.wake().unwrap();
+        mailbox.deliver(stray, EffectResult::Failed);
         // On a thread: a loop that missed the breach would wait forever for
         // an event.
         let (done, outcome) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut signals = Signals::new::<[i32; 0], i32>([]).unwrap();
-            let _ = done.send(event_loop.run(&mut signals));
+            let _ = done.send(event_loop.run(None));
         });
         let outcome = outcome.recv_timeout(Duration::from_secs(20)).expect("the loop did not stop");
         assert!(matches!(outcome, Err(ServeError::Contract(ContractError::UnknownEffect(id))) if id == stray));

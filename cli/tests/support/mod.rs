@@ -154,6 +154,9 @@ impl Server {
             .args(["--legacy-passcode-listen", "127.0.0.1:0", "--legacy-login-listen", "127.0.0.1:0"])
             .args(args)
             .env("TOKENIZER_AUTH_LOG_FORMAT", "json")
+            // Two event loops (mio) whatever the machine's cores, so that
+            // every guarantee is tested across loops.
+            .env("TOKENIZER_AUTH_LOOPS", "2")
             .envs(store_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
