@@ -1,6 +1,8 @@
 //! `client`: the native protocol from the command line, for trying a server
-//! out and for scripts. One connection; a request may be pipelined
-//! (`--repeat N`), and each reply is printed as it came.
+//! out and for scripts, on the Rust client library
+//! (`tokenizer-auth-client`, which speaks the protocol). One connection; a
+//! request may be pipelined (`--repeat N`), and each reply is printed as
+//! it came.
 //!
 //! Passwords come from a prompt or standard input, never from the command
 //! line; the session token lives in a file only its owner can read, and is
@@ -8,27 +10,19 @@
 //! the server's certificate must chain to the system's roots or the given
 //! ones and name the host of `--addr` (or `--server-name`).
 
-use std::fs;
-use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, StreamOwned};
-
-use tokenizer_auth_effects::{private, tls};
-use tokenizer_auth_engine::{BaseToken, LOGIN_PREFIX, Mac, Secret};
+use tokenizer_auth_client::{
+    Call, Client, DeviceMac, Error, FileTokenStore, MemoryTokenStore, Options, StoredToken, TokenStore,
+};
+use tokenizer_auth_engine::codec::request::{SEPARATOR, check_field};
+use tokenizer_auth_engine::{Reply, Secret};
 
 use super::config::{self, Configuration};
 use super::{ClientArgs, ClientCommand, Failure, duration};
-
-/// The reply to a passcode request that worked.
-const PASSCODE_SENT: &str = "Passcode is sent";
-
-/// The longest reply line read; real replies are under 200 bytes.
-const MAX_REPLY: u64 = 64 * 1024;
 
 pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failure> {
     let timeout = match &args.timeout {
@@ -39,8 +33,18 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
         None => Duration::from_secs(60),
     };
     let addr = server_addr(config, args.addr.as_deref())?;
-    let tls = tls_settings(args, addr)?;
-    let connect = || Connection::open(addr, timeout, tls.as_ref());
+    let connect = |mac: Option<DeviceMac>, store: Box<dyn TokenStore>| {
+        let options = Options {
+            tls: args.tls,
+            ca: args.ca.clone(),
+            server_name: Some(server_name(args, addr)),
+            timeout,
+            mac,
+            store,
+            ..Options::default()
+        };
+        Client::connect(&addr.to_string(), options).map_err(failure)
+    };
     let token_file = |given: &Option<PathBuf>| given.clone().unwrap_or_else(|| config.data_dir().join("client-token"));
     let mut out = io::stdout().lock();
     match &args.command {
@@ -49,12 +53,9 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             let email = field("email", email, Field::Required)?;
             let phone = field("phone", phone, Field::Optional)?;
             let password = read_password(*password_stdin)?;
-            let line = Secret::new(format!("require_passcode|{mac}|{}|{phone}|{email}", password.expose()));
-            let reply = connect()?.ask(&line)?;
-            if reply != PASSCODE_SENT {
-                return Err(refused(&reply));
-            }
-            writeln!(out, "{reply}")?;
+            let mut client = connect(Some(mac), Box::new(MemoryTokenStore::new()))?;
+            client.request_passcode(email, phone, password.expose()).map_err(failure)?;
+            writeln!(out, "{}", text(Reply::PasscodeSent))?;
         }
         ClientCommand::Login { mac, email, phone, passcode, password_stdin, token_file: file } => {
             let mac = mac_field(mac)?;
@@ -62,26 +63,26 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             let phone = field("phone", phone, Field::Optional)?;
             let passcode = field("passcode", passcode, Field::Required)?;
             let password = read_password(*password_stdin)?;
-            let line = Secret::new(format!("{mac}|{email}|{phone}|{}|{passcode}", password.expose()));
-            let reply = connect()?.ask(&line)?;
-            let token = reply
-                .strip_prefix(LOGIN_PREFIX)
-                .and_then(|token| BaseToken::parse(token.as_bytes()))
-                .ok_or_else(|| refused(&reply))?;
-            store_token(&token_file(file), &token, mac)?;
+            let mut client = connect(Some(mac), Box::new(FileTokenStore::new(token_file(file))))?;
+            client.login(email, phone, password.expose(), passcode).map_err(failure)?;
             writeln!(out, "logged in")?;
         }
         ClientCommand::Request { mac, token_file: file, repeat, request, data } => {
-            let file = token_file(file);
-            let (token, stored_mac) = read_token(&file)?;
+            let store = FileTokenStore::new(token_file(file));
+            let stored = store.load().map_err(|e| Failure::Other(e.to_string()))?.ok_or_else(|| {
+                Failure::Other(format!(
+                    "no token file {}: log in first with `tokenizer-auth client login`",
+                    store.path().display()
+                ))
+            })?;
             // The MAC the token is bound to, as stored with it, unless given.
-            let mac = match (mac, &stored_mac) {
-                (Some(mac), _) => mac_field(mac)?,
-                (None, Some(stored)) => stored.as_str(),
+            let mac = match (mac, &stored.mac) {
+                (Some(mac), _) => Some(mac_field(mac)?),
+                (None, Some(_)) => None,
                 (None, None) => {
                     return Err(Failure::Usage(format!(
                         "{} holds no MAC (it was written by an older client): give --mac",
-                        file.display()
+                        store.path().display()
                     )));
                 }
             };
@@ -92,43 +93,38 @@ pub(super) fn run(config: &Configuration, args: &ClientArgs) -> Result<(), Failu
             if *repeat == 0 {
                 return Err(Failure::Usage("--repeat must be at least 1".into()));
             }
-            let line = |token: &BaseToken| {
-                let mut line = format!("{token}|{mac}|{request}");
-                for item in data {
-                    line.push('|');
-                    line.push_str(item);
-                }
-                Secret::new(line)
-            };
-            let mut connection = connect()?;
-            let mut replies = connection.pipeline(&line(&token), *repeat)?;
-            // Every check of one expired token within the renewal grace is
-            // told the same successor: store it once, and retry the
-            // requests it answered with it, once.
-            if let Some(renewed) = one_renewal(&replies)? {
-                store_token(&file, &renewed, mac)?;
-                eprintln!("the token expired and was renewed; the new one is in {}; retrying", file.display());
-                let renewals = replies.iter().filter(|r| r.starts_with("renew|")).count();
-                let mut retried = connection.pipeline(&line(&renewed), renewals)?.into_iter();
-                for reply in replies.iter_mut().filter(|r| r.starts_with("renew|")) {
-                    *reply = retried.next().unwrap_or_default();
-                }
-                if let Some(again) = one_renewal(&replies)? {
-                    store_token(&file, &again, mac)?;
-                    return Err(Failure::Other(
-                        "the server renewed the token again on the retry; the newest token is stored".into(),
-                    ));
-                }
+            // DATA arguments are the free-form rest of the line: the
+            // fields are what lies between their separators.
+            let data: Vec<&str> = data.iter().flat_map(|item| item.split(SEPARATOR)).collect();
+            let mut client = connect(mac, Box::new(Announced(store)))?;
+            let results = client.pipeline(&vec![Call::Request { request, data: &data }; *repeat]).map_err(failure)?;
+            // A renewal on the retry is said before any reply is printed.
+            if results.iter().any(|result| matches!(result, Err(Error::TokenRenewedAgain))) {
+                return Err(failure(Error::TokenRenewedAgain));
             }
-            for reply in &replies {
-                if reply == "False" || reply == "unauthorized" || reply.starts_with("error|") {
-                    return Err(refused(reply));
-                }
-                writeln!(out, "{reply}")?;
+            for result in results {
+                result.map_err(failure)?;
+                writeln!(out, "{}", text(Reply::Authorized))?;
             }
         }
     }
     Ok(())
+}
+
+/// The token file, which says on standard error when a renewal replaces
+/// the token (the library stores a renewal once per burst).
+struct Announced(FileTokenStore);
+
+impl TokenStore for Announced {
+    fn load(&self) -> io::Result<Option<StoredToken>> {
+        self.0.load()
+    }
+
+    fn save(&self, stored: &StoredToken) -> io::Result<()> {
+        self.0.save(stored)?;
+        eprintln!("the token expired and was renewed; the new one is in {}; retrying", self.0.path().display());
+        Ok(())
+    }
 }
 
 /// The server to talk to: `--addr`, else the configured native listener
@@ -150,51 +146,37 @@ fn server_addr(config: &Configuration, given: Option<&str>) -> Result<SocketAddr
     Ok(addr)
 }
 
-/// The client's TLS, if asked for: the roots (the system's, and `--ca`)
-/// and the name the certificate must carry.
-fn tls_settings(
-    args: &ClientArgs,
-    addr: SocketAddr,
-) -> Result<Option<(Arc<ClientConfig>, ServerName<'static>)>, Failure> {
-    if !args.tls && args.ca.is_none() {
-        return Ok(None);
-    }
-    let config = tls::client_config(args.ca.as_deref(), true).map_err(|e| Failure::Usage(format!("--ca: {e}")))?;
-    let host = match (&args.server_name, &args.addr) {
+/// The name the server's certificate must carry: `--server-name`, else
+/// the host of `--addr` as written (without its port, and an IPv6
+/// address's brackets), else the address.
+fn server_name(args: &ClientArgs, addr: SocketAddr) -> String {
+    match (&args.server_name, &args.addr) {
         (Some(name), _) => name.clone(),
-        // The host as written, without its port (and an IPv6 address's
-        // brackets).
         (None, Some(text)) => {
             let host = text.rsplit_once(':').map_or(text.as_str(), |(host, _)| host);
             host.trim_start_matches('[').trim_end_matches(']').to_owned()
         }
         (None, None) => addr.ip().to_string(),
-    };
-    let name = ServerName::try_from(host.clone()).map_err(|_| {
-        Failure::Usage(format!("{host:?} is not a host name or address to check a certificate against"))
-    })?;
-    Ok(Some((config, name)))
-}
-
-/// The reason for a reply that is not what the command wanted: the reply.
-fn refused(reply: &str) -> Failure {
-    Failure::Other(format!("server replied {}", reply.escape_debug()))
-}
-
-/// The new token of the `renew|<token>` replies among `replies`, if any:
-/// one token, however many of them there are (docs/PROTOCOL.md,
-/// "Renewal").
-fn one_renewal(replies: &[String]) -> Result<Option<BaseToken>, Failure> {
-    let mut renewed = None;
-    for token in replies.iter().filter_map(|r| r.strip_prefix("renew|")) {
-        let token = BaseToken::parse(token.as_bytes())
-            .ok_or_else(|| Failure::Other("the server sent a renewal without a valid token".into()))?;
-        if renewed.is_some_and(|first| first != token) {
-            return Err(Failure::Other("the server renewed one token to two different tokens".into()));
-        }
-        renewed = Some(token);
     }
-    Ok(renewed)
+}
+
+/// How a failed call ends the command: a refusal with the server's reply
+/// (exit 1), settings that cannot be used (exit 2), anything else with its
+/// reason (exit 1).
+fn failure(e: Error) -> Failure {
+    match e.reply() {
+        Some(reply) => Failure::Other(format!("server replied {}", text(reply))),
+        None if matches!(e, Error::Field { .. } | Error::TlsConfig(_)) => Failure::Usage(e.to_string()),
+        None => Failure::Other(e.to_string()),
+    }
+}
+
+/// A reply's text, as the server sends it (only replies without a token
+/// are printed).
+fn text(reply: Reply) -> String {
+    let mut text = Vec::new();
+    reply.write_text(&mut text);
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// What a field of the request line may hold.
@@ -208,24 +190,23 @@ enum Field {
     Rest,
 }
 
-/// A field of the request line, checked: no control character (a line
-/// break would end the line early), and no `|` but in the rest of the line.
+/// A field of the request line, checked before anything is sent (so a
+/// mistake is a usage error): no control character (a line break would
+/// end the line early), and no `|` but in the rest of the line.
 fn field<'a>(name: &str, value: &'a str, kind: Field) -> Result<&'a str, Failure> {
-    if value.chars().any(char::is_control) {
-        return Err(Failure::Usage(format!("the {name} cannot hold control characters")));
-    }
-    if kind != Field::Rest && value.contains('|') {
-        return Err(Failure::Usage(format!("the {name} cannot hold |")));
-    }
-    if kind == Field::Required && value.is_empty() {
-        return Err(Failure::Usage(format!("the {name} is empty")));
-    }
+    let checked = match kind {
+        Field::Required => check_field(value, true),
+        Field::Optional => check_field(value, false),
+        Field::Rest => value.split(SEPARATOR).try_for_each(|part| check_field(part, false)),
+    };
+    checked.map_err(|e| Failure::Usage(format!("the {name} {}", e.reason())))?;
     Ok(value)
 }
 
-/// The MAC as given (the server normalizes it), once it parses as one.
-fn mac_field(text: &str) -> Result<&str, Failure> {
-    Mac::parse(text).map(|_| text).ok_or_else(|| Failure::Usage(format!("invalid MAC {text:?}")))
+/// The MAC as given (the token file keeps that spelling), once it parses
+/// as one.
+fn mac_field(text: &str) -> Result<DeviceMac, Failure> {
+    DeviceMac::parse(text).map_err(|_| Failure::Usage(format!("invalid MAC {text:?}")))
 }
 
 /// The account's password, from standard input (one line) or a prompt.
@@ -243,181 +224,15 @@ fn read_password(from_stdin: bool) -> Result<Secret, Failure> {
     if password.is_empty() {
         return Err(Failure::Usage("the password is empty".into()));
     }
-    if password.expose().contains('|') || password.expose().chars().any(char::is_control) {
+    if check_field(password.expose(), true).is_err() {
         return Err(Failure::Usage("a password cannot hold | or control characters".into()));
     }
     Ok(password)
 }
 
-/// A byte stream to the server: TCP, or TLS over it.
-trait Stream: Read + Write {}
-
-impl<T: Read + Write> Stream for T {}
-
-/// One connection to the native listener.
-struct Connection {
-    addr: SocketAddr,
-    timeout: Duration,
-    reader: BufReader<Box<dyn Stream>>,
-}
-
-impl Connection {
-    /// Connects, and with TLS completes the handshake, so that a
-    /// certificate the client refuses is said before any request is sent.
-    fn open(
-        addr: SocketAddr,
-        timeout: Duration,
-        tls: Option<&(Arc<ClientConfig>, ServerName<'static>)>,
-    ) -> Result<Connection, Failure> {
-        let mut stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| Failure::Other(format!("cannot connect to {addr}: {e}")))?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let stream: Box<dyn Stream> = match tls {
-            None => Box::new(stream),
-            Some((config, name)) => {
-                let failed = |e: &dyn std::fmt::Display| Failure::Other(format!("TLS with {addr} failed: {e}"));
-                let mut conn = ClientConnection::new(Arc::clone(config), name.clone()).map_err(|e| failed(&e))?;
-                while conn.is_handshaking() {
-                    conn.complete_io(&mut stream).map_err(|e| failed(&e))?;
-                }
-                Box::new(StreamOwned::new(conn, stream))
-            }
-        };
-        Ok(Connection { addr, timeout, reader: BufReader::new(stream) })
-    }
-
-    /// Sends `line` (which may hold a password or a token, so no error
-    /// repeats it) and returns the reply line without its line ending.
-    fn ask(&mut self, line: &Secret) -> Result<String, Failure> {
-        Ok(self.pipeline(line, 1)?.pop().unwrap_or_default())
-    }
-
-    /// Sends `line` `count` times in one write, then reads the `count`
-    /// replies, in order.
-    fn pipeline(&mut self, line: &Secret, count: usize) -> Result<Vec<String>, Failure> {
-        let mut bytes = Vec::with_capacity((line.len() + 1) * count);
-        for _ in 0..count {
-            bytes.extend_from_slice(line.expose().as_bytes());
-            bytes.push(b'\n');
-        }
-        let stream = self.reader.get_mut();
-        let sent = stream.write_all(&bytes).and_then(|()| stream.flush());
-        bytes.fill(0);
-        sent.map_err(|e| self.broke(e))?;
-        (0..count).map(|_| self.reply()).collect()
-    }
-
-    fn broke(&self, e: io::Error) -> Failure {
-        if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-            Failure::Other(format!("no reply from {} within {}", self.addr, duration::format(self.timeout)))
-        } else {
-            Failure::Other(format!("connection to {} failed: {e}", self.addr))
-        }
-    }
-
-    /// The next reply line, without its line ending.
-    fn reply(&mut self) -> Result<String, Failure> {
-        let addr = self.addr;
-        let mut reply = Vec::new();
-        let read = (&mut self.reader).take(MAX_REPLY).read_until(b'\n', &mut reply);
-        read.map_err(|e| self.broke(e))?;
-        if reply.pop() != Some(b'\n') {
-            return Err(Failure::Other(format!("{addr} closed the connection without a reply")));
-        }
-        if reply.last() == Some(&b'\r') {
-            reply.pop();
-        }
-        String::from_utf8(reply).map_err(|_| Failure::Other(format!("{addr} replied with bytes that are not UTF-8")))
-    }
-}
-
-/// The stored token, and the MAC stored with it (a file written before
-/// the MAC was kept holds the token alone), or a clear reason there is
-/// none.
-fn read_token(path: &Path) -> Result<(BaseToken, Option<String>), Failure> {
-    let text = match fs::read_to_string(path) {
-        Ok(text) => Secret::new(text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(Failure::Other(format!(
-                "no token file {}: log in first with `tokenizer-auth client login`",
-                path.display()
-            )));
-        }
-        Err(e) => return Err(Failure::Other(format!("cannot read the token file {}: {e}", path.display()))),
-    };
-    let mut fields = text.expose().split_whitespace();
-    let token = fields
-        .next()
-        .and_then(|t| BaseToken::parse(t.as_bytes()))
-        .ok_or_else(|| Failure::Other(format!("the token file {} does not hold a token", path.display())))?;
-    let mac = match fields.next() {
-        None => None,
-        Some(mac) if Mac::parse(mac).is_some() => Some(mac.to_owned()),
-        Some(_) => return Err(Failure::Other(format!("the token file {} holds no valid MAC", path.display()))),
-    };
-    Ok((token, mac))
-}
-
-/// Replaces the token file, all or nothing, with a file only its owner can
-/// read (mode 0600): the token and the MAC it is bound to, on one line; a
-/// missing folder is created (mode 0700).
-fn store_token(path: &Path, token: &BaseToken, mac: &str) -> Result<(), Failure> {
-    let failed = |e: io::Error| Failure::Other(format!("cannot write the token file {}: {e}", path.display()));
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    private::create_dir(&dir).map_err(failed)?;
-
-    let name = path.file_name().map_or_else(|| "client-token".into(), |n| n.to_string_lossy().into_owned());
-    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = fs::remove_file(&temp);
-    let written = private::create_new_file(&temp).and_then(|mut file| {
-        file.write_all(format!("{token} {mac}\n").as_bytes())?;
-        file.sync_all()
-    });
-    if let Err(e) = written.and_then(|()| fs::rename(&temp, path)) {
-        let _ = fs::remove_file(&temp);
-        return Err(failed(e));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tokens_are_stored_privately_and_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("new-folder").join("token");
-        let token = BaseToken::parse("ab".repeat(32).as_bytes()).unwrap();
-        let mac = "aa:bb:cc:dd:ee:ff";
-        store_token(&path, &token, mac).unwrap();
-        assert_eq!(read_token(&path).unwrap(), (token, Some(mac.to_owned())));
-        assert_eq!(fs::read_to_string(&path).unwrap(), format!("{} {mac}\n", "ab".repeat(32)));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777, 0o700);
-        }
-        let other = BaseToken::parse("cd".repeat(32).as_bytes()).unwrap();
-        store_token(&path, &other, mac).unwrap();
-        assert_eq!(read_token(&path).unwrap(), (other, Some(mac.to_owned())));
-        assert_eq!(fs::read_dir(path.parent().unwrap()).unwrap().count(), 1, "no temporary file is left");
-
-        // A file of an older client: the token alone.
-        fs::write(&path, format!("{}\n", "cd".repeat(32))).unwrap();
-        assert_eq!(read_token(&path).unwrap(), (other, None));
-        fs::write(&path, format!("{} not-a-mac\n", "cd".repeat(32))).unwrap();
-        assert!(matches!(read_token(&path), Err(Failure::Other(r)) if r.contains("no valid MAC")));
-        fs::write(&path, "not a token").unwrap();
-        assert!(matches!(read_token(&path), Err(Failure::Other(r)) if r.contains("does not hold a token")));
-        let missing = read_token(&dir.path().join("missing"));
-        assert!(matches!(missing, Err(Failure::Other(r)) if r.contains("log in first")));
-    }
 
     #[test]
     fn fields_that_would_break_the_line_are_refused() {
@@ -429,7 +244,20 @@ mod tests {
         assert!(field("phone", "1|2", Field::Optional).is_err());
         assert!(field("data", "x|y|z", Field::Rest).is_ok());
         assert!(field("data", "x\r", Field::Rest).is_err());
-        assert!(mac_field("AA-BB-CC-DD-EE-FF").is_ok());
+        assert!(mac_field("AA-BB-CC-DD-EE-FF").is_ok_and(|mac| mac.as_str() == "AA-BB-CC-DD-EE-FF"));
         assert!(mac_field("not-a-mac").is_err());
+    }
+
+    #[test]
+    fn refusals_are_told_with_the_reply_and_settings_are_usage() {
+        let told = |e: Error| match failure(e) {
+            Failure::Other(reason) => (1, reason),
+            Failure::Usage(reason) => (2, reason),
+        };
+        assert_eq!(told(Error::CredentialsRejected), (1, "server replied False".into()));
+        assert_eq!(told(Error::Unauthorized), (1, "server replied unauthorized".into()));
+        assert_eq!(told(Error::RateLimited), (1, "server replied error|rate_limited".into()));
+        assert_eq!(told(Error::TlsConfig("cannot use ca.pem: no certificate in it".into())).0, 2);
+        assert_eq!(told(Error::Closed { addr: "127.0.0.1:9".into() }).0, 1);
     }
 }

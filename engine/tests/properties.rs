@@ -24,7 +24,8 @@ use tokenizer_auth_engine::codec::request::{
 use tokenizer_auth_engine::testkit::fuzz::unpickle;
 use tokenizer_auth_engine::testkit::{Completion, World};
 use tokenizer_auth_engine::{
-    ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Notice, Output, Window, normalize_ip,
+    ALPHABET, BaseToken, ConnId, ErrorCode, LOGIN_PREFIX, Limits, Listener, Mac, Notice, Output, Reply, Window,
+    normalize_ip,
 };
 use tokenizer_auth_engine::{AuditKind, Config, Outcome, PASSCODE_LENGTH};
 
@@ -660,6 +661,52 @@ proptest! {
         };
         let line = request.render();
         prop_assert_eq!(Request::parse(line.as_bytes()), Ok(request));
+    }
+}
+
+/// Every reply the engine can send.
+fn any_reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        Just(Reply::PasscodeSent),
+        any::<[u8; 32]>().prop_map(|t| Reply::LoggedIn(base_token(&t))),
+        Just(Reply::False),
+        Just(Reply::Authorized),
+        any::<[u8; 32]>().prop_map(|t| Reply::Renew(base_token(&t))),
+        Just(Reply::Unauthorized),
+        select(ErrorCode::ALL.to_vec()).prop_map(Reply::Error),
+    ]
+}
+
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    /// `Reply::parse` is the inverse of the native rendering: the line a
+    /// reply is sent as, framed and parsed as a client does, is the reply.
+    #[test]
+    fn reply_render_then_parse_round_trips(reply in any_reply()) {
+        let mut bytes = Vec::new();
+        reply.encode_native(&mut bytes);
+        let Frame::Line { line, consumed } = next_frame(&bytes, bytes.len()) else {
+            panic!("a reply is not one line: {bytes:?}");
+        };
+        prop_assert_eq!(consumed, bytes.len());
+        let text = std::str::from_utf8(line).expect("a reply is UTF-8");
+        prop_assert_eq!(Reply::parse(text), Ok(reply));
+    }
+
+    /// Whatever text comes, `Reply::parse` answers without panicking, and a
+    /// line it takes is exactly the rendering of what it took it for.
+    #[test]
+    fn reply_parse_takes_only_renderings(text in prop_oneof![
+        any::<String>(),
+        (select(vec!["renew|", "error|", LOGIN_PREFIX, "authorized", "False"]), "[0-9a-fA-F_|a-z ]{0,70}")
+            .prop_map(|(head, tail)| format!("{head}{tail}")),
+    ]) {
+        if let Ok(reply) = Reply::parse(&text) {
+            let mut again = Vec::new();
+            reply.write_text(&mut again);
+            prop_assert_eq!(again, text.into_bytes());
+        }
     }
 }
 

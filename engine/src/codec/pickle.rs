@@ -10,6 +10,10 @@
 //! 2e                  STOP
 //! ```
 
+/// The first byte of every pickle (PROTO): a client that reads it where a
+/// native reply line should be has reached a legacy port.
+pub const FIRST_BYTE: u8 = 0x80;
+
 /// Python frames payloads up to this size inline; longer strings are written
 /// outside the frame. No reply comes near it.
 pub const MAX_STR: usize = 64 * 1024 - 16;
@@ -24,7 +28,7 @@ pub fn dumps_str(text: &str, out: &mut Vec<u8>) {
     let bytes = &text.as_bytes()[..end];
     let header = if bytes.len() < 256 { 2 } else { 5 };
     let frame = (header + bytes.len() + 2) as u64;
-    out.extend_from_slice(&[0x80, 0x04, 0x95]);
+    out.extend_from_slice(&[FIRST_BYTE, 0x04, 0x95]);
     out.extend_from_slice(&frame.to_le_bytes());
     if bytes.len() < 256 {
         out.extend_from_slice(&[0x8c, bytes.len() as u8]);

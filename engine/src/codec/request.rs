@@ -4,6 +4,10 @@
 //! The kind is decided by the first `|`-separated field:
 //! `require_passcode` is a passcode request, 64 hex digits a token request,
 //! anything else a login.
+//!
+//! A client builds a request from its values, checks each with
+//! [`check_field`] (a value that fails would change the line's fields, or
+//! end it early), and sends [`Request::render`]'s line.
 
 use core::fmt;
 
@@ -18,6 +22,8 @@ use crate::token::BaseToken;
 
 /// The first field of a passcode request.
 pub const REQUIRE_PASSCODE: &str = "require_passcode";
+/// What separates the fields of a request line.
+pub const SEPARATOR: char = '|';
 /// Longest email accepted (RFC 5321's path limit).
 pub const MAX_EMAIL: usize = 254;
 /// Longest phone accepted.
@@ -108,12 +114,64 @@ pub enum ParseError {
     Phone,
 }
 
+/// Why a client's value cannot be a field of a request line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FieldError {
+    /// It holds the separator, `|`, which would split it in two.
+    Separator,
+    /// It holds a control character: CR or LF would end the line early,
+    /// and the parser refuses the others ([`text`]).
+    Control,
+    /// It is empty, and the field may not be.
+    Empty,
+}
+
+impl FieldError {
+    /// What is wrong, in a few words that never repeat the value (it may be
+    /// a secret): "cannot hold |", "cannot hold control characters", "is
+    /// empty".
+    pub fn reason(self) -> &'static str {
+        match self {
+            FieldError::Separator => "cannot hold |",
+            FieldError::Control => "cannot hold control characters",
+            FieldError::Empty => "is empty",
+        }
+    }
+}
+
+/// Checks a value a client puts into a field: no `|`, no control
+/// character, and something in it if the field is `required`. Lengths are
+/// the server's to judge (its limits are its configuration).
+pub fn check_field(value: &str, required: bool) -> Result<(), FieldError> {
+    if value.contains(SEPARATOR) {
+        Err(FieldError::Separator)
+    } else if value.chars().any(char::is_control) {
+        Err(FieldError::Control)
+    } else if required && value.is_empty() {
+        Err(FieldError::Empty)
+    } else {
+        Ok(())
+    }
+}
+
+/// The `DATA` of a token request made of `fields` (each checked with
+/// [`check_field`]): the fields joined by `|`, or `None` for no field.
+pub fn join_data<S: AsRef<str>>(fields: &[S]) -> Option<String> {
+    let (first, rest) = fields.split_first()?;
+    let mut data = first.as_ref().to_owned();
+    for field in rest {
+        data.push(SEPARATOR);
+        data.push_str(field.as_ref());
+    }
+    Some(data)
+}
+
 fn field(input: &str) -> IResult<&str, &str> {
-    take_till(|c| c == '|')(input)
+    take_till(|c| c == SEPARATOR)(input)
 }
 
 fn bar(input: &str) -> IResult<&str, char> {
-    char('|')(input)
+    char(SEPARATOR)(input)
 }
 
 /// Four fields, the last of which runs to the end and holds no `|`.
@@ -186,7 +244,7 @@ impl<'a> Request<'a> {
         if let Some(token) = token {
             let (_, (m, request, data)) = token_fields(&line[64..]).map_err(|_| ParseError::Fields)?;
             Ok(Request::Token(TokenRequest { token, mac: mac(m)?, request, data }))
-        } else if line.split('|').next() == Some(REQUIRE_PASSCODE) {
+        } else if line.split(SEPARATOR).next() == Some(REQUIRE_PASSCODE) {
             let (_, (m, password, p, e)) = passcode_fields(line).map_err(|_| ParseError::Fields)?;
             Ok(Request::Passcode(PasscodeRequest { mac: mac(m)?, password, phone: phone(p)?, email: email(e)? }))
         } else {
@@ -197,18 +255,33 @@ impl<'a> Request<'a> {
 
     /// The request's line (no line ending), as a client writes it.
     pub fn render(&self) -> String {
-        match self {
+        let mut line = String::new();
+        self.write_line(&mut line);
+        line
+    }
+
+    /// Appends the native encoding, the line and a line feed, to `out`
+    /// (with no copy of the line elsewhere: it may hold a secret).
+    pub fn encode_native(&self, out: &mut String) {
+        self.write_line(out);
+        out.push('\n');
+    }
+
+    fn write_line(&self, out: &mut String) {
+        use core::fmt::Write as _;
+        // Writing into a String cannot fail.
+        let _ = match self {
             Request::Passcode(r) => {
-                format!("{REQUIRE_PASSCODE}|{}|{}|{}|{}", r.mac, r.password, r.phone, r.email)
+                write!(out, "{REQUIRE_PASSCODE}|{}|{}|{}|{}", r.mac, r.password, r.phone, r.email)
             }
             Request::Login(r) => {
-                format!("{}|{}|{}|{}|{}", r.mac, r.email, r.phone, r.password, r.passcode)
+                write!(out, "{}|{}|{}|{}|{}", r.mac, r.email, r.phone, r.password, r.passcode)
             }
             Request::Token(r) => match r.data {
-                Some(data) => format!("{}|{}|{}|{}", r.token, r.mac, r.request, data),
-                None => format!("{}|{}|{}", r.token, r.mac, r.request),
+                Some(data) => write!(out, "{}|{}|{}|{}", r.token, r.mac, r.request, data),
+                None => write!(out, "{}|{}|{}", r.token, r.mac, r.request),
             },
-        }
+        };
     }
 }
 
@@ -279,6 +352,34 @@ mod tests {
         }
         let no_request = format!("{TOKEN}|{MAC}");
         assert_eq!(Request::parse(no_request.as_bytes()), Err(ParseError::Fields));
+    }
+
+    #[test]
+    fn client_fields_are_checked_and_data_joined() {
+        assert_eq!(check_field("a@b.c", true), Ok(()));
+        assert_eq!(check_field("", false), Ok(()));
+        assert_eq!(check_field("", true), Err(FieldError::Empty));
+        assert_eq!(check_field("a|b", false), Err(FieldError::Separator));
+        assert_eq!(check_field("a\nrequire_passcode", true), Err(FieldError::Control));
+        assert_eq!(check_field("a\u{85}", true), Err(FieldError::Control));
+        assert_eq!(join_data::<&str>(&[]), None);
+        assert_eq!(join_data(&["x"]), Some("x".to_owned()));
+        assert_eq!(join_data(&["key", "", "value with spaces"]), Some("key||value with spaces".to_owned()));
+
+        let fields = ["put", "key", "", "v"];
+        let data = join_data(&fields[1..]);
+        let token = BaseToken::parse(TOKEN.as_bytes()).unwrap();
+        let request = Request::Token(TokenRequest {
+            token,
+            mac: Mac::parse(MAC).unwrap(),
+            request: fields[0],
+            data: data.as_deref(),
+        });
+        assert_eq!(request.render(), format!("{TOKEN}|{MAC}|put|key||v"));
+        let mut encoded = String::from("before\n");
+        request.encode_native(&mut encoded);
+        assert_eq!(encoded, format!("before\n{TOKEN}|{MAC}|put|key||v\n"));
+        assert_eq!(Request::parse(request.render().as_bytes()), Ok(request));
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! The `native_line` target: the native framing and the request parser.
+//! The `native_line` target: the native framing, the request parser, and
+//! the reply parser clients use.
 
 use crate::codec::native::{Frame, next_frame};
+use crate::codec::reply::Reply;
 use crate::codec::request::Request;
 use crate::config::Config;
 
@@ -8,7 +10,8 @@ use crate::config::Config;
 /// a receive buffer. Frames it (with that limit and the default one)
 /// against a model of the framing rules, parses every line and every
 /// `\n`-separated piece, and renders each parsed request back: the
-/// rendering must parse to the same request.
+/// rendering must parse to the same request. Every piece is also parsed
+/// as a reply, which must be exactly the rendering of what it parsed to.
 pub fn native_line(data: &[u8]) {
     let Some((&limit, buf)) = data.split_first() else { return };
     for max_line in [usize::from(limit), Config::default().max_line] {
@@ -16,8 +19,19 @@ pub fn native_line(data: &[u8]) {
     }
     check_request(buf);
     for piece in buf.split(|&b| b == b'\n') {
-        check_request(piece.strip_suffix(b"\r").unwrap_or(piece));
+        let piece = piece.strip_suffix(b"\r").unwrap_or(piece);
+        check_request(piece);
+        check_reply(piece);
     }
+}
+
+/// Parses one line as a reply; one that parses renders to the same bytes.
+fn check_reply(line: &[u8]) {
+    let Ok(text) = core::str::from_utf8(line) else { return };
+    let Ok(reply) = Reply::parse(text) else { return };
+    let mut again = Vec::new();
+    reply.write_text(&mut again);
+    assert_eq!(again, line, "{reply:?} parsed from a line it does not render to");
 }
 
 /// Frames a whole buffer, checking each frame against the rules.
