@@ -29,14 +29,13 @@
 //! from the file. A server fills the cache from the file when it starts
 //! ([`super::SqliteStore::warm_cache`]), in the background.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokenizer_auth_engine::{CredsOp, MasterToken, SessionRecord};
 
-use super::columns::{from_millis, millis};
+use super::sessions::Sessions;
 
 /// Sessions by master token, valid while the file's counter equals `epoch`.
 pub struct SessionCache {
@@ -76,9 +75,6 @@ struct State {
     sessions: Sessions,
 }
 
-/// Cached sessions by master token.
-pub(super) type Sessions = HashMap<MasterToken, SessionRecord, MasterHash>;
-
 /// How a reader may use the cache in a batch read at counter `epoch`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum View {
@@ -91,7 +87,7 @@ pub(crate) enum View {
 impl SessionCache {
     /// An empty cache of at most `capacity` sessions.
     pub fn new(capacity: usize) -> SessionCache {
-        let state = State { epoch: None, committing: false, sessions: HashMap::with_hasher(MasterHash) };
+        let state = State { epoch: None, committing: false, sessions: Sessions::default() };
         SessionCache { state: Mutex::new(state), capacity, lookups: Lookups::default() }
     }
 
@@ -136,11 +132,7 @@ impl SessionCache {
         if state.epoch != Some(epoch) {
             return Vec::new();
         }
-        // Find them all first, then copy: the probes do not depend on one
-        // another, so their cache misses overlap instead of queueing behind
-        // each copy's allocation.
-        let found: Vec<Option<&SessionRecord>> = masters.map(|m| m.and_then(|m| state.sessions.get(m))).collect();
-        found.into_iter().map(|s| s.cloned()).collect()
+        state.sessions.get_many(masters)
     }
 
     /// Keeps a session read from the file at counter `epoch`, if the cache
@@ -148,7 +140,7 @@ impl SessionCache {
     pub(crate) fn fill(&self, epoch: i64, session: &SessionRecord) {
         let mut state = self.lock();
         if state.epoch == Some(epoch) {
-            insert_bounded(&mut state.sessions, self.capacity, session);
+            state.sessions.put(session, self.capacity);
         }
     }
 
@@ -161,7 +153,7 @@ impl SessionCache {
             return false;
         }
         for session in sessions {
-            insert_bounded(&mut state.sessions, self.capacity, session);
+            state.sessions.put(session, self.capacity);
         }
         state.sessions.len() < self.capacity
     }
@@ -181,17 +173,17 @@ impl SessionCache {
         } else {
             for op in ops {
                 match op {
-                    CredsOp::PutSession(s) => insert_bounded(&mut state.sessions, self.capacity, &as_in_the_file(s)),
-                    CredsOp::DeleteSession(master) => {
-                        state.sessions.remove(master);
-                    }
+                    // Kept to the millisecond, as the file keeps them (see
+                    // `sessions`): a handle answering from memory and one
+                    // reading the file agree (a time kept finer would keep a
+                    // token valid for up to a millisecond after the file,
+                    // and every other server, has it expired).
+                    CredsOp::PutSession(s) => state.sessions.put(s, self.capacity),
+                    CredsOp::DeleteSession(master) => state.sessions.remove(master),
                     CredsOp::RevokeSession { email, mac, started_at } => {
-                        // Rare (a reuse caught): a scan is fine. The cache
-                        // keeps times as the file does (see below).
-                        let started_at = millis(*started_at);
-                        state
-                            .sessions
-                            .retain(|_, s| !(s.email == *email && s.mac == *mac && millis(s.started_at) == started_at));
+                        for master in state.sessions.of_login(email, *mac, *started_at) {
+                            state.sessions.remove(&master);
+                        }
                     }
                     CredsOp::SetPassword { .. } | CredsOp::PutRotation(_) => {}
                 }
@@ -228,30 +220,6 @@ impl SessionCache {
     /// (hits, misses) since the cache was made.
     pub fn lookups(&self) -> (u64, u64) {
         self.lookups.get()
-    }
-}
-
-/// A session as the file keeps it, its times to the millisecond (see
-/// `columns`): what a read of the file answers, so that a handle answering
-/// from memory and one reading the file agree (a time kept finer here
-/// would keep a token valid for up to a millisecond after the file, and
-/// every other server, has it expired).
-pub(super) fn as_in_the_file(session: &SessionRecord) -> SessionRecord {
-    let to_millis = |t| from_millis(millis(t));
-    SessionRecord {
-        started_at: to_millis(session.started_at),
-        expires_at: to_millis(session.expires_at),
-        ..session.clone()
-    }
-}
-
-/// Replaces a cached session, or adds one while there is room. A full cache
-/// just misses: the session is read from the file.
-pub(super) fn insert_bounded(sessions: &mut Sessions, capacity: usize, session: &SessionRecord) {
-    if let Some(cached) = sessions.get_mut(&session.master) {
-        cached.clone_from(session);
-    } else if sessions.len() < capacity {
-        sessions.insert(session.master, session.clone());
     }
 }
 

@@ -42,6 +42,7 @@ mod listen;
 mod notified;
 mod postgres;
 mod schema;
+mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

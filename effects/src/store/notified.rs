@@ -30,15 +30,15 @@
 //! - Only sessions that exist are cached, so a new session (an insert) is
 //!   in no cache yet, and inserts need not be told.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokenizer_auth_engine::{Mac, MasterToken, SessionRecord};
 
-use super::cache::{Lookups, MasterHash, Sessions, insert_bounded};
-use super::columns::millis;
+use super::cache::{Lookups, MasterHash};
+use super::sessions::Sessions;
 
 /// How many recent changes are remembered for the reads racing with them.
 /// A read that started more changes ago than this keeps nothing it read
@@ -78,13 +78,8 @@ impl NotifiedCache {
     /// every change made more than `delay` ago. Not fresh until its
     /// listener hears its first beat.
     pub fn new(capacity: usize, delay: Duration) -> NotifiedCache {
-        let state = State {
-            sessions: HashMap::with_hasher(MasterHash),
-            forgotten: 0,
-            recent: VecDeque::new(),
-            floor: 0,
-            fresh_as_of: None,
-        };
+        let state =
+            State { sessions: Sessions::default(), forgotten: 0, recent: VecDeque::new(), floor: 0, fresh_as_of: None };
         NotifiedCache { state: Mutex::new(state), capacity, delay, lookups: Lookups::default() }
     }
 
@@ -128,9 +123,7 @@ impl NotifiedCache {
         &self,
         masters: impl Iterator<Item = Option<&'a MasterToken>>,
     ) -> Vec<Option<SessionRecord>> {
-        let state = self.lock();
-        let found: Vec<Option<&SessionRecord>> = masters.map(|m| m.and_then(|m| state.sessions.get(m))).collect();
-        found.into_iter().map(|s| s.cloned()).collect()
+        self.lock().sessions.get_many(masters)
     }
 
     /// Keeps sessions read from the database by a read that took `ticket`,
@@ -144,7 +137,7 @@ impl NotifiedCache {
         let changed: HashSet<MasterToken, MasterHash> =
             state.recent.iter().rev().take_while(|(n, _)| *n > ticket.0).map(|(_, m)| *m).collect();
         for session in sessions.iter().filter(|s| !changed.contains(&s.master)) {
-            insert_bounded(&mut state.sessions, self.capacity, session);
+            state.sessions.put(session, self.capacity);
         }
         state.sessions.len() < self.capacity
     }
@@ -166,13 +159,7 @@ impl NotifiedCache {
     /// The sessions of one login ended (a reuse caught here). The database
     /// tells each of them too; this only makes it sooner.
     pub(crate) fn forget_login(&self, email: &str, mac: Mac, started_at: DateTime<Utc>) {
-        let ended: Vec<MasterToken> = {
-            let state = self.lock();
-            // Times as the database keeps them (see `columns`).
-            let of_login =
-                |s: &SessionRecord| s.email == email && s.mac == mac && millis(s.started_at) == millis(started_at);
-            state.sessions.values().filter(|s| of_login(s)).map(|s| s.master).collect()
-        };
+        let ended = self.lock().sessions.of_login(email, mac, started_at);
         for master in &ended {
             self.forget(master);
         }
