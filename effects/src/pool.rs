@@ -236,6 +236,7 @@ impl EffectPool {
         let (mail, mail_rx) = unbounded();
         let io = ServeError::os("cannot start a worker");
         let open = || store.attach().ok();
+        let open_writer = || store.for_writer().ok();
         let mut threads = Vec::new();
         let (workers, on) = (&settings.workers, &on_result);
         threads.extend(
@@ -246,8 +247,16 @@ impl EffectPool {
             .map_err(io)?,
         );
         threads.extend(
-            spawn("store-write-creds", 1, WRITE_GROUP, &creds_rx, on, open, writer(&stats, Store::write_creds_group))
-                .map_err(io)?,
+            spawn(
+                "store-write-creds",
+                1,
+                WRITE_GROUP,
+                &creds_rx,
+                on,
+                open_writer,
+                writer(&stats, Store::write_creds_group),
+            )
+            .map_err(io)?,
         );
         threads.extend(
             spawn(
@@ -256,7 +265,7 @@ impl EffectPool {
                 WRITE_GROUP,
                 &passcodes_rx,
                 on,
-                open,
+                open_writer,
                 writer(&stats, Store::write_passcodes_group),
             )
             .map_err(io)?,

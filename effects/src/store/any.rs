@@ -193,6 +193,15 @@ impl Store {
         each!(self, s => s.cached_sessions(masters))
     }
 
+    /// Another handle on the store for a server's writer of one file (see
+    /// `SqliteStore::for_writer`).
+    pub fn for_writer(&self) -> Result<Store, StoreError> {
+        Ok(match self {
+            Store::Sqlite(s) => Store::Sqlite(s.attach()?.for_writer()?),
+            Store::Postgres(s) => Store::Postgres(s.attach()?),
+        })
+    }
+
     /// Another handle on the store for an event loop's
     /// [`Store::cached_sessions`]: on the files, connections that never wait
     /// for a lock.

@@ -207,13 +207,9 @@ fn open_file(path: &Path) -> Result<Connection, StoreError> {
     // FULL: a commit is synced before it is reported to the engine (SQLite's
     // guarantee against power loss; the tests cover the process's death).
     // secure_delete: a legacy plaintext password overwritten by its hash is
-    // zeroed in the file, not left in a free page. temp_store: the
-    // savepoint of every batch in a group keeps the pages it changes in a
-    // statement journal, in memory rather than a temporary file the writer
-    // would write page by page (most of a renewal's cost was that file).
+    // zeroed in the file, not left in a free page.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA mmap_size = {MMAP_SIZE}; \
-         PRAGMA temp_store = MEMORY;"
+        "PRAGMA synchronous = FULL; PRAGMA secure_delete = ON; PRAGMA mmap_size = {MMAP_SIZE};"
     ))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -381,6 +377,21 @@ impl SqliteStore {
         cache.looked_up(found, found);
         let mut hits = hits.into_iter();
         masters.iter().map(|_| hits.next().flatten()).collect()
+    }
+
+    /// Connections for a server's writer, whose groups are of small
+    /// batches: the savepoint of every batch keeps the pages it changes in
+    /// a statement journal, kept in memory here (`temp_store = MEMORY`)
+    /// rather than spilled to a temporary file that the writer would write
+    /// page by page (most of a renewal's cost was that file). Not for every
+    /// connection: an in-memory statement journal is walked from its start
+    /// at each statement's end, so a batch of thousands of changes (a seed,
+    /// a copy) would take time that grows with its square.
+    pub(crate) fn for_writer(self) -> Result<SqliteStore, StoreError> {
+        for conn in [&self.creds, &self.passcodes] {
+            conn.execute_batch("PRAGMA temp_store = MEMORY;")?;
+        }
+        Ok(self)
     }
 
     /// Connections for the event loop's [`SqliteStore::cached_sessions`]:
