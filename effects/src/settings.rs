@@ -109,7 +109,7 @@ pub const MIN_CAPTURE_MAX_BYTES: u64 = 4096;
 /// The default `revocation_delay`.
 pub const DEFAULT_REVOCATION_DELAY: Duration = Duration::from_secs(1);
 
-/// The default bound of the session cache: about 300 MB at its fullest.
+/// The default bound of the session cache: about 170 MB at its fullest.
 pub const DEFAULT_SESSION_CACHE: usize = 1 << 20;
 
 impl Settings {
