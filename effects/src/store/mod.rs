@@ -357,7 +357,7 @@ impl SqliteStore {
     /// no cache, or the file changed under it): a reader reads those. The
     /// event loop answers token checks with this, so it reads only the
     /// counter from the file, in a transaction of its own that never waits
-    /// on a lock (see [`SqliteStore::for_event_loop`]).
+    /// on a lock (see [`Store::for_event_loop`]).
     pub fn cached_sessions(&self, masters: &[MasterToken]) -> Vec<Option<SessionRecord>> {
         let Some(cache) = &self.cache else { return vec![None; masters.len()] };
         let counter = if run(&self.creds, "BEGIN") {
