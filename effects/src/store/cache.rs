@@ -102,11 +102,17 @@ impl SessionCache {
         })
     }
 
-    /// Called by a reader with the counter its read transaction sees.
-    pub(crate) fn view(&self, counter: Option<i64>) -> View {
-        let Some(counter) = counter else { return View::Bypass };
+    /// Called by a reader with the counter its read transaction sees: how
+    /// it may use the cache, and the sessions of `masters` the cache holds
+    /// if it may (else none), under one lock.
+    pub(crate) fn view<'a>(
+        &self,
+        counter: Option<i64>,
+        masters: impl Iterator<Item = Option<&'a MasterToken>>,
+    ) -> (View, Vec<Option<SessionRecord>>) {
+        let Some(counter) = counter else { return (View::Bypass, Vec::new()) };
         let mut state = self.lock();
-        match state.epoch {
+        let view = match state.epoch {
             Some(epoch) if epoch == counter => View::Valid(counter),
             // An older snapshot than the cache, or our own commit on its
             // way in: read the file this time.
@@ -118,21 +124,12 @@ impl SessionCache {
                 state.epoch = Some(counter);
                 View::Valid(counter)
             }
-        }
-    }
-
-    /// The cached sessions, under one lock, if the cache is still valid
-    /// for `epoch` (else nothing: every session is read from the file).
-    pub(crate) fn get_many<'a>(
-        &self,
-        epoch: i64,
-        masters: impl Iterator<Item = Option<&'a MasterToken>>,
-    ) -> Vec<Option<SessionRecord>> {
-        let state = self.lock();
-        if state.epoch != Some(epoch) {
-            return Vec::new();
-        }
-        state.sessions.get_many(masters)
+        };
+        let hits = match view {
+            View::Valid(_) => state.sessions.get_many(masters),
+            View::Bypass => Vec::new(),
+        };
+        (view, hits)
     }
 
     /// Keeps a session read from the file at counter `epoch`, if the cache

@@ -326,15 +326,13 @@ impl SqliteStore {
         let began: Vec<&Connection> = [&self.creds, &self.passcodes].into_iter().filter(|c| run(c, "BEGIN")).collect();
         // The cache is used only when the counter and the sessions are read
         // in the same transaction (the same snapshot).
-        let view = match &self.cache {
-            Some(cache) if !self.creds.is_autocommit() => cache.view(session_epoch(&self.creds)),
-            _ => View::Bypass,
-        };
         let lookups: Vec<&Lookup> = lookups.into_iter().collect();
-        // One lock for the batch's hits.
-        let hits = match (view, &self.cache) {
-            (View::Valid(epoch), Some(cache)) => cache.get_many(epoch, lookups.iter().map(|l| l.session.as_ref())),
-            _ => Vec::new(),
+        // One lock for the batch's view and hits.
+        let (view, hits) = match &self.cache {
+            Some(cache) if !self.creds.is_autocommit() => {
+                cache.view(session_epoch(&self.creds), lookups.iter().map(|l| l.session.as_ref()))
+            }
+            _ => (View::Bypass, Vec::new()),
         };
         if let Some(cache) = &self.cache {
             let asked = lookups.iter().filter(|l| l.session.is_some()).count();
@@ -367,10 +365,7 @@ impl SqliteStore {
         } else {
             None
         };
-        let hits = match cache.view(counter) {
-            View::Valid(epoch) => cache.get_many(epoch, masters.iter().map(Some)),
-            View::Bypass => Vec::new(),
-        };
+        let (_, hits) = cache.view(counter, masters.iter().map(Some));
         let found = hits.iter().filter(|h| h.is_some()).count();
         // Only the hits are counted here: the rest are counted by the
         // reader that reads them.
@@ -492,7 +487,9 @@ impl SqliteStore {
         let Some(cache) = &self.cache else { return Ok(0) };
         self.creds.execute_batch("BEGIN")?;
         let scan = || -> Result<(), StoreError> {
-            let View::Valid(epoch) = cache.view(session_epoch(&self.creds)) else { return Ok(()) };
+            let (View::Valid(epoch), _) = cache.view(session_epoch(&self.creds), std::iter::empty()) else {
+                return Ok(());
+            };
             let mut stmt = self.creds.prepare("SELECT master, email, mac, started_at, expires_at FROM sessions")?;
             let mut rows = stmt.query([])?;
             let mut chunk = Vec::with_capacity(WARM_CHUNK);
