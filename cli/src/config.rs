@@ -17,7 +17,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use tokenizer_auth_effects::audit::AuditTarget;
 use tokenizer_auth_effects::mail::{DEFAULT_FROM, DEFAULT_TIMEOUT, MailConfig, Mailer, SmtpConfig, SmtpSecurity};
-use tokenizer_auth_effects::settings::{MIN_CAPTURE_MAX_BYTES, Settings, Workers};
+use tokenizer_auth_effects::settings::{MAX_LOOPS, MIN_CAPTURE_MAX_BYTES, Settings, Workers};
 use tokenizer_auth_effects::store::StoreLocation;
 use tokenizer_auth_effects::tls::TlsFiles;
 use tokenizer_auth_engine::codec::proxy::Cidr;
@@ -187,7 +187,15 @@ const KEYS: &[Key] = &[
         },
         number
     ),
-    key!("loops", workers.loops, |raw| raw.count(1), number),
+    key!(
+        "loops",
+        workers.loops,
+        |raw| match raw.count::<usize>(1)? {
+            loops @ 1..=MAX_LOOPS => Ok(loops),
+            loops => Err(format!("{loops}: at most {MAX_LOOPS} event loops")),
+        },
+        number
+    ),
     key!("store_workers", workers.store, |raw| raw.count(1), number),
     key!("hash_workers", workers.hash, |raw| raw.count(1), number),
     key!("mail_workers", workers.mail, |raw| raw.count(1), number),
@@ -1010,6 +1018,12 @@ mod tests {
 
         let error = Configuration::load(None, env(&[]), &[("listen", "nowhere".to_owned())]).unwrap_err();
         assert!(error.starts_with("invalid listen (flag --listen)"), "{error}");
+
+        // Effects' ids tell at most 256 loops apart (runtime-mio).
+        let loops = |n: &str| Configuration::load(None, env(&[("TOKENIZER_AUTH_LOOPS", n)]), &[]);
+        assert_eq!(loops("256").unwrap().settings().workers.loops, 256);
+        let error = loops("257").unwrap_err();
+        assert!(error.starts_with("invalid loops") && error.contains("at most 256"), "{error}");
 
         let (_dir, path) = with_file("tokne_ttl = \"5m\"\n");
         let error = Configuration::load(Some(&path), env(&[]), &[]).unwrap_err();

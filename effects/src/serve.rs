@@ -18,7 +18,7 @@ use crate::metrics::Scrape;
 use crate::password::{HashError, PasswordHasher};
 use crate::pool::{EffectPool, OnResult};
 use crate::server_key::KeyError;
-use crate::settings::Settings;
+use crate::settings::{MAX_LOOPS, Settings};
 use crate::store::StoreError;
 use crate::tls::TlsConfig;
 
@@ -119,7 +119,7 @@ impl Start {
     /// that runs several should run (`loops`): one while a capture
     /// records, since a capture is one engine's inputs (`docs/CAPTURE.md`).
     pub fn loops(&self) -> usize {
-        if self.settings.capture.is_some() { 1 } else { self.settings.workers.loops.max(1) }
+        if self.settings.capture.is_some() { 1 } else { self.settings.workers.loops.clamp(1, MAX_LOOPS) }
     }
 
     /// The engine of loop `index` of `count`: the bounds that count what

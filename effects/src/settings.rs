@@ -17,13 +17,17 @@ use crate::server_key;
 use crate::store::{DEFAULT_CONNECTIONS, StoreLocation};
 use crate::tls::TlsConfig;
 
+/// The most event loops a server runs: the mio runtime tells them apart
+/// by the top byte of each effect's id on the shared workers.
+pub const MAX_LOOPS: usize = 256;
+
 /// The server's threads: its event loops, and those that carry out
 /// effects.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Workers {
     /// Event loops of the mio runtime, each with its own engine and
     /// connections (`loops`); the first accepts and deals connections out
-    /// in turn. The default is one per core.
+    /// in turn. The default is one per core; at most [`MAX_LOOPS`].
     pub loops: usize,
     /// SQLite readers, each with its own connections. Writes go to one
     /// writer per file (see [`crate::pool`]).
@@ -40,7 +44,7 @@ pub struct Workers {
 impl Default for Workers {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
-        Workers { loops: cores, store: 4, hash: cores.saturating_sub(1).max(1), mail: 4 }
+        Workers { loops: cores.min(MAX_LOOPS), store: 4, hash: cores.saturating_sub(1).max(1), mail: 4 }
     }
 }
 

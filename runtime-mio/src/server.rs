@@ -180,6 +180,16 @@ impl Shared {
     }
 }
 
+/// Asks every loop to stop when dropped: held by each loop's thread, so
+/// that a loop that panics stops the server as one that returns does.
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_all();
+    }
+}
+
 /// A connection the first loop accepted for another.
 struct Handoff {
     stream: TcpStream,
@@ -252,7 +262,8 @@ impl Mailbox {
 }
 
 /// Effect ids on the shared pool carry their loop in the top byte: each
-/// engine numbers its effects from 0 and never comes near 2^56.
+/// engine numbers its effects from 0 and never comes near 2^56, and there
+/// are at most `MAX_LOOPS` (256) loops.
 const LOOP_SHIFT: u32 = 56;
 
 /// `id` of loop `index`, as the pool sees it.
@@ -349,15 +360,21 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
     let mut others = Vec::new();
     for mut event_loop in loops {
         let name = format!("event-loop-{}", event_loop.index);
-        let shared = Arc::clone(&shared);
+        let stop = StopOnDrop(Arc::clone(&shared));
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let outcome = event_loop.run(None);
-            // A loop that ends (a breach of the engine's contract) ends the
-            // server: the others finish what they have and stop.
-            shared.stop_all();
-            outcome
+            // A loop that ends, by a breach of the engine's contract or a
+            // panic, ends the server: the others finish what they have and
+            // stop (the guard asks them as it drops, unwinding or not).
+            let _stop = stop;
+            event_loop.run(None)
         });
-        others.push(thread.map_err(ServeError::os("cannot start an event loop"))?);
+        match thread {
+            Ok(thread) => others.push(thread),
+            Err(e) => {
+                shared.stop_all();
+                return Err(ServeError::Os { what: "cannot start an event loop", source: e });
+            }
+        }
     }
     let mut outcome = first.run(Some(&mut signals));
     shared.stop_all();
@@ -953,6 +970,25 @@ mod tests {
     use tokenizer_auth_engine::{ContractError, EffectId};
 
     use super::*;
+
+    #[test]
+    fn a_loop_thread_that_panics_asks_every_loop_to_stop() {
+        let poll = Poll::new().unwrap();
+        let (mailbox, _inbox) = Mailbox::new(&poll).unwrap();
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            listening: Arc::new(AtomicBool::new(true)),
+            wakers: vec![Arc::clone(&mailbox.waker)],
+            loads: Vec::new(),
+        });
+        let held = Arc::clone(&shared);
+        let thread = std::thread::spawn(move || {
+            let _stop = StopOnDrop(held);
+            panic!("a bug in a loop");
+        });
+        assert!(thread.join().is_err());
+        assert!(shared.stop.load(Ordering::Acquire), "the other loops were not asked to stop");
+    }
 
     #[test]
     fn a_breach_of_the_engine_contract_ends_the_loop_with_it() {
