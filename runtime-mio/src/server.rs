@@ -368,13 +368,9 @@ pub fn serve(settings: Settings) -> Result<(), ServeError> {
             let _stop = stop;
             event_loop.run(None)
         });
-        match thread {
-            Ok(thread) => others.push(thread),
-            Err(e) => {
-                shared.stop_all();
-                return Err(ServeError::Os { what: "cannot start an event loop", source: e });
-            }
-        }
+        // A thread that could not start drops its guard, which stops the
+        // loops already running.
+        others.push(thread.map_err(ServeError::os("cannot start an event loop"))?);
     }
     let mut outcome = first.run(Some(&mut signals));
     shared.stop_all();
